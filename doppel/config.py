@@ -1,0 +1,62 @@
+"""Settings of every Doppel process, read from `DOPPEL_*` environment variables.
+
+The defaults are the embedded mode: loopback addresses, a store folder under
+`DOPPEL_HOME`, a local Prefect server. The GPU deployment sets the same variables to
+other values; no code branches on which mode it is in. Build `Settings()` once in a
+process's `main()` and pass it down.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Resolved configuration; each field documents its environment variable."""
+
+    model_config = SettingsConfigDict(env_prefix="DOPPEL_", extra="ignore")
+
+    home: Path = Field(
+        default=Path("~/.doppel"),
+        description="DOPPEL_HOME: folder for local state (the default store, caches, logs).",
+    )
+    store_url: str = Field(
+        default="",
+        description="DOPPEL_STORE_URL: file:///path or s3://bucket?endpoint=host:port; "
+        "empty means file://$DOPPEL_HOME/store.",
+    )
+    ingest_addr: str = Field(default="127.0.0.1:50051", description="DOPPEL_INGEST_ADDR: ingest's gRPC address.")
+    trainer_addr: str = Field(default="127.0.0.1:50052", description="DOPPEL_TRAINER_ADDR: trainer's gRPC address.")
+    inference_addr: str = Field(
+        default="127.0.0.1:50053", description="DOPPEL_INFERENCE_ADDR: inference's gRPC address."
+    )
+    listen: str = Field(
+        default="",
+        description="DOPPEL_LISTEN: address a service binds to; empty means its own *_ADDR.",
+    )
+    ui_host: str = Field(default="127.0.0.1", description="DOPPEL_UI_HOST: interface the UI binds to.")
+    ui_port: int = Field(default=7860, description="DOPPEL_UI_PORT: port of the UI.")
+    prefect_api_url: str = Field(
+        default="http://127.0.0.1:4200/api", description="DOPPEL_PREFECT_API_URL: the Prefect server's API."
+    )
+    api_token: SecretStr | None = Field(
+        default=None, description="DOPPEL_API_TOKEN: when set, every RPC needs it as a bearer token."
+    )
+    rpc_timeout_s: float = Field(default=30.0, description="DOPPEL_RPC_TIMEOUT_S: default deadline of a client call.")
+    grace_s: float = Field(default=10.0, description="DOPPEL_GRACE_S: how long shutdown waits for calls in flight.")
+    max_message_mb: int = Field(default=64, description="DOPPEL_MAX_MESSAGE_MB: largest gRPC message.")
+    log_level: str = Field(default="INFO", description="DOPPEL_LOG_LEVEL: Python logging level.")
+
+    @model_validator(mode="after")
+    def _resolve(self) -> Settings:
+        self.home = self.home.expanduser()
+        if not self.store_url:
+            self.store_url = (self.home / "store").resolve().as_uri()
+        return self
+
+    def token(self) -> str | None:
+        """The API token as plain text, or None when auth is off."""
+        return self.api_token.get_secret_value() if self.api_token else None

@@ -1,0 +1,1 @@
+"""Doppel services: ingest, trainer and inference, each a core with a thin gRPC servicer."""

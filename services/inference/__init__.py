@@ -1,0 +1,1 @@
+"""The inference service: a thin gRPC servicer over a core that knows nothing about gRPC."""

@@ -1,0 +1,1 @@
+"""The trainer service: a thin gRPC servicer over a core that knows nothing about gRPC."""
