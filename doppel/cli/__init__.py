@@ -1,0 +1,1 @@
+"""The `doppel` command. The only part of `doppel/` that imports the services, lazily."""

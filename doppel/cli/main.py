@@ -1,0 +1,122 @@
+"""`doppel`: run the stack or one service, check health, show settings.
+
+Commands import what they need inside their bodies, so `doppel --help` stays fast
+and a command never pays for a service it does not touch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+from enum import Enum
+
+import typer
+
+from doppel import __version__
+from doppel.config import Settings
+
+app = typer.Typer(
+    help="Doppel: turn a chat history into a model that talks like a chosen person, and serve it.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+class ServiceName(str, Enum):
+    ingest = "ingest"
+    trainer = "trainer"
+    inference = "inference"
+
+
+def _fail(message: str, code: int = 1) -> None:
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(code)
+
+
+@app.command()
+def version() -> None:
+    """Print Doppel's version."""
+    typer.echo(__version__)
+
+
+@app.command()
+def config() -> None:
+    """Print the resolved settings (from DOPPEL_* variables) as JSON; the API token is masked."""
+    typer.echo(Settings().model_dump_json(indent=2))
+
+
+@app.command()
+def serve(
+    service: ServiceName = typer.Argument(..., help="Which service to run."),
+    listen: str = typer.Option("", help="host:port to bind; default DOPPEL_LISTEN or the service's DOPPEL_*_ADDR."),
+) -> None:
+    """Run one service in the foreground until SIGTERM or Ctrl-C."""
+    import importlib
+
+    from doppel.errors import DoppelError
+    from doppel.rpc.server import serve as serve_forever
+
+    settings = Settings()
+    logging.basicConfig(level=settings.log_level, format=f"%(asctime)s {service.value} %(levelname)s %(message)s")
+    address = listen or settings.listen or getattr(settings, f"{service.value}_addr")
+    services = importlib.import_module(f"services.{service.value}.server").build(settings)
+    try:
+        asyncio.run(
+            serve_forever(
+                services,
+                address,
+                token=settings.token(),
+                grace=settings.grace_s,
+                max_message_mb=settings.max_message_mb,
+            )
+        )
+    except DoppelError as exc:
+        _fail(str(exc))
+
+
+@app.command()
+def healthcheck(
+    addr: str = typer.Argument(..., help="host:port of a Doppel service."),
+    service: str = typer.Option("", help="Service name to check, e.g. doppel.v1.IngestService; default the server."),
+    timeout: float = typer.Option(5.0, help="Seconds to wait for an answer."),
+) -> None:
+    """Exit 0 when the gRPC health check at ADDR answers SERVING, 1 otherwise (for compose and scripts)."""
+    import grpc
+    from grpc_health.v1 import health_pb2
+
+    from doppel.clients import ServiceClient, rpc_error_message
+
+    with ServiceClient(addr) as client:
+        try:
+            status = client.health(service, timeout=timeout)
+        except grpc.RpcError as err:
+            if err.code() is grpc.StatusCode.DEADLINE_EXCEEDED:
+                _fail(f"{addr}: no answer within {timeout:g} s; is the service running there?")
+            _fail(f"{addr}: {rpc_error_message(err)}")
+    name = health_pb2.HealthCheckResponse.ServingStatus.Name(status)
+    typer.echo(f"{addr}: {name}")
+    if status != health_pb2.HealthCheckResponse.SERVING:
+        raise typer.Exit(1)
+
+
+@app.command()
+def up(
+    timeout: float = typer.Option(120.0, help="Seconds to wait for every service to turn healthy."),
+) -> None:
+    """Run the whole stack on this machine until Ctrl-C: every service as a child process."""
+    from doppel.cli.supervisor import Stack
+
+    settings = Settings()
+    stack = Stack(settings, [s.value for s in ServiceName])
+    sys.exit(stack.run(timeout=timeout))
+
+
+@app.callback()
+def _root(
+    show_version: bool = typer.Option(False, "--version", help="Print the version and exit.", is_eager=True),
+) -> None:
+    if show_version:
+        typer.echo(__version__)
+        raise typer.Exit()

@@ -1,0 +1,179 @@
+"""Typed clients of the three services, for the CLI, the UI and other services.
+
+Each method takes and returns the generated messages, so a call reads like the proto.
+Channels come from `doppel.rpc.channel.open_channel`: the API token, a default deadline
+on unary calls and retries on UNAVAILABLE are applied there, once for every method.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from typing import Self
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from doppel.config import Settings
+from doppel.rpc.channel import open_channel
+from doppel.v1 import inference_pb2 as inf
+from doppel.v1 import inference_pb2_grpc, ingest_pb2_grpc, trainer_pb2_grpc
+from doppel.v1 import ingest_pb2 as ing
+from doppel.v1 import trainer_pb2 as tr
+
+Timeout = float | None
+
+
+class ServiceClient:
+    """A channel to one service; close it, or use the client as a context manager."""
+
+    def __init__(self, addr: str, *, token: str | None = None, timeout: Timeout = 30.0, max_message_mb: int = 64):
+        self.addr = addr
+        self.channel = open_channel(addr, token=token, timeout=timeout, max_message_mb=max_message_mb)
+        self._health = health_pb2_grpc.HealthStub(self.channel)
+
+    @classmethod
+    def from_settings(cls, settings: Settings, addr: str | None = None) -> Self:
+        """A client for the service at `addr`, or at the address `settings` gives it."""
+        return cls(
+            addr or cls._addr(settings),
+            token=settings.token(),
+            timeout=settings.rpc_timeout_s,
+            max_message_mb=settings.max_message_mb,
+        )
+
+    @staticmethod
+    def _addr(settings: Settings) -> str:
+        raise NotImplementedError
+
+    def health(self, service: str = "", *, timeout: Timeout = 5.0) -> health_pb2.HealthCheckResponse.ServingStatus:
+        """The standard health check of `service` ("" is the whole server)."""
+        return self._health.Check(health_pb2.HealthCheckRequest(service=service), timeout=timeout).status
+
+    def close(self) -> None:
+        self.channel.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class IngestClient(ServiceClient):
+    """Client of `doppel.v1.IngestService`."""
+
+    def __init__(self, addr: str, **kwargs):
+        super().__init__(addr, **kwargs)
+        self.stub = ingest_pb2_grpc.IngestServiceStub(self.channel)
+
+    @staticmethod
+    def _addr(settings: Settings) -> str:
+        return settings.ingest_addr
+
+    def upload(self, parts: Iterable[ing.UploadRequest], *, timeout: Timeout = None) -> ing.UploadResponse:
+        return self.stub.Upload(iter(parts), timeout=timeout)
+
+    def import_export(self, request: ing.ImportExportRequest, *, timeout: Timeout = None) -> ing.ImportExportResponse:
+        return self.stub.ImportExport(request, timeout=timeout)
+
+    def list_datasets(self, request: ing.ListDatasetsRequest, *, timeout: Timeout = None) -> ing.ListDatasetsResponse:
+        return self.stub.ListDatasets(request, timeout=timeout)
+
+    def get_dataset(self, request: ing.GetDatasetRequest, *, timeout: Timeout = None) -> ing.GetDatasetResponse:
+        return self.stub.GetDataset(request, timeout=timeout)
+
+    def preview_dataset(
+        self, request: ing.PreviewDatasetRequest, *, timeout: Timeout = None
+    ) -> ing.PreviewDatasetResponse:
+        return self.stub.PreviewDataset(request, timeout=timeout)
+
+    def delete_dataset(self, request: ing.DeleteDatasetRequest, *, timeout: Timeout = None) -> ing.DeleteDatasetResponse:
+        return self.stub.DeleteDataset(request, timeout=timeout)
+
+
+class TrainerClient(ServiceClient):
+    """Client of `doppel.v1.TrainerService`."""
+
+    def __init__(self, addr: str, **kwargs):
+        super().__init__(addr, **kwargs)
+        self.stub = trainer_pb2_grpc.TrainerServiceStub(self.channel)
+
+    @staticmethod
+    def _addr(settings: Settings) -> str:
+        return settings.trainer_addr
+
+    def start_run(self, request: tr.StartRunRequest, *, timeout: Timeout = None) -> tr.StartRunResponse:
+        return self.stub.StartRun(request, timeout=timeout)
+
+    def get_run(self, request: tr.GetRunRequest, *, timeout: Timeout = None) -> tr.GetRunResponse:
+        return self.stub.GetRun(request, timeout=timeout)
+
+    def list_runs(self, request: tr.ListRunsRequest, *, timeout: Timeout = None) -> tr.ListRunsResponse:
+        return self.stub.ListRuns(request, timeout=timeout)
+
+    def cancel_run(self, request: tr.CancelRunRequest, *, timeout: Timeout = None) -> tr.CancelRunResponse:
+        return self.stub.CancelRun(request, timeout=timeout)
+
+    def watch_run(self, request: tr.WatchRunRequest, *, timeout: Timeout = None) -> Iterator[tr.WatchRunResponse]:
+        return self.stub.WatchRun(request, timeout=timeout)
+
+    def list_base_models(
+        self, request: tr.ListBaseModelsRequest, *, timeout: Timeout = None
+    ) -> tr.ListBaseModelsResponse:
+        return self.stub.ListBaseModels(request, timeout=timeout)
+
+    def list_models(self, request: tr.ListModelsRequest, *, timeout: Timeout = None) -> tr.ListModelsResponse:
+        return self.stub.ListModels(request, timeout=timeout)
+
+    def get_model(self, request: tr.GetModelRequest, *, timeout: Timeout = None) -> tr.GetModelResponse:
+        return self.stub.GetModel(request, timeout=timeout)
+
+    def delete_model(self, request: tr.DeleteModelRequest, *, timeout: Timeout = None) -> tr.DeleteModelResponse:
+        return self.stub.DeleteModel(request, timeout=timeout)
+
+
+class InferenceClient(ServiceClient):
+    """Client of `doppel.v1.InferenceService`."""
+
+    def __init__(self, addr: str, **kwargs):
+        super().__init__(addr, **kwargs)
+        self.stub = inference_pb2_grpc.InferenceServiceStub(self.channel)
+
+    @staticmethod
+    def _addr(settings: Settings) -> str:
+        return settings.inference_addr
+
+    def chat(self, request: inf.ChatRequest, *, timeout: Timeout = None) -> inf.ChatResponse:
+        return self.stub.Chat(request, timeout=timeout)
+
+    def chat_stream(self, request: inf.ChatStreamRequest, *, timeout: Timeout = None) -> Iterator[inf.ChatStreamResponse]:
+        return self.stub.ChatStream(request, timeout=timeout)
+
+    def complete(self, request: inf.CompleteRequest, *, timeout: Timeout = None) -> inf.CompleteResponse:
+        return self.stub.Complete(request, timeout=timeout)
+
+    def simulate(self, request: inf.SimulateRequest, *, timeout: Timeout = None) -> Iterator[inf.SimulateResponse]:
+        return self.stub.Simulate(request, timeout=timeout)
+
+    def list_served_models(
+        self, request: inf.ListServedModelsRequest, *, timeout: Timeout = None
+    ) -> inf.ListServedModelsResponse:
+        return self.stub.ListServedModels(request, timeout=timeout)
+
+    def load_model(self, request: inf.LoadModelRequest, *, timeout: Timeout = None) -> inf.LoadModelResponse:
+        return self.stub.LoadModel(request, timeout=timeout)
+
+    def unload_model(self, request: inf.UnloadModelRequest, *, timeout: Timeout = None) -> inf.UnloadModelResponse:
+        return self.stub.UnloadModel(request, timeout=timeout)
+
+    def get_engine_stats(
+        self, request: inf.GetEngineStatsRequest, *, timeout: Timeout = None
+    ) -> inf.GetEngineStatsResponse:
+        return self.stub.GetEngineStats(request, timeout=timeout)
+
+
+def rpc_error_message(err: grpc.RpcError) -> str:
+    """One line for a person: the status code's name and the server's message."""
+    code = err.code() if hasattr(err, "code") else None
+    details = err.details() if hasattr(err, "details") else str(err)
+    return f"{code.name if code else 'ERROR'}: {details}"

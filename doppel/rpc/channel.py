@@ -1,0 +1,89 @@
+"""Client channels: bearer token, a default deadline for unary calls, retries on UNAVAILABLE.
+
+Retries are gRPC's own (a service-config retry policy), so they apply to every kind of
+call and only while the server has not answered yet: a call is never replayed after
+the server started responding.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+from typing import Any
+
+import grpc
+
+from doppel.rpc.server import channel_options
+
+RETRY_POLICY = {
+    "methodConfig": [
+        {
+            "name": [{}],  # every method of every service
+            "retryPolicy": {
+                "maxAttempts": 5,
+                "initialBackoff": "0.25s",
+                "maxBackoff": "3s",
+                "backoffMultiplier": 2,
+                "retryableStatusCodes": ["UNAVAILABLE"],
+            },
+        }
+    ]
+}
+
+
+class _Details(
+    collections.namedtuple("_Details", ("method", "timeout", "metadata", "credentials", "wait_for_ready", "compression")),
+    grpc.ClientCallDetails,
+):
+    pass
+
+
+class _ClientInterceptor(
+    grpc.UnaryUnaryClientInterceptor,
+    grpc.UnaryStreamClientInterceptor,
+    grpc.StreamUnaryClientInterceptor,
+    grpc.StreamStreamClientInterceptor,
+):
+    """Adds the token to every call and the default deadline to unary-response calls without one.
+
+    Response streams (watching a run, streaming a reply) and client streams (uploads)
+    get no default deadline: they last as long as the work.
+    """
+
+    def __init__(self, token: str | None, timeout: float | None):
+        self._auth = (("authorization", f"Bearer {token}"),) if token else ()
+        self._timeout = timeout
+
+    def _details(self, d: grpc.ClientCallDetails, unary: bool) -> _Details:
+        timeout = d.timeout if d.timeout is not None or not unary else self._timeout
+        metadata = tuple(d.metadata or ()) + self._auth
+        return _Details(d.method, timeout, metadata, d.credentials, d.wait_for_ready, d.compression)
+
+    def intercept_unary_unary(self, continuation, details, request):
+        return continuation(self._details(details, unary=True), request)
+
+    def intercept_unary_stream(self, continuation, details, request):
+        return continuation(self._details(details, unary=False), request)
+
+    def intercept_stream_unary(self, continuation, details, request_iterator):
+        return continuation(self._details(details, unary=False), request_iterator)
+
+    def intercept_stream_stream(self, continuation, details, request_iterator):
+        return continuation(self._details(details, unary=False), request_iterator)
+
+
+def open_channel(
+    addr: str, *, token: str | None = None, timeout: float | None = 30.0, max_message_mb: int = 64
+) -> grpc.Channel:
+    """An insecure channel to `addr` (host:port) with auth, default deadline and retries."""
+    options: list[tuple[str, Any]] = [
+        *channel_options(max_message_mb),
+        ("grpc.enable_retries", 1),
+        ("grpc.service_config", json.dumps(RETRY_POLICY)),
+        # Reconnect quickly to a server that is starting or restarting.
+        ("grpc.initial_reconnect_backoff_ms", 200),
+        ("grpc.min_reconnect_backoff_ms", 200),
+        ("grpc.max_reconnect_backoff_ms", 2000),
+    ]
+    channel = grpc.insecure_channel(addr, options=options)
+    return grpc.intercept_channel(channel, _ClientInterceptor(token, timeout))

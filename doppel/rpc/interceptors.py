@@ -1,0 +1,129 @@
+"""Server interceptors: typed core errors to status codes, and bearer-token auth.
+
+Servicers do not catch exceptions: the core raises `doppel.errors` types and
+`ErrorInterceptor` maps each class to one status code, keeping the message as the
+details. Anything else is logged with its traceback and answered INTERNAL without it.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+from typing import Any
+
+import grpc
+
+from doppel import errors
+from doppel.rpc.handlers import Behaviour, response, responses, rewrap
+
+log = logging.getLogger(__name__)
+
+# Most specific first: the first matching class wins.
+STATUS_OF: list[tuple[type[Exception], grpc.StatusCode]] = [
+    (errors.InvalidArgument, grpc.StatusCode.INVALID_ARGUMENT),
+    (errors.NotFound, grpc.StatusCode.NOT_FOUND),
+    (errors.AlreadyExists, grpc.StatusCode.ALREADY_EXISTS),
+    (errors.FailedPrecondition, grpc.StatusCode.FAILED_PRECONDITION),
+    (errors.Overloaded, grpc.StatusCode.RESOURCE_EXHAUSTED),
+    (errors.StorageUnavailable, grpc.StatusCode.UNAVAILABLE),
+    (errors.Cancelled, grpc.StatusCode.CANCELLED),
+    (errors.DoppelError, grpc.StatusCode.UNKNOWN),
+    (NotImplementedError, grpc.StatusCode.UNIMPLEMENTED),
+]
+RETRY_AFTER_KEY = "retry-after-ms"
+HEALTH_PREFIX = "/grpc.health.v1.Health/"
+
+
+def status_of(exc: BaseException) -> grpc.StatusCode:
+    """The status code an exception maps to; INTERNAL for anything unexpected."""
+    for cls, code in STATUS_OF:
+        if isinstance(exc, cls):
+            return code
+    return grpc.StatusCode.INTERNAL
+
+
+async def _abort(context: grpc.aio.ServicerContext, method: str, exc: Exception) -> None:
+    code = status_of(exc)
+    trailing: tuple[tuple[str, str], ...] = ()
+    if code is grpc.StatusCode.INTERNAL:
+        log.exception("%s failed", method)
+        details = f"internal error in {method} ({type(exc).__name__}); the server log has the details"
+    elif code is grpc.StatusCode.UNIMPLEMENTED:
+        details = f"{method} is not implemented in this version of Doppel"
+    else:
+        details = str(exc) or type(exc).__name__
+        if isinstance(exc, errors.Overloaded):
+            trailing = ((RETRY_AFTER_KEY, str(int(exc.retry_after * 1000))),)
+    await context.abort(code, details, trailing_metadata=trailing)
+
+
+class ErrorInterceptor(grpc.aio.ServerInterceptor):
+    """Maps exceptions escaping a servicer to status codes with readable messages."""
+
+    async def intercept_service(self, continuation, handler_call_details):
+        handler = await continuation(handler_call_details)
+        if handler is None:
+            return None
+        method = handler_call_details.method
+
+        def unary(behaviour: Behaviour):
+            async def call(request: Any, context: grpc.aio.ServicerContext) -> Any:
+                try:
+                    return await response(behaviour, request, context)
+                except grpc.aio.AbortError:
+                    raise
+                except Exception as exc:  # noqa: BLE001 - this is the one place that maps them
+                    await _abort(context, method, exc)
+
+            return call
+
+        def stream(behaviour: Behaviour):
+            async def call(request: Any, context: grpc.aio.ServicerContext):
+                try:
+                    async for item in responses(behaviour, request, context):
+                        yield item
+                except grpc.aio.AbortError:
+                    raise
+                except Exception as exc:  # noqa: BLE001
+                    await _abort(context, method, exc)
+
+            return call
+
+        return rewrap(handler, unary, stream)
+
+
+class AuthInterceptor(grpc.aio.ServerInterceptor):
+    """Requires `authorization: Bearer <token>` on every call but the health check."""
+
+    def __init__(self, token: str):
+        self._expected = f"Bearer {token}".encode()
+
+    def _allowed(self, details: grpc.HandlerCallDetails) -> bool:
+        if details.method.startswith(HEALTH_PREFIX):
+            return True
+        for key, value in details.invocation_metadata or ():
+            if key == "authorization":
+                given = value if isinstance(value, bytes) else value.encode()
+                return hmac.compare_digest(given, self._expected)
+        return False
+
+    async def intercept_service(self, continuation, handler_call_details):
+        handler = await continuation(handler_call_details)
+        if handler is None or self._allowed(handler_call_details):
+            return handler
+        message = "missing or wrong API token: send 'authorization: Bearer <DOPPEL_API_TOKEN>'"
+
+        def unary(_behaviour: Behaviour):
+            async def deny(_request: Any, context: grpc.aio.ServicerContext) -> Any:
+                await context.abort(grpc.StatusCode.UNAUTHENTICATED, message)
+
+            return deny
+
+        def stream(_behaviour: Behaviour):
+            async def deny(_request: Any, context: grpc.aio.ServicerContext):
+                await context.abort(grpc.StatusCode.UNAUTHENTICATED, message)
+                yield  # pragma: no cover - makes this an async generator
+
+            return deny
+
+        return rewrap(handler, unary, stream)
