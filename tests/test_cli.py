@@ -202,3 +202,10 @@ def test_up_stops_the_stack_when_a_child_dies(stack):
     assert proc.returncode == 1
     assert "trainer exited with code -9" in rest
     assert not any(pid_alive(pid) for pid in pids.values())
+
+
+def test_a_bad_setting_names_the_variable():
+    result = runner.invoke(app, ["config"], env={"DOPPEL_UI_PORT": "http"})
+    assert result.exit_code == 2
+    assert "DOPPEL_UI_PORT='http'" in result.output
+    assert "Traceback" not in result.output

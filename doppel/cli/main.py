@@ -10,6 +10,7 @@ import asyncio
 import logging
 import sys
 from enum import Enum
+from typing import NoReturn
 
 import typer
 
@@ -30,9 +31,22 @@ class ServiceName(str, Enum):
     inference = "inference"
 
 
-def _fail(message: str, code: int = 1) -> None:
+def _fail(message: str, code: int = 1) -> NoReturn:
     typer.echo(f"error: {message}", err=True)
     raise typer.Exit(code)
+
+
+def _settings() -> Settings:
+    """Settings from the environment; a bad value exits with the variable's name, not a traceback."""
+    from pydantic import ValidationError
+
+    try:
+        return Settings()
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"DOPPEL_{'_'.join(map(str, e['loc'])).upper()}={e.get('input')!r}: {e['msg']}" for e in exc.errors()
+        )
+        _fail(f"invalid setting: {problems}", code=2)
 
 
 @app.command()
@@ -44,7 +58,7 @@ def version() -> None:
 @app.command()
 def config() -> None:
     """Print the resolved settings (from DOPPEL_* variables) as JSON; the API token is masked."""
-    typer.echo(Settings().model_dump_json(indent=2))
+    typer.echo(_settings().model_dump_json(indent=2))
 
 
 @app.command()
@@ -58,7 +72,7 @@ def serve(
     from doppel.errors import DoppelError
     from doppel.rpc.server import serve as serve_forever
 
-    settings = Settings()
+    settings = _settings()
     logging.basicConfig(level=settings.log_level, format=f"%(asctime)s {service.value} %(levelname)s %(message)s")
     address = listen or settings.listen or getattr(settings, f"{service.value}_addr")
     services = importlib.import_module(f"services.{service.value}.server").build(settings)
@@ -108,7 +122,7 @@ def up(
     """Run the whole stack on this machine until Ctrl-C: every service as a child process."""
     from doppel.cli.supervisor import Stack
 
-    settings = Settings()
+    settings = _settings()
     stack = Stack(settings, [s.value for s in ServiceName])
     sys.exit(stack.run(timeout=timeout))
 
