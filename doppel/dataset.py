@@ -1,0 +1,186 @@
+"""A dataset's manifest and summary statistics.
+
+A dataset is what one ingest produced: conversation shards (`doppel.conversation`) plus
+`manifest.json`, written last, that says where the data came from, how it was parsed and
+what it holds. These are small boundary objects, so they are pydantic models; the
+per-message work of computing the stats lives in `StatsAccumulator`, a plain class that
+sees one conversation at a time and keeps O(participants + months) state.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from datetime import UTC, datetime
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from doppel.conversation import Conversation, Message
+from doppel.errors import InvalidArgument, ParseError
+from doppel.layout import validate_id
+
+
+def _utc_or_naive(v: datetime | None) -> datetime | None:
+    """Aware datetimes as `datetime.UTC` (pydantic parses `Z` into its own tzinfo); naive kept."""
+    if v is None or v.tzinfo is None or v.tzinfo is UTC:
+        return v
+    return v.astimezone(UTC)
+
+
+def _order_key(ts: datetime) -> datetime:
+    """Sort key that makes naive and aware comparable: naive is taken as if it were UTC."""
+    return ts.replace(tzinfo=UTC) if ts.tzinfo is None else ts
+
+
+class ParticipantStat(BaseModel):
+    """One participant and how many messages they sent."""
+
+    name: str
+    messages: int
+
+
+class DatasetStats(BaseModel):
+    """Summary figures of a dataset.
+
+    `participants` is ordered most messages first (ties by name); `timeline` maps "YYYY-MM" to
+    a message count, oldest month first. Months and `first`/`last` use each timestamp as
+    stored: UTC for aware ones, local wall-clock time for naive ones; when both kinds occur,
+    naive timestamps are compared as if they were UTC.
+    """
+
+    conversations: int = 0
+    messages: int = 0
+    participants: dict[str, int] = Field(default_factory=dict)
+    first: datetime | None = None
+    last: datetime | None = None
+    timeline: dict[str, int] = Field(default_factory=dict)
+
+    @field_validator("participants")
+    @classmethod
+    def _most_first(cls, v: dict[str, int]) -> dict[str, int]:
+        return dict(sorted(v.items(), key=lambda kv: (-kv[1], kv[0])))
+
+    @field_validator("timeline")
+    @classmethod
+    def _by_month(cls, v: dict[str, int]) -> dict[str, int]:
+        return dict(sorted(v.items()))
+
+    @field_validator("first", "last")
+    @classmethod
+    def _utc(cls, v: datetime | None) -> datetime | None:
+        return _utc_or_naive(v)
+
+    def participant_list(self) -> list[ParticipantStat]:
+        """`participants` as a list, most messages first."""
+        return [ParticipantStat(name=n, messages=c) for n, c in self.participants.items()]
+
+
+class StatsAccumulator:
+    """Builds DatasetStats one conversation at a time, without keeping the messages."""
+
+    def __init__(self) -> None:
+        self.conversations = 0
+        self.messages = 0
+        self._senders: Counter[str] = Counter()
+        self._months: Counter[tuple[int, int]] = Counter()
+        self._first: datetime | None = None
+        self._last: datetime | None = None
+
+    def add(self, conversation: Conversation) -> None:
+        """Count one conversation and its messages."""
+        msgs = conversation.messages
+        self.conversations += 1
+        if not msgs:
+            return
+        self.messages += len(msgs)
+        self._senders.update(m.sender for m in msgs)
+        self._months.update((m.timestamp.year, m.timestamp.month) for m in msgs)
+        self._extend(min(msgs, key=_message_key).timestamp, max(msgs, key=_message_key).timestamp)
+
+    def _extend(self, lo: datetime, hi: datetime) -> None:
+        if self._first is None or _order_key(lo) < _order_key(self._first):
+            self._first = lo
+        if self._last is None or _order_key(hi) > _order_key(self._last):
+            self._last = hi
+
+    def result(self) -> DatasetStats:
+        """The stats of everything added so far."""
+        return DatasetStats(
+            conversations=self.conversations,
+            messages=self.messages,
+            participants=dict(self._senders),
+            first=self._first,
+            last=self._last,
+            timeline={f"{y:04d}-{m:02d}": n for (y, m), n in self._months.items()},
+        )
+
+
+def _message_key(m: Message) -> datetime:
+    return _order_key(m.timestamp)
+
+
+class SourceExport(BaseModel):
+    """One export a dataset was built from: where it is stored, its hash, size, name and format."""
+
+    key: str
+    sha256: str
+    size_bytes: int
+    filename: str
+    format: str
+
+
+class DatasetManifest(BaseModel):
+    """`datasets/<id>/manifest.json`: written last, so a dataset without one does not exist.
+
+    `files` are the conversation shards' keys relative to the dataset prefix
+    (`doppel.layout.dataset_prefix`), e.g. `conversations-00000.jsonl.zst`.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: str
+    name: str
+    created_at: datetime
+    updated_at: datetime
+    sources: list[SourceExport] = Field(default_factory=list)
+    parser_version: str
+    options: dict[str, Any] = Field(default_factory=dict)
+    stats: DatasetStats = Field(default_factory=DatasetStats)
+    files: list[str] = Field(default_factory=list)
+    warnings: list[str] = Field(default_factory=list)
+
+    @field_validator("id")
+    @classmethod
+    def _valid_id(cls, v: str) -> str:
+        try:
+            return validate_id(v, "dataset id")
+        except InvalidArgument as e:  # pydantic reports ValueErrors only
+            raise ValueError(str(e)) from None
+
+    @field_validator("created_at", "updated_at")
+    @classmethod
+    def _utc(cls, v: datetime) -> datetime:
+        return _utc_or_naive(v)  # type: ignore[return-value]
+
+    @field_validator("files")
+    @classmethod
+    def _relative_keys(cls, v: list[str]) -> list[str]:
+        for key in v:
+            if not key or key.startswith("/") or ".." in key.split("/") or "\\" in key:
+                raise ValueError(f"{key!r} is not a key relative to the dataset prefix")
+        return v
+
+    def to_json(self) -> bytes:
+        """The manifest as indented UTF-8 JSON."""
+        return self.model_dump_json(indent=2).encode()
+
+    @classmethod
+    def from_json(cls, data: bytes, *, name: str) -> DatasetManifest:
+        """Parse a manifest; raises ParseError naming `name` and the bad fields."""
+        try:
+            return cls.model_validate_json(data)
+        except ValidationError as e:
+            errors = e.errors(include_url=False)
+            parts = [f"{'.'.join(map(str, err['loc'])) or 'document'}: {err['msg']}" for err in errors[:3]]
+            more = f" (and {len(errors) - 3} more)" if len(errors) > 3 else ""
+            raise ParseError(name, "not a valid dataset manifest: " + "; ".join(parts) + more) from None
