@@ -179,6 +179,7 @@ def test_up_serves_everything_and_ctrl_c_leaves_no_child(stack):
         assert f"{name}" in output and addr in output
         with ServiceClient(addr) as client:
             assert client.health() == 1
+    assert f"store      file://{env['DOPPEL_HOME']}/store" in output
     proc.send_signal(signal.SIGINT)
     rest = read_all(proc)
     assert proc.returncode == 0, rest
@@ -209,3 +210,13 @@ def test_a_bad_setting_names_the_variable():
     assert result.exit_code == 2
     assert "DOPPEL_UI_PORT='http'" in result.output
     assert "Traceback" not in result.output
+
+
+def test_up_refuses_a_bad_store_url_before_starting_anything(tmp_path):
+    url = "s3://bucket?endpoint=127.0.0.1:1&access_key=k&secret_key=hunter2"
+    env = {"DOPPEL_HOME": str(tmp_path), "DOPPEL_STORE_URL": url}
+    result = runner.invoke(app, ["up"], env=env)
+    assert result.exit_code == 2
+    assert "DOPPEL_STORE_URL" in result.output and "cannot reach" in result.output
+    assert "hunter2" not in result.output
+    assert not (tmp_path / "logs").exists()

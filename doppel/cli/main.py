@@ -122,8 +122,16 @@ def up(
     """Run the whole stack on this machine until Ctrl-C: every service as a child process."""
     from doppel.cli.supervisor import Stack
 
+    from doppel.errors import DoppelError
+    from doppel.store import open_store
+
     settings = _settings()
-    stack = Stack(settings, [s.value for s in ServiceName])
+    try:  # a wrong store URL or a store that is down is said here, once, not by every service
+        with open_store(settings.store_url) as store:
+            store_url = store.url
+    except DoppelError as e:
+        _fail(f"DOPPEL_STORE_URL: {e}", 2)
+    stack = Stack(settings, [s.value for s in ServiceName], store_url=store_url)
     sys.exit(stack.run(timeout=timeout))
 
 

