@@ -17,9 +17,6 @@ from doppel.rpc.server import Service
 from doppel.v1 import ingest_pb2, ingest_pb2_grpc, trainer_pb2, trainer_pb2_grpc
 from support.grpcserver import BackgroundServer
 
-INGEST = ingest_pb2.DESCRIPTOR.services_by_name["IngestService"]
-TRAINER = trainer_pb2.DESCRIPTOR.services_by_name["TrainerService"]
-
 
 class FakeIngest(ingest_pb2_grpc.IngestServiceServicer):
     """Raises a typed core error from each method, the way a real core would."""
@@ -67,8 +64,8 @@ class FakeTrainer(trainer_pb2_grpc.TrainerServiceServicer):
 
 def services(trainer: FakeTrainer | None = None) -> list[Service]:
     return [
-        Service(INGEST, FakeIngest(), ingest_pb2_grpc.add_IngestServiceServicer_to_server),
-        Service(TRAINER, trainer or FakeTrainer(), trainer_pb2_grpc.add_TrainerServiceServicer_to_server),
+        Service.of(ingest_pb2, ingest_pb2_grpc, "IngestService", FakeIngest()),
+        Service.of(trainer_pb2, trainer_pb2_grpc, "TrainerService", trainer or FakeTrainer()),
     ]
 
 

@@ -13,6 +13,7 @@ import logging
 import signal
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from types import ModuleType
 from typing import Any
 
 import grpc
@@ -38,6 +39,11 @@ class Service:
     @property
     def name(self) -> str:
         return self.descriptor.full_name
+
+    @classmethod
+    def of(cls, pb2: ModuleType, pb2_grpc: ModuleType, name: str, servicer: Any) -> Service:
+        """Service `name` of a generated module pair, e.g. `Service.of(ingest_pb2, ingest_pb2_grpc, "IngestService", s)`."""
+        return cls(pb2.DESCRIPTOR.services_by_name[name], servicer, getattr(pb2_grpc, f"add_{name}Servicer_to_server"))
 
 
 def channel_options(max_message_mb: int) -> list[tuple[str, Any]]:

@@ -20,10 +20,4 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
 
 def build(settings: Settings) -> list[Service]:
     """The services this process serves."""
-    return [
-        Service(
-            descriptor=inference_pb2.DESCRIPTOR.services_by_name["InferenceService"],
-            servicer=InferenceServicer(settings),
-            add=inference_pb2_grpc.add_InferenceServiceServicer_to_server,
-        )
-    ]
+    return [Service.of(inference_pb2, inference_pb2_grpc, "InferenceService", InferenceServicer(settings))]

@@ -20,10 +20,4 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
 
 def build(settings: Settings) -> list[Service]:
     """The services this process serves."""
-    return [
-        Service(
-            descriptor=ingest_pb2.DESCRIPTOR.services_by_name["IngestService"],
-            servicer=IngestServicer(settings),
-            add=ingest_pb2_grpc.add_IngestServiceServicer_to_server,
-        )
-    ]
+    return [Service.of(ingest_pb2, ingest_pb2_grpc, "IngestService", IngestServicer(settings))]

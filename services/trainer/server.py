@@ -20,10 +20,4 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
 
 def build(settings: Settings) -> list[Service]:
     """The services this process serves."""
-    return [
-        Service(
-            descriptor=trainer_pb2.DESCRIPTOR.services_by_name["TrainerService"],
-            servicer=TrainerServicer(settings),
-            add=trainer_pb2_grpc.add_TrainerServiceServicer_to_server,
-        )
-    ]
+    return [Service.of(trainer_pb2, trainer_pb2_grpc, "TrainerService", TrainerServicer(settings))]
