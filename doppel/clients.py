@@ -7,7 +7,9 @@ on unary calls and retries on UNAVAILABLE are applied there, once for every meth
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+import hashlib
+import os
+from collections.abc import Callable, Iterable, Iterator
 from typing import Self
 
 import grpc
@@ -21,6 +23,7 @@ from doppel.v1 import ingest_pb2 as ing
 from doppel.v1 import trainer_pb2 as tr
 
 Timeout = float | None
+UPLOAD_CHUNK = 1 << 20  # well under the default 64 MiB message limit
 
 
 class ServiceClient:
@@ -72,6 +75,38 @@ class IngestClient(ServiceClient):
 
     def upload(self, parts: Iterable[ing.UploadRequest], *, timeout: Timeout = None) -> ing.UploadResponse:
         return self.stub.Upload(iter(parts), timeout=timeout)
+
+    def upload_file(
+        self,
+        path: str | os.PathLike[str],
+        header: ing.UploadHeader,
+        *,
+        chunk_bytes: int = UPLOAD_CHUNK,
+        progress: Callable[[int], None] | None = None,
+        timeout: Timeout = None,
+    ) -> ing.UploadResponse:
+        """Upload a local file in chunks after `header`, with its size and sha256 filled in;
+        `progress` is called with the bytes sent so far."""
+        full = ing.UploadHeader()
+        full.CopyFrom(header)
+        full.size_bytes = os.path.getsize(path)
+        digest = hashlib.sha256()
+        with open(path, "rb") as f:
+            while chunk := f.read(chunk_bytes):
+                digest.update(chunk)
+        full.sha256 = digest.hexdigest()
+
+        def parts() -> Iterator[ing.UploadRequest]:
+            yield ing.UploadRequest(header=full)
+            sent = 0
+            with open(path, "rb") as f:
+                while chunk := f.read(chunk_bytes):
+                    yield ing.UploadRequest(chunk=chunk)
+                    sent += len(chunk)
+                    if progress:
+                        progress(sent)
+
+        return self.upload(parts(), timeout=timeout)
 
     def import_export(self, request: ing.ImportExportRequest, *, timeout: Timeout = None) -> ing.ImportExportResponse:
         return self.stub.ImportExport(request, timeout=timeout)

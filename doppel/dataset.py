@@ -27,7 +27,7 @@ def _utc_or_naive(v: datetime | None) -> datetime | None:
     return v.astimezone(UTC)
 
 
-def _order_key(ts: datetime) -> datetime:
+def order_key(ts: datetime) -> datetime:
     """Sort key that makes naive and aware comparable: naive is taken as if it were UTC."""
     return ts.replace(tzinfo=UTC) if ts.tzinfo is None else ts
 
@@ -98,10 +98,19 @@ class StatsAccumulator:
         self._extend(min(msgs, key=_message_key).timestamp, max(msgs, key=_message_key).timestamp)
 
     def _extend(self, lo: datetime, hi: datetime) -> None:
-        if self._first is None or _order_key(lo) < _order_key(self._first):
+        if self._first is None or order_key(lo) < order_key(self._first):
             self._first = lo
-        if self._last is None or _order_key(hi) > _order_key(self._last):
+        if self._last is None or order_key(hi) > order_key(self._last):
             self._last = hi
+
+    def absorb(self, stats: DatasetStats) -> None:
+        """Count what an earlier import already holds, so the result covers both."""
+        self.conversations += stats.conversations
+        self.messages += stats.messages
+        self._senders.update(stats.participants)
+        self._months.update({(int(k[:4]), int(k[5:7])): n for k, n in stats.timeline.items()})
+        if stats.first is not None and stats.last is not None:
+            self._extend(stats.first, stats.last)
 
     def result(self) -> DatasetStats:
         """The stats of everything added so far."""
@@ -116,7 +125,7 @@ class StatsAccumulator:
 
 
 def _message_key(m: Message) -> datetime:
-    return _order_key(m.timestamp)
+    return order_key(m.timestamp)
 
 
 class SourceExport(BaseModel):
@@ -147,6 +156,7 @@ class DatasetManifest(BaseModel):
     options: dict[str, Any] = Field(default_factory=dict)
     stats: DatasetStats = Field(default_factory=DatasetStats)
     files: list[str] = Field(default_factory=list)
+    seen: str = ""  # the dedupe index's key relative to the dataset prefix, "" if none
     warnings: list[str] = Field(default_factory=list)
 
     @field_validator("id")
@@ -162,10 +172,12 @@ class DatasetManifest(BaseModel):
     def _utc(cls, v: datetime) -> datetime:
         return _utc_or_naive(v)  # type: ignore[return-value]
 
-    @field_validator("files")
+    @field_validator("files", "seen")
     @classmethod
-    def _relative_keys(cls, v: list[str]) -> list[str]:
-        for key in v:
+    def _relative_keys(cls, v: list[str] | str) -> list[str] | str:
+        for key in [v] if isinstance(v, str) else v:
+            if key == "" and isinstance(v, str):
+                continue
             if not key or key.startswith("/") or ".." in key.split("/") or "\\" in key:
                 raise ValueError(f"{key!r} is not a key relative to the dataset prefix")
         return v

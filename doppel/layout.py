@@ -5,6 +5,7 @@ One place builds every store key so services agree on the layout:
     raw/<sha256>                                  an uploaded export, by content hash
     datasets/<id>/manifest.json                   written last: no manifest, no dataset
     datasets/<id>/conversations-00000.jsonl.zst   conversation shards (doppel.conversation)
+    datasets/<id>/seen-00000.u64.zst              message fingerprints for dedupe, one per import
     runs/<id>/...                                 training run records and checkpoints
     models/<id>/...                               trained persona models
 
@@ -56,6 +57,11 @@ def shard_name(n: int) -> str:
     if not isinstance(n, int) or n < 0:
         raise InvalidArgument(f"invalid shard number {n!r}: must be an integer >= 0")
     return f"conversations-{n:05d}.jsonl.zst"
+
+
+def seen_name(n: int) -> str:
+    """`seen-00000.u64.zst`: the dedupe index written by import `n`, relative to its dataset prefix."""
+    return shard_name(n).replace("conversations-", "seen-").replace(".jsonl.zst", ".u64.zst")
 
 
 def shard_key(dataset_id: str, n: int) -> str:

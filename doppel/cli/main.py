@@ -10,12 +10,13 @@ import asyncio
 import logging
 import sys
 from enum import Enum
-from typing import NoReturn
 
 import typer
 
 from doppel import __version__
-from doppel.config import Settings
+from doppel.cli import ingest as ingest_commands
+from doppel.cli.context import fail as _fail
+from doppel.cli.context import settings as _settings
 
 app = typer.Typer(
     help="Doppel: turn a chat history into a model that talks like a chosen person, and serve it.",
@@ -29,24 +30,6 @@ class ServiceName(str, Enum):
     ingest = "ingest"
     trainer = "trainer"
     inference = "inference"
-
-
-def _fail(message: str, code: int = 1) -> NoReturn:
-    typer.echo(f"error: {message}", err=True)
-    raise typer.Exit(code)
-
-
-def _settings() -> Settings:
-    """Settings from the environment; a bad value exits with the variable's name, not a traceback."""
-    from pydantic import ValidationError
-
-    try:
-        return Settings()
-    except ValidationError as exc:
-        problems = "; ".join(
-            f"DOPPEL_{'_'.join(map(str, e['loc'])).upper()}={e.get('input')!r}: {e['msg']}" for e in exc.errors()
-        )
-        _fail(f"invalid setting: {problems}", code=2)
 
 
 @app.command()
@@ -133,6 +116,11 @@ def up(
         _fail(f"DOPPEL_STORE_URL: {e}", 2)
     stack = Stack(settings, [s.value for s in ServiceName], store_url=store_url)
     sys.exit(stack.run(timeout=timeout))
+
+
+app.command("ingest")(ingest_commands.ingest)
+app.command("inspect")(ingest_commands.inspect)
+app.add_typer(ingest_commands.datasets_app, name="datasets")
 
 
 @app.callback()

@@ -1,21 +1,114 @@
 """Entry point of the ingest service: its gRPC bindings for `doppel serve ingest`.
 
-The servicer is a skeleton: it inherits the generated base, so every RPC answers
-UNIMPLEMENTED until the ingest issue (#3) fills it in over its core.
+A thin adapter over the core (`pipeline`, `datasets`): it turns requests into core calls
+through `convert` and runs the CPU-bound parsing in a worker thread so health checks and
+other calls keep being answered. Errors are the core's typed exceptions, mapped by the
+shared interceptor.
 """
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
+import tempfile
+from pathlib import Path, PurePath
+
 from doppel.config import Settings
+from doppel.errors import InvalidArgument
 from doppel.rpc.server import Service
+from doppel.store import Store, open_store
 from doppel.v1 import ingest_pb2, ingest_pb2_grpc
+
+from . import datasets
+from .convert import conversation_to_proto, dataset_to_proto, options_from_proto
+from .pipeline import Target, import_key, ingest_file
+
+
+def _safe_filename(name: str) -> str:
+    """The last path segment of a client-given name, fit for a local file."""
+    base = PurePath(name.replace("\\", "/")).name.strip()
+    base = "".join(c for c in base if c.isprintable() and c not in "/\0")
+    return base if base not in ("", ".", "..") else "export"
 
 
 class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
     """Thin adapter from `doppel.v1.IngestService` to the ingest core."""
 
-    def __init__(self, settings: Settings):
+    def __init__(self, settings: Settings, store: Store | None = None):
         self.settings = settings
+        self.store = store or open_store(settings.store_url)
+
+    async def Upload(self, request_iterator, context):
+        header = None
+        with tempfile.TemporaryDirectory(prefix="doppel-upload-") as tmp:
+            digest = hashlib.sha256()
+            path: Path | None = None
+            out = None
+            try:
+                async for request in request_iterator:
+                    part = request.WhichOneof("part")
+                    if header is None:
+                        if part != "header":
+                            raise InvalidArgument("an upload must start with its header, then send chunks")
+                        header = request.header
+                        path = Path(tmp) / _safe_filename(header.filename)
+                        out = open(path, "wb")
+                    elif part == "chunk":
+                        digest.update(request.chunk)
+                        out.write(request.chunk)
+                    else:
+                        raise InvalidArgument("an upload has exactly one header, first")
+            finally:
+                if out is not None:
+                    out.close()
+            if header is None or path is None:
+                raise InvalidArgument("empty upload: send a header, then the file in chunks")
+            sha = digest.hexdigest()
+            if header.sha256 and header.sha256.lower() != sha:
+                raise InvalidArgument(f"{header.filename}: upload damaged in transit (sha256 {sha}, expected {header.sha256})")
+            options = options_from_proto(header.options)
+            manifest = await asyncio.to_thread(
+                ingest_file,
+                self.store,
+                path,
+                filename=header.filename or path.name,
+                target=Target(header.dataset_id, header.dataset_name),
+                options=options,
+                sha256=sha,
+            )
+        return ingest_pb2.UploadResponse(dataset=dataset_to_proto(manifest))
+
+    async def ImportExport(self, request, context):
+        if not request.key:
+            raise InvalidArgument("ImportExport needs the store key of an export")
+        manifest = await asyncio.to_thread(
+            import_key,
+            self.store,
+            request.key,
+            target=Target(request.dataset_id, request.dataset_name),
+            options=options_from_proto(request.options),
+        )
+        return ingest_pb2.ImportExportResponse(dataset=dataset_to_proto(manifest))
+
+    async def ListDatasets(self, request, context):
+        page = await asyncio.to_thread(datasets.list_page, self.store, request.page_size, request.page_token)
+        return ingest_pb2.ListDatasetsResponse(
+            datasets=[dataset_to_proto(m) for m in page.datasets], next_page_token=page.next_token
+        )
+
+    async def GetDataset(self, request, context):
+        manifest = await asyncio.to_thread(datasets.get, self.store, request.dataset_id)
+        return ingest_pb2.GetDatasetResponse(dataset=dataset_to_proto(manifest))
+
+    async def PreviewDataset(self, request, context):
+        found = await asyncio.to_thread(
+            datasets.preview, self.store, request.dataset_id, request.max_conversations, request.max_messages
+        )
+        return ingest_pb2.PreviewDatasetResponse(conversations=[conversation_to_proto(c) for c in found])
+
+    async def DeleteDataset(self, request, context):
+        deleted = await asyncio.to_thread(datasets.delete, self.store, request.dataset_id)
+        return ingest_pb2.DeleteDatasetResponse(objects_deleted=deleted.objects, raw_exports_deleted=deleted.raw_exports)
 
 
 def build(settings: Settings) -> list[Service]:

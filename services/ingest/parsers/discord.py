@@ -1,0 +1,3 @@
+"""Placeholder: replaced by the discord parser."""
+
+PARSERS: list = []

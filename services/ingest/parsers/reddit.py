@@ -1,0 +1,3 @@
+"""Placeholder: replaced by the reddit parser."""
+
+PARSERS: list = []

@@ -1,0 +1,487 @@
+"""Telegram Desktop JSON export (`result.json`), FORMATS.md section 5.
+
+Two shapes: a single-chat export, whose top level is the dialog itself (`{name?, type, id,
+messages}`), and a full account export, whose dialogs sit in `chats.list` and `left_chats.list`.
+Each dialog becomes one conversation. Only `type: "message"` entries with non-empty text count;
+`text` is a string or an array of strings and entity objects, flattened by concatenating every
+part's `text` (a `text_link` keeps its visible text). Timestamps come from `date_unixtime`
+(an absolute instant) or, in exports before v4.0, from `date`, which is the exporter's local
+wall-clock time and so stays naive.
+
+Memory: a full export is one JSON document of hundreds of MB to several GB, so it is streamed
+with ijson (yajl, in C): each dialog is built, converted and released before the next, and
+memory is bounded by the largest dialog. ijson follows one path per pass, so `left_chats` takes
+a second pass, made only when the bytes `"left_chats"` occurred in the first; a key that may be
+there but gave no dialog is checked by a slow third pass that says what is wrong with it. A
+single-chat export is one dialog and is built whole.
+
+The exporter writes control characters other than \\n \\r \\t as `\\xNN`, which is not JSON.
+`_Stream` rewrites exactly that escape (`\\x0N`/`\\x1N` where the backslash starts an escape,
+i.e. ends an odd run of backslashes) to `\\u00NN` as the bytes stream past, holding back the few
+bytes at a chunk's end that could be a cut escape: the message keeps the character the user
+typed. Anything else that is not JSON is an error naming the line, found from the excerpt of the
+failing chunk that yajl quotes.
+
+Conversation ids are `telegram-<dialog id>`; a nameless peer (`name: null`) is titled
+"Deleted account", and saved messages / replies (no `name`) by their type.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from typing import Any, BinaryIO
+
+import ijson
+
+from doppel.conversation import Conversation, Message
+from doppel.errors import ParseError
+
+from ..source import Source
+from .base import BOM, Parser, sort_messages
+
+FORMAT = "telegram"
+DETECT_HEADS = 16  # at most this many files are peeked at by `detect`
+CHUNK = 1 << 20  # bytes handed to yajl at a time (tests lower it to cut escapes across chunks)
+
+_DIALOG_TYPES = (
+    "saved_messages|replies|verification_codes|personal_chat|bot_chat|private_group|"
+    "private_supergroup|public_supergroup|private_channel|public_channel"
+)
+_ABOUT = re.compile(rb'"about"\s*:\s*"')  # a full export opens with it; a single chat has none
+_FULL_EXPORT = re.compile(rb'"(?:personal_information|chats|left_chats)"\s*:\s*\{')
+_MESSAGES = re.compile(rb'"messages"\s*:\s*\[')
+_TELEGRAM_KEY = re.compile(
+    rb'"(?:date_unixtime|from_id|actor_id|text_entities)"\s*:|"type"\s*:\s*"(?:' + _DIALOG_TYPES.encode() + rb')"'
+)
+# `\x0B` etc. where it begins an escape: preceded by an even run of backslashes.
+_X_ESCAPE = re.compile(rb"(?<!\\)((?:\\\\)*)\\x([01][0-9A-F])")
+_SECTIONS = ("chats", "left_chats")  # where a full export lists its dialogs, in this order
+_WATCHED = tuple(f'"{key}"'.encode() for key in _SECTIONS)  # a section may exist only if these occur
+_NEWLINES = bytes.maketrans(b"\n\r", b"  ")  # yajl's error excerpt shows them as spaces
+_CONTINUATION = bytes(range(0x80, 0xC0))
+_NO_NAME = "Deleted account"
+_NEITHER = (
+    "neither a single-chat export (no 'messages') nor a full export with chats (no 'chats'); "
+    "export again with chats selected"
+)
+
+
+# --- detection ----------------------------------------------------------------------------
+
+
+def _looks_telegram(head: bytes) -> bool:
+    """A JSON object with Telegram's top-level keys (full export) or its message keys."""
+    if head.startswith(BOM):
+        head = head[3:]
+    if not head.lstrip().startswith(b"{"):
+        return False
+    if _ABOUT.search(head) and _FULL_EXPORT.search(head):
+        return True
+    return _MESSAGES.search(head) is not None and _TELEGRAM_KEY.search(head) is not None
+
+
+def _is_result_json(path: str) -> bool:
+    return path.rsplit("/", 1)[-1].lower() == "result.json"
+
+
+def _candidates(source: Source) -> list[str]:
+    """JSON files that may be a result.json: any named so first, then other shallow `.json` files."""
+    files = source.files()
+    if len(files) == 1:
+        return files
+    named = [f for f in files if _is_result_json(f)]
+    other = [f for f in files if f.lower().endswith(".json") and f.count("/") <= 1 and not _is_result_json(f)]
+    return named + other
+
+
+def _head_is_telegram(source: Source, path: str) -> bool:
+    try:
+        return _looks_telegram(source.head(path))
+    except Exception:  # detect never raises; parse reports damage
+        return False
+
+
+def _head(source: Source, path: str) -> bytes:
+    try:
+        return source.head(path)
+    except OSError as e:
+        raise ParseError(source.where(path), f"cannot read the file ({e})") from None
+
+
+def detect(source: Source) -> bool:
+    """True when a result.json-like file (whatever its name) holds a Telegram export."""
+    try:
+        candidates = _candidates(source)
+    except Exception:
+        return False
+    return any(_head_is_telegram(source, p) for p in candidates[:DETECT_HEADS])
+
+
+# --- parsing ------------------------------------------------------------------------------
+
+
+def parse(source: Source) -> Iterator[Conversation]:
+    """Every dialog of every Telegram JSON file in `source`, one conversation each."""
+    files = source.files()
+    if len(files) == 1:
+        paths = files
+    else:  # every result.json (a damaged one is reported, not skipped), and other JSON that looks like one
+        paths = [p for p in _candidates(source) if _is_result_json(p) or _looks_telegram(_head(source, p))]
+        if not paths:
+            raise ParseError(source.name, "no Telegram export found (no result.json with chats or messages)")
+    seen: dict[str, int] = {}
+    for path in paths:
+        for conversation in _parse_file(source, path):
+            n = seen.get(conversation.id, 0) + 1
+            seen[conversation.id] = n
+            if n > 1:  # the same chat exported twice into one upload: keep ids unique
+                conversation.id = f"{conversation.id}-{n}"
+            yield conversation
+
+
+def _parse_file(source: Source, path: str) -> Iterator[Conversation]:
+    where = source.where(path)
+    with _Stream(source, path) as stream:
+        shape = _shape(stream)
+    if shape == "messages":  # a single-chat export: one dialog, built whole
+        with _Stream(source, path) as stream:
+            [root] = stream.items("")
+        conversation = _dialog(root, where, "")
+        if conversation is not None:
+            yield conversation
+    else:
+        yield from _full_export(source, path, where)
+
+
+def _shape(stream: _Stream) -> str:
+    """The first top-level key that tells the shape: `messages`, `chats` or `left_chats`."""
+    for prefix, event, value in stream.events():
+        if prefix:
+            continue
+        if event == "map_key" and (value == "messages" or value in _SECTIONS):
+            return str(value)
+        if event == "end_map":
+            break
+        if event not in ("start_map", "map_key"):
+            kind = "list" if event == "start_array" else _kind(value)
+            raise ParseError(stream.where, f"the top level must be a JSON object, not {kind}")
+    raise ParseError(stream.where, _NEITHER)
+
+
+def _full_export(source: Source, path: str, where: str) -> Iterator[Conversation]:
+    """The dialogs of `chats.list`, then of `left_chats.list`, one pass over the file each."""
+    watched: set[bytes] = set()
+    empty = []  # sections whose key occurred in the file but which gave no dialog
+    for key, watch in zip(_SECTIONS, _WATCHED):
+        if watched and watch not in watched:
+            continue  # the first pass never saw the bytes `"left_chats"`: there is no such section
+        with _Stream(source, path) as stream:
+            n = 0
+            for d in stream.items(f"{key}.list.item"):
+                conversation = _dialog(d, where, f"{key}.list[{n}].")
+                n += 1
+                del d  # keep one dialog in memory, not two, while the next is built
+                if conversation is not None:
+                    yield conversation
+                    conversation = None
+            watched = watched or stream.watched
+        if n == 0 and watch in watched:
+            empty.append(key)
+    if empty:  # malformed (`"chats": []`), or empty, or the word merely occurred in a text
+        with _Stream(source, path) as stream:
+            _check_sections(stream)
+
+
+def _check_sections(stream: _Stream) -> None:
+    """Raise unless every top-level `chats` / `left_chats` is an object with a `list` array.
+
+    Every event of the file passes through Python here, so it is slow: only for files where a
+    section key occurred but gave no dialog, which the exporter never writes.
+    """
+    listed: dict[str, bool] = {}
+    expect: tuple[str, str] | None = None  # (section, the event its next value must open with)
+    for prefix, event, value in stream.events():
+        if expect is not None:
+            if event != expect[1]:
+                raise ParseError(stream.where, f"'{expect[0]}' must be an object with a 'list' array", entry=expect[0])
+            if event == "start_array":
+                listed[expect[0]] = True
+            expect = None
+        if event == "map_key":
+            if not prefix and value in _SECTIONS:
+                expect = (value, "start_map")
+                listed.setdefault(value, False)
+            elif prefix in _SECTIONS and value == "list":
+                expect = (prefix, "start_array")
+    for key, ok in listed.items():
+        if not ok:
+            raise ParseError(stream.where, f"'{key}' must be an object with a 'list' array", entry=key)
+    if not listed:
+        raise ParseError(stream.where, _NEITHER)
+
+
+class _Stream:
+    """A result.json as yajl reads it, one chunk at a time.
+
+    The BOM is dropped and the exporter's `\\xNN` escapes are repaired on the way; `last` (the
+    chunk yajl is parsing) and `lines` (newlines before it) let an error name its line; `watched`
+    says which of the `_WATCHED` byte strings occurred.
+    """
+
+    def __init__(self, source: Source, path: str):
+        self.where = source.where(path)
+        try:
+            self._raw: BinaryIO = source.open(path)
+        except OSError as e:
+            raise ParseError(self.where, f"cannot read the file ({e})") from None
+        self.last = b""
+        self.lines = 0
+        self.watched: set[bytes] = set()
+        self._carry = b""  # raw bytes held back: they may begin an escape cut by the chunk's end
+        self._out = b""  # repaired bytes not handed out yet (a repair makes the text longer)
+        self._tail = b""  # the end of the previous chunk, for a watched key cut in two
+        self._started = self._eof = self._content = False
+
+    def __enter__(self) -> _Stream:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._raw.close()
+
+    def items(self, prefix: str) -> Iterator[Any]:
+        """Each value at `prefix` (ijson's dotted path), built whole; errors are ParseErrors."""
+        return self._guarded(ijson.items(self, prefix, use_float=True, buf_size=CHUNK))
+
+    def events(self) -> Iterator[tuple[str, str, Any]]:
+        """ijson's (prefix, event, value) events; every one passes through Python, so for small work."""
+        return self._guarded(ijson.parse(self, use_float=True, buf_size=CHUNK))
+
+    def _guarded(self, it: Iterator[Any]) -> Iterator[Any]:
+        while True:
+            try:
+                item = next(it)
+            except StopIteration:
+                return
+            except (ijson.JSONError, ValueError, OSError) as e:  # ValueError: bad UTF-8, huge numbers
+                raise self._error(e) from None
+            yield item
+            del item  # not held while the next item is built
+
+    def read(self, n: int = -1) -> bytes:
+        """At most `n` repaired bytes (yajl needs no more than it asked for); b"" at the end."""
+        if n == 0:
+            return b""
+        while not self._out and not self._eof:
+            self._fill()
+        out = self._out
+        if 0 < n < len(out):
+            out, self._out = out[:n], out[n:]
+        else:
+            self._out = b""
+        self.lines += self.last.count(b"\n")
+        self.last = out
+        for watch in _WATCHED:
+            if watch not in self.watched and (watch in out or watch in self._tail + out[: len(watch)]):
+                self.watched.add(watch)
+        self._tail = out[-16:]
+        if not self._content and out and not out.isspace():
+            self._content = True
+        return out
+
+    def _fill(self) -> None:
+        raw = self._raw.read(CHUNK)
+        data = self._carry + raw if self._carry else raw
+        if not self._started:
+            if raw and len(data) < len(BOM):
+                self._carry = data
+                return
+            self._started = True
+            data = data[len(BOM) :] if data.startswith(BOM) else data
+        if raw:
+            cut = _escape_safe_end(data)
+            data, self._carry = data[:cut], data[cut:]
+        else:
+            self._eof, self._carry = True, b""
+        self._out = _X_ESCAPE.sub(rb"\1\\u00\2", data) if b"\\x" in data else data
+
+    def _error(self, e: Exception) -> ParseError:
+        """`e` as a ParseError naming the file and, where the excerpt pins it down, the line."""
+        if isinstance(e, OSError):
+            return ParseError(self.where, f"cannot read the file ({e})")
+        if isinstance(e, UnicodeDecodeError):  # bytes yajl let through but Python refuses (a surrogate)
+            return ParseError(self.where, f"not UTF-8 text (byte 0x{e.object[e.start]:02x})")
+        if not isinstance(e, ijson.JSONError):
+            return ParseError(self.where, f"invalid JSON ({e})")
+        message = e.args[0] if e.args else b""
+        lines = (message if isinstance(message, bytes) else str(message).encode()).split(b"\n")
+        what = lines[0].decode("utf-8", "replace").partition(": ")[2].rstrip(".")
+        if what == "premature EOF":
+            if not self._content:
+                return ParseError(self.where, "the file is empty")
+            line = self.lines + self.last.count(b"\n") + 1
+            return ParseError(self.where, "the file is cut off (truncated JSON)", line=line)
+        at = _error_offset(lines[1] if len(lines) > 1 else b"", self.last)
+        line = None if at is None else self.lines + self.last.count(b"\n", 0, at) + 1
+        if what.startswith("invalid bytes in UTF8"):
+            return ParseError(self.where, "not UTF-8 text" + _bad_byte(self.last, at), line=line)
+        return ParseError(self.where, f"invalid JSON ({what})", line=line)
+
+
+def _escape_safe_end(data: bytes) -> int:
+    """Where to cut `data` so that no `\\xNN`, nor the run of backslashes before it, is cut in two.
+
+    Any backslash in the last four bytes may begin a cut escape: cut before it, and before the
+    backslashes right in front of it (their count decides whether it begins one at all).
+    """
+    k = data.find(b"\\", max(0, len(data) - 4))
+    return len(data) if k < 0 else len(data[:k].rstrip(b"\\"))
+
+
+def _error_offset(excerpt: bytes, chunk: bytes) -> int | None:
+    """Where in `chunk` yajl failed, from its excerpt, or None if that is ambiguous.
+
+    yajl shows up to 30 bytes either side of the error (newlines as spaces), padded so that the
+    error sits at column 40: 10 spaces of padding, or more when the error is near the chunk's start.
+    """
+    text = chunk.translate(_NEWLINES)
+    for at in range(min(30, len(text) + 1)):
+        if excerpt == b" " * (40 - at) + text[: at + 30]:
+            return at
+    around = excerpt[10:]
+    at = text.find(around)
+    if not around or at < 0 or text.find(around, at + 1) >= 0:
+        return None
+    return at + 30
+
+
+def _bad_byte(chunk: bytes, at: int | None) -> str:
+    """` (byte 0xNN)`: the first byte that is not UTF-8 on the line up to `at`, when there is one."""
+    if at is None:
+        return ""
+    start = chunk.rfind(b"\n", 0, at) + 1
+    line = chunk[start:at] if start else chunk[:at].lstrip(_CONTINUATION)  # a chunk may begin mid-character
+    try:
+        line.decode()
+    except UnicodeDecodeError as e:
+        return f" (byte 0x{line[e.start]:02x})"
+    return ""
+
+
+def _kind(v: Any) -> str:
+    return "null" if v is None else type(v).__name__
+
+
+def _dialog(d: Any, where: str, entry: str) -> Conversation | None:
+    """One dialog as a conversation (None when it has no counted message)."""
+    if type(d) is not dict:
+        raise ParseError(where, f"a chat must be a JSON object, not {_kind(d)}", entry=entry.rstrip(".") or None)
+    did, dtype, messages = d.get("id"), d.get("type"), d.get("messages")
+    if type(did) not in (int, str):
+        raise ParseError(where, f"the chat has no valid 'id' ({_kind(did)})", entry=f"{entry}id")
+    if type(dtype) is not str:
+        raise ParseError(where, f"the chat's 'type' must be a string, not {_kind(dtype)}", entry=f"{entry}type")
+    if type(messages) is not list:
+        raise ParseError(where, f"'messages' must be an array, not {_kind(messages)}", entry=f"{entry}messages")
+    name = d["name"] if "name" in d else dtype  # absent for saved_messages, replies
+    if name is None or name == "":
+        name = _NO_NAME
+    elif type(name) is not str:
+        raise ParseError(where, f"the chat's 'name' must be a string, not {_kind(name)}", entry=f"{entry}name")
+    channel = dtype.endswith("_channel")
+    out: list[Message] = []
+    for i, m in enumerate(messages):
+        try:
+            message = _message(m, name if channel else None)
+        except (ValueError, TypeError, KeyError, OverflowError, OSError) as e:
+            raise ParseError(where, str(e), entry=f"{entry}messages[{i}]") from None
+        if message is not None:
+            out.append(message)
+    if not out:
+        return None
+    return Conversation(f"telegram-{did}", name, FORMAT, sort_messages(out))
+
+
+def _message(m: Any, channel: str | None) -> Message | None:
+    """A counted message, or None for service/unsupported/empty ones. ValueError says what is wrong."""
+    if type(m) is not dict:
+        raise ValueError(f"a message must be a JSON object, not {_kind(m)}")
+    mtype = m.get("type")
+    if mtype != "message":
+        if type(mtype) is not str:
+            raise ValueError(f"the message's 'type' must be a string, not {_kind(mtype)}")
+        return None  # service, unsupported, or a type this parser does not know
+    text = m.get("text")
+    if type(text) is not str:
+        if "text" not in m:
+            raise ValueError("the message has no 'text'")
+        text = _flatten(text)
+    if not text:
+        return None  # media without a caption, stickers, polls
+    name = m.get("from")
+    sender = name if type(name) is str and name else _sender(m, channel)
+    mid, reply = m.get("id"), m.get("reply_to_message_id")
+    mid = str(mid) if type(mid) is int else _opt_id(mid, "id")
+    reply = None if reply is None else _opt_id(reply, "reply_to_message_id")
+    return Message(sender, text, _timestamp(m), reply, mid)
+
+
+def _flatten(t: Any) -> str:
+    """`text` as a string: itself, or the concatenation of every part's text."""
+    if type(t) is str:
+        return t
+    if type(t) is not list:
+        raise ValueError(f"'text' must be a string or an array, not {_kind(t)}")
+    parts = []
+    for part in t:
+        if type(part) is str:
+            parts.append(part)
+        elif type(part) is dict and type(part.get("text")) is str:
+            parts.append(part["text"])
+        else:
+            raise ValueError("a 'text' part must be a string or an object with a string 'text'")
+    return "".join(parts)
+
+
+def _sender(m: dict[str, Any], channel: str | None) -> str:
+    """Where `from` is null (a deleted account): `from_id`; else a channel post's signature or channel."""
+    fid = m.get("from_id")
+    if type(fid) is str and fid:
+        return fid
+    if type(fid) is int:  # exports before v2.7.2 wrote a bare user id
+        return str(fid)
+    author = m.get("author")
+    if type(author) is str and author:
+        return author
+    if channel is not None and "from" not in m:  # old exports wrote no sender for channel posts
+        return channel
+    raise ValueError("the message has neither 'from' nor 'from_id'")
+
+
+def _timestamp(m: dict[str, Any]) -> datetime:
+    """`date_unixtime` as UTC; else `date` as naive local time, exactly as written."""
+    unix = m.get("date_unixtime")
+    if unix is not None:
+        if type(unix) is not str or not (unix.isascii() and unix.isdigit()):
+            raise ValueError(f"'date_unixtime' must be a string of seconds, not {unix!r}")
+        return datetime.fromtimestamp(int(unix), UTC)
+    date = m.get("date")
+    if type(date) is not str:
+        raise ValueError("the message has no 'date'")
+    try:
+        return datetime.fromisoformat(date)
+    except ValueError:
+        raise ValueError(f"'date' is not an ISO date: {date!r}") from None
+
+
+def _opt_id(v: Any, key: str) -> str | None:
+    """A message id (a number in the export) as a string."""
+    if v is None:
+        return None
+    if type(v) is int or type(v) is str:
+        return str(v)
+    raise ValueError(f"'{key}' must be a number, not {_kind(v)}")
+
+
+PARSERS = [Parser(FORMAT, detect, parse)]
