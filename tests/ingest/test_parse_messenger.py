@@ -504,6 +504,7 @@ def good(**extra: Any) -> dict[str, Any]:
     ({"messages": [good(timestamp_ms=None, timestamp="x")]}, "'timestamp' must be a number, not str", "messages[0]"),
     ({"messages": [good(content=12)]}, "'content' must be a string, not int", "messages[0]"),
     ({"messages": [good(type=["Generic"])]}, "'type' must be a string, not list", "messages[0]"),
+    ({"messages": [good(type=5, timestamp_ms="x")]}, "'timestamp_ms' must be a number, not str", "messages[0]"),
     ({"messages": [good()], "title": 7}, "'title' must be a string, not int", "title"),
 ])
 def test_wrong_structure_names_the_file_and_entry(doc, reason, entry):
@@ -518,6 +519,7 @@ def test_wrong_structure_names_the_file_and_entry(doc, reason, entry):
     ({"text": "x", "timestamp": T0}, "the message has no 'senderName'"),
     ({"senderName": "B", "text": "x", "timestamp": "soon"}, "'timestamp' must be a number, not str"),
     ({"senderName": "B", "text": ["x"], "timestamp": T0}, "'text' must be a string, not list"),
+    ({"senderName": "B", "text": "x", "timestamp": None, "type": 3}, "'timestamp' must be a number, not null"),
 ])
 def test_e2ee_wrong_structure(message, reason):
     ok = {"senderName": "B", "text": "ok", "timestamp": T0}
@@ -571,12 +573,13 @@ def test_arbitrary_bytes(data, path):
         parse_or_parse_error(MemorySource({path: data}), fmt)
 
 
+KEYS = st.sampled_from(["sender_name", "timestamp_ms", "timestamp", "content", "type", "is_unsent", "call_duration"])
+SCALARS = st.none() | st.booleans() | st.integers(-(2**63), 2**64 - 1) | st.floats(allow_nan=False) | st.text()
+
+
 @settings(max_examples=100, deadline=None)
-@given(st.recursive(
-    st.none() | st.booleans() | st.integers(-(2**63), 2**64 - 1) | st.floats(allow_nan=False) | st.text(),
-    lambda kids: st.lists(kids, max_size=4) | st.dictionaries(st.sampled_from(
-        ["sender_name", "timestamp_ms", "timestamp", "content", "type", "is_unsent", "call_duration"]), kids, max_size=5),
-    max_leaves=12))
+@given(st.recursive(SCALARS, lambda kids: st.lists(kids, max_size=4) | st.dictionaries(KEYS, kids, max_size=5),
+                    max_leaves=12))
 def test_arbitrary_message_structures(message):
     doc = {"participants": [], "messages": [good(), message]}
     parse_or_parse_error(MemorySource({"messages/inbox/a_1/message_1.json": orjson.dumps(doc)}), "messenger")

@@ -27,6 +27,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
+from functools import partial
 from operator import attrgetter
 from typing import Any
 
@@ -136,7 +137,7 @@ def _dyi_messages(raw: list[Any], out: list[Message], names: dict[Any, str]) -> 
             or (content[-1] == "." and content.endswith(ends))
         ) and system(content):
             continue
-        ms = m.get("timestamp_ms")
+        ms = m.get("timestamp_ms")  # absent in 2018's files, which have `timestamp` in seconds
         append(Message(name, content, fromts(ms / 1000 if ms is not None else m["timestamp"], utc)))
 
 
@@ -180,9 +181,10 @@ def _describe(m: Any, e: BaseException, e2ee: bool) -> str:
     if type(m) is not dict:
         return f"a message must be a JSON object, not {_kind(m)}"
     sender, text = ("senderName", "text") if e2ee else ("sender_name", "content")
-    for key in (text, "type"):
-        if m.get(key) is not None and type(m[key]) is not str:
-            return f"'{key}' must be a string, not {_kind(m[key])}"
+    if m.get(text) is not None and type(m[text]) is not str:
+        return f"'{text}' must be a string, not {_kind(m[text])}"
+    if not e2ee and type(m.get("type")) in (list, dict):
+        return f"'type' must be a string, not {_kind(m['type'])}"
     if isinstance(e, KeyError):
         key = e.args[0] if e.args else ""
         return "the message has no 'timestamp_ms'" if key == "timestamp" and not e2ee else f"the message has no '{key}'"
@@ -400,25 +402,12 @@ def _detect(source: Source, instagram: bool) -> bool:
         return False
 
 
-def detect_instagram(source: Source) -> bool:
-    """Thread folders under `your_instagram_activity/messages/`, or bare `messages/` beside an IG profile."""
-    return _detect(source, instagram=True)
-
-
-def detect_messenger(source: Source) -> bool:
-    """DYI thread folders, E2EE thread files, or a standalone thread file, from their content."""
-    return _detect(source, instagram=False)
-
-
-def parse_instagram(source: Source) -> Iterator[Conversation]:
-    """Every Instagram DM thread in `source`, one conversation each."""
-    return _parse(source, "instagram")
-
-
-def parse_messenger(source: Source) -> Iterator[Conversation]:
-    """Every Messenger thread (DYI and E2EE download) in `source`, one conversation each."""
-    return _parse(source, "messenger")
-
+# instagram: thread folders under `your_instagram_activity/messages/`, or bare `messages/` beside an IG
+# profile; messenger: any DYI thread, E2EE file or standalone thread file. Both parse every thread found.
+detect_instagram = partial(_detect, instagram=True)
+detect_messenger = partial(_detect, instagram=False)
+parse_instagram = partial(_parse, fmt="instagram")
+parse_messenger = partial(_parse, fmt="messenger")
 
 PARSERS: list[Parser] = [
     Parser("instagram", detect_instagram, parse_instagram),
