@@ -51,12 +51,29 @@ ScriptFraction = Annotated[float, typer.Option("--script-min-fraction", help="Sh
 Timezone = Annotated[str, typer.Option("--timezone", help="IANA zone for exports that wrote local time, e.g. Europe/Berlin.")]
 
 
-def _options(**values: Any) -> Any:
+# command-line parameter -> IngestOptions field, for the options both commands take
+_OPTION_FIELDS = {
+    "format": "format",
+    "exclude_conversation": "exclude_conversations",
+    "exclude_sender": "exclude_senders",
+    "min_messages": "min_messages",
+    "session_gap": "session_gap",
+    "merge_window": "merge_window",
+    "script": "scripts",
+    "script_min_fraction": "script_min_fraction",
+    "redact": "redaction",
+    "timezone": "timezone",
+}
+
+
+def _options(params: dict[str, Any], **extra: Any) -> Any:
+    """IngestOptions from a command's parameters; InvalidArgument names a bad one."""
     from services.ingest.options import IngestOptions
 
+    values = {field: params[name] for name, field in _OPTION_FIELDS.items()}
     values["session_gap"] = _duration(values["session_gap"])
     values["merge_window"] = _duration(values["merge_window"])
-    return IngestOptions.build(**values)
+    return IngestOptions.build(**values, **extra)
 
 
 def ingest(
@@ -85,15 +102,11 @@ def ingest(
     from services.ingest.convert import options_to_proto
     from services.ingest.pipeline import local_export
 
+    params = dict(locals())
     if not path.exists():
         fail(f"{path}: no such file or folder")
     try:
-        options = _options(
-            format=format, exclude_conversations=exclude_conversation, exclude_senders=exclude_sender,
-            min_messages=min_messages, session_gap=session_gap, merge_window=merge_window, scripts=script,
-            script_min_fraction=script_min_fraction, redaction=redact, keep_duplicates=keep_duplicates,
-            timezone=timezone,
-        )
+        options = _options(params, keep_duplicates=keep_duplicates)
     except DoppelError as e:
         fail(str(e), 2)
     header = ingest_pb2.UploadHeader(
@@ -150,14 +163,10 @@ def inspect(
     from services.ingest.parsers import parse
     from services.ingest.source import open_source
 
+    params = dict(locals())
     out = sys.stdout.buffer
     try:
-        options = _options(
-            format=format, exclude_conversations=exclude_conversation, exclude_senders=exclude_sender,
-            min_messages=min_messages, session_gap=session_gap, merge_window=merge_window, scripts=script,
-            script_min_fraction=script_min_fraction, redaction=redact, keep_duplicates=not dedupe,
-            timezone=timezone,
-        )
+        options = _options(params, keep_duplicates=not dedupe)
         stats = StatsAccumulator()
         with open_source(path) as source:
             name, parsed = parse(source, options.format)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import io
+import json
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -11,7 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from doppel.errors import ParseError
-from services.ingest.parsers import detect, parser_for
+from services.ingest.parsers import detect, parser_for, telegram
 from services.ingest.parsers.telegram import detect as telegram_detect
 from services.ingest.source import open_source
 from support.parsing import MemorySource, mutations, parse_all, parse_or_parse_error, write_zip
@@ -72,7 +74,7 @@ def test_the_exporters_x_escape_is_repaired_only_where_it_starts_an_escape():
 
 def test_a_bad_escape_that_is_not_the_exporters_is_an_error_naming_the_line():
     raw = SINGLE.replace(b"Our cabin", b"Our \\q cabin")
-    with pytest.raises(ParseError, match=r"weekend\.json, line 96: invalid JSON \(inside a string, '\\' occurs before") as e:
+    with pytest.raises(ParseError, match=r"weekend\.json, line 96: invalid JSON \(invalid escaped") as e:
         list(parser_for("telegram").parse(MemorySource({"weekend.json": raw}, name="weekend.json")))
     assert e.value.line == 96
 
@@ -80,23 +82,30 @@ def test_a_bad_escape_that_is_not_the_exporters_is_an_error_naming_the_line():
 # --- the full account export --------------------------------------------------------------
 
 
-def test_full_export_reads_chats_and_left_chats():
-    _, convs = parse_all(MemorySource({"result.json": FULL}))
-    assert [(c.id, c.title, c.participants) for c in convs] == [
-        ("telegram-1001", "saved_messages", ["Alice Example"]),
-        ("telegram-1003", "Deleted account", ["user1003", "Alice Example"]),
-        ("telegram-9005", "Old Cabin Channel", ["Old Cabin Channel"]),
+def assert_full_export(convs: list) -> None:
+    """FULL's conversations, exactly."""
+    assert [(c.id, c.title, c.source_format, c.participants) for c in convs] == [
+        ("telegram-1001", "saved_messages", "telegram", ["Alice Example"]),
+        ("telegram-1003", "Deleted account", "telegram", ["user1003", "Alice Example"]),
+        ("telegram-9005", "Old Cabin Channel", "telegram", ["Old Cabin Channel"]),
     ]  # Bob's chat holds only a call, the bot chat nothing: both skipped
-    saved, deleted, channel = convs
-    assert [(m.text, m.timestamp) for m in saved.messages] == [("note to self: buy milk", utc(2024, 3, 1, 9))]
-    assert [(m.id, m.reply_to, m.text) for m in deleted.messages] == [
-        ("200", None, "who am I now?"),
-        ("201", "200", "a deleted account"),
+    assert [[(m.id, m.sender, m.text, m.timestamp, m.reply_to) for m in c.messages] for c in convs] == [
+        [("100", "Alice Example", "note to self: buy milk", utc(2024, 3, 1, 9), None)],
+        [("200", "user1003", "who am I now?", utc(2024, 3, 2, 10), None),
+         ("201", "Alice Example", "a deleted account", utc(2024, 3, 2, 10, 1), "200")],
+        [("5", "Old Cabin Channel", "#news cabin reopens", utc(2022, 1, 10, 8), None)],
     ]
-    assert [(m.text, m.timestamp) for m in channel.messages] == [("#news cabin reopens", utc(2022, 1, 10, 8))]
 
 
-def test_full_export_in_a_zip_and_in_a_folder(tmp_path):
+def test_full_export_reads_chats_and_left_chats():
+    fmt, convs = parse_all(MemorySource({"result.json": FULL}))
+    assert fmt == "telegram"
+    assert_full_export(convs)
+
+
+@pytest.mark.parametrize("chunk", [1 << 20, 64, 5])
+def test_full_export_streamed_from_a_zip_and_a_folder(tmp_path, monkeypatch, chunk):
+    monkeypatch.setattr(telegram, "CHUNK", chunk)  # many chunks: dialogs and keys cut across them
     files = {
         "DataExport_2024-03-04/result.json": FULL,
         "DataExport_2024-03-04/export_results.html": b"<html></html>",
@@ -110,8 +119,7 @@ def test_full_export_in_a_zip_and_in_a_folder(tmp_path):
         with open_source(path) as s:
             fmt, convs = parse_all(s)
             assert fmt == "telegram"
-            assert [c.id for c in convs] == ["telegram-1001", "telegram-1003", "telegram-9005"]
-            assert sum(len(c.messages) for c in convs) == 4
+            assert_full_export(convs)
 
 
 def test_a_chat_exported_twice_in_one_upload_keeps_ids_unique():
@@ -218,6 +226,180 @@ def test_forcing_the_format_on_a_folder_without_telegram_files_is_a_parse_error(
         list(parser_for("telegram").parse(MemorySource({"a.json": b"{}", "b.txt": b"x"})))
 
 
+# --- streaming a full export ------------------------------------------------------------------
+
+
+class Counted(io.BytesIO):
+    """A file that counts the bytes read from it."""
+
+    n = 0
+
+    def read(self, size: int | None = -1) -> bytes:
+        data = super().read(size)
+        self.n += len(data)
+        return data
+
+
+class StreamOnly(MemorySource):
+    """Records the bytes read through each `open`; reading a whole file at once fails the test."""
+
+    def __init__(self, files: dict[str, bytes]):
+        super().__init__(files)
+        self.opened: list[Counted] = []
+
+    def open(self, path: str) -> Counted:
+        f = Counted(super().open(path).getvalue())
+        self.opened.append(f)
+        return f
+
+    def read(self, path: str) -> bytes:
+        raise AssertionError("a whole file was read: memory would grow with the export")
+
+
+def exporter_json(obj: object) -> bytes:
+    """`obj` laid out as the exporter writes it (1-space indent, raw UTF-8); `<VT>` becomes its `\\x0B`."""
+    return json.dumps(obj, indent=1, ensure_ascii=False).replace("<VT>", "\\x0B").encode()
+
+
+def full(chats: list, left: list | None = None, **top) -> bytes:
+    doc = {"about": "x", "personal_information": {"user_id": 1}, **top, "chats": {"about": "", "list": chats}}
+    if left is not None:
+        doc["left_chats"] = {"about": "", "list": left}
+    return exporter_json(doc)
+
+
+def dialog(i: int, *texts: str, kind: str = "personal_chat") -> dict:
+    return {"name": f"D{i}", "type": kind, "id": i, "messages": [msg(n, t) for n, t in enumerate(texts, 1)]}
+
+
+def test_a_full_export_is_streamed_never_read_whole_and_left_chats_read_from_their_key():
+    source = StreamOnly({"result.json": FULL})
+    assert_full_export(list(parser_for("telegram").parse(source)))
+    _, chats, left = source.opened  # the shape, then one pass each for chats and left chats
+    assert chats.n == len(FULL)
+    assert left.n == len(FULL) - FULL.index(b'"left_chats"')  # exporter layout: starts at the key
+
+
+def test_left_chats_of_an_export_in_another_layout_take_a_whole_second_pass():
+    minified = orjson.dumps(orjson.loads(FULL))
+    source = StreamOnly({"result.json": minified})
+    assert_full_export(list(parser_for("telegram").parse(source)))
+    assert [f.n for f in source.opened[1:]] == [len(minified), len(minified)]
+    no_left = full([dialog(1, "hi")])
+    source = StreamOnly({"result.json": no_left})
+    assert [c.id for c in parser_for("telegram").parse(source)] == ["telegram-1"]
+    assert len(source.opened) == 2  # no `"left_chats"` anywhere: no second pass
+
+
+@pytest.mark.parametrize("chunk", [1 << 20, 64])
+def test_a_full_export_cut_inside_its_second_dialog_fails_after_yielding_the_first(monkeypatch, chunk):
+    monkeypatch.setattr(telegram, "CHUNK", chunk)
+    cut = FULL[: FULL.index(b'"who am I now?"')]  # inside chats.list[1]
+    got = []
+    with pytest.raises(ParseError, match=r"^export:result\.json, line 60: the file is cut off \(truncated JSON\)$"):
+        for c in parser_for("telegram").parse(MemorySource({"result.json": cut})):
+            got.append(c.id)
+    assert cut.count(b"\n") + 1 == 60
+    assert got == ["telegram-1001"]  # yielded before the end was reached; the parse still fails (nothing is kept)
+
+
+ESCAPES = full([dialog(1, "a<VT>b", "\\<VT>", "\\\\x0B", "<VT><VT>", "\\\\\\<VT>end")])
+
+
+@pytest.mark.parametrize("chunk", [*range(1, 10), 4096])
+def test_the_x_escape_is_repaired_across_chunk_boundaries(monkeypatch, chunk):
+    with pytest.raises(orjson.JSONDecodeError):
+        orjson.loads(ESCAPES)
+    monkeypatch.setattr(telegram, "CHUNK", chunk)
+    [c] = parse_bytes(b"\xef\xbb\xbf" + ESCAPES)  # and a BOM, cut by small chunks too
+    assert [m.text for m in c.messages] == ["a\x0bb", "\\\x0b", "\\\\x0B", "\x0b\x0b", "\\\\\\\x0bend"]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text("\\x01AFaf\" ", max_size=40).map(str.encode), st.integers(1, 9))
+def test_the_repair_is_the_whole_file_repair_wherever_chunks_end(data, chunk):
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(telegram, "CHUNK", chunk)
+        with telegram._Stream(MemorySource({"r.json": data}), "r.json") as stream:
+            out = b"".join(iter(lambda: stream.read(chunk), b""))
+    assert out == telegram._X_ESCAPE.sub(rb"\1\\u00\2", data)
+
+
+@pytest.mark.parametrize("chunk", [1 << 20, 64, 5])
+def test_stream_errors_name_the_line(monkeypatch, chunk):
+    monkeypatch.setattr(telegram, "CHUNK", chunk)
+    bad = FULL.replace(b'"reply_to_message_id": 200,', b'"reply_to_message_id": 200,,')
+    with pytest.raises(ParseError, match=r"result\.json, line 75: invalid JSON \(invalid object key") as e:
+        parse_bytes(bad)
+    assert bad[: bad.index(b",,")].count(b"\n") + 1 == e.value.line == 75
+    utf8 = FULL.replace(b"buy milk", b"buy \xff milk")
+    with pytest.raises(ParseError, match=r"result\.json, line 38: not UTF-8 text \(byte 0xff\)$"):
+        parse_bytes(utf8)
+
+
+def test_an_error_whose_excerpt_repeats_in_the_chunk_is_quoted_instead_of_given_a_line():
+    text = "pad " * 12 + "<LX>" + " pad" * 12  # `\\x1f`, lowercase: not the exporter's, not repaired
+    raw = full([dialog(1, text, text)]).replace(b"<LX>", b"\\x1f")
+    with pytest.raises(ParseError, match=r"result\.json: invalid JSON \(.*\) near 'pad pad") as e:
+        parse_bytes(raw)
+    assert e.value.line is None
+
+
+@pytest.mark.parametrize(
+    ("data", "match"),
+    [
+        (b"", r"result\.json: the file is empty$"),
+        (b" \n\t", r"result\.json: the file is empty$"),
+        (b'"x"', "the top level must be a JSON object, not str"),
+        (b"5", "the top level must be a JSON object, not int"),
+        (b"null", "the top level must be a JSON object, not null"),
+        (b'{"name": "N"}', "neither a single-chat export"),
+        (chat([msg(1, "x")]).replace(b'"id":7', b'"id":' + b"9" * 30), r"invalid JSON \(integer overflow\)"),
+        (full([dialog(1, "x")]) + b" {}", r"line 27: invalid JSON \(trailing garbage\)"),
+        (chat([msg(1, "<S>")]).replace(b"<S>", b"\xed\xa0\x80"), r"line 1: not UTF-8 text \(byte 0xed\)"),
+        (full([dialog(1, "<S>")]).replace(b"<S>", b"\xed\xa0\x80"), r"result\.json: not UTF-8 text \(byte 0xed\)$"),
+        (full([dialog(1, "x")])[:-5] + b"\\x0", r"result\.json, line \d+: invalid JSON"),
+        (orjson.dumps({"chats": {"list": {}}}), r"entry chats: 'chats' must be an object with a 'list' array"),
+        (orjson.dumps({"chats": {"about": "x"}}), r"entry chats: 'chats' must be an object with a 'list' array"),
+        (orjson.dumps({"chats": {"list": []}, "left_chats": []}), "entry left_chats: 'left_chats' must be an"),
+        (exporter_json({"about": "", "chats": {"list": [dialog(1, "x")]}, "left_chats": 5}), "entry left_chats: 'left"),
+    ],
+)
+def test_malformed_streams_are_parse_errors(data, match):
+    with pytest.raises(ParseError, match=match):
+        parse_bytes(data)
+
+
+def test_a_read_failure_mid_stream_is_a_parse_error_naming_the_file():
+    class Failing(io.BytesIO):
+        def read(self, size: int | None = -1) -> bytes:
+            if self.tell() > 1000:
+                raise OSError(5, "Input/output error")
+            return super().read(100)
+
+    class Source(MemorySource):
+        def open(self, path: str) -> Failing:
+            return Failing(super().open(path).getvalue())
+
+    with pytest.raises(ParseError, match=r"^export:result\.json: cannot read the file \(\[Errno 5\] Input/output"):
+        list(parser_for("telegram").parse(Source({"result.json": FULL})))
+
+
+def test_section_keys_that_are_only_words_in_texts_or_empty_lists_are_fine():
+    left_only = exporter_json({"about": "x", "left_chats": {"about": "", "list": [dialog(9, "chats", "left_chats")]}})
+    assert [[m.text for m in c.messages] for c in parse_bytes(left_only)] == [["chats", "left_chats"]]
+    assert parse_bytes(full([], left=[])) == []
+    text_left = full([dialog(1, '"left_chats"')])  # the bytes `"left_chats"`, escaped in a text
+    assert [c.id for c in parse_bytes(text_left)] == ["telegram-1"]
+
+
+def test_chats_and_left_chats_in_any_order_around_the_other_keys():
+    doc = {"left_chats": {"about": "", "list": [dialog(2, "l")]}, "about": "x", "chats": {"list": [dialog(1, "c")]},
+           "personal_information": {"user_id": 1}}
+    assert [c.id for c in parse_bytes(exporter_json(doc))] == ["telegram-1", "telegram-2"]
+
+
+
 # --- detection ----------------------------------------------------------------------------
 
 
@@ -284,10 +466,12 @@ SMALL = chat([msg(1, ["a ", {"type": "text_link", "text": "b", "href": "h"}], re
               msg(3, "c\\x", date_unixtime=None, from_id=5, **{"from": None})])
 
 
-@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(st.one_of(mutations(SMALL), mutations(SINGLE), mutations(FULL)))
-def test_mutated_exports_parse_or_raise_parse_error(data):
-    result = parse_or_parse_error(MemorySource({"result.json": data}), "telegram")
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.one_of(*map(mutations, (SMALL, SINGLE, FULL, ESCAPES))), st.sampled_from([1 << 20, 7]))
+def test_mutated_exports_parse_or_raise_parse_error(data, chunk):
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(telegram, "CHUNK", chunk)
+        result = parse_or_parse_error(MemorySource({"result.json": data}), "telegram")
     assert isinstance(result, (list, ParseError))
     telegram_detect(MemorySource({"result.json": data}))  # never raises
 

@@ -11,9 +11,10 @@ wall-clock time and so stays naive.
 Memory: a full export is one JSON document of hundreds of MB to several GB, so it is streamed
 with ijson (yajl, in C): each dialog is built, converted and released before the next, and
 memory is bounded by the largest dialog. ijson follows one path per pass, so `left_chats` takes
-a second pass, made only when the bytes `"left_chats"` occurred in the first; a key that may be
-there but gave no dialog is checked by a slow third pass that says what is wrong with it. A
-single-chat export is one dialog and is built whole.
+a second pass, made only when the bytes `"left_chats"` occurred in the first, and starting at
+that key where the exporter's layout shows where it is; a section key that gave no dialog is
+checked by a slow pass that says what is wrong with it. A single-chat export is one dialog: it
+is loaded whole, with orjson.
 
 The exporter writes control characters other than \\n \\r \\t as `\\xNN`, which is not JSON.
 `_Stream` rewrites exactly that escape (`\\x0N`/`\\x1N` where the backslash starts an escape,
@@ -39,7 +40,7 @@ from doppel.conversation import Conversation, Message
 from doppel.errors import ParseError
 
 from ..source import Source
-from .base import BOM, Parser, sort_messages
+from .base import BOM, Parser, load_json, sort_messages
 
 FORMAT = "telegram"
 DETECT_HEADS = 16  # at most this many files are peeked at by `detect`
@@ -57,6 +58,7 @@ _TELEGRAM_KEY = re.compile(
 )
 # `\x0B` etc. where it begins an escape: preceded by an even run of backslashes.
 _X_ESCAPE = re.compile(rb"(?<!\\)((?:\\\\)*)\\x([01][0-9A-F])")
+_X_HINT = re.compile(rb"\\x[01]")  # cheaper to look for than `_X_ESCAPE`
 _SECTIONS = ("chats", "left_chats")  # where a full export lists its dialogs, in this order
 _WATCHED = tuple(f'"{key}"'.encode() for key in _SECTIONS)  # a section may exist only if these occur
 _NEWLINES = bytes.maketrans(b"\n\r", b"  ")  # yajl's error excerpt shows them as spaces
@@ -145,10 +147,10 @@ def _parse_file(source: Source, path: str) -> Iterator[Conversation]:
     where = source.where(path)
     with _Stream(source, path) as stream:
         shape = _shape(stream)
-    if shape == "messages":  # a single-chat export: one dialog, built whole
+    if shape == "messages":  # a single-chat export: one dialog, loaded whole (orjson is faster at that)
         with _Stream(source, path) as stream:
-            [root] = stream.items("")
-        conversation = _dialog(root, where, "")
+            data = b"".join(iter(lambda: stream.read(CHUNK), b""))
+        conversation = _dialog(load_json(data, where), where, "")
         if conversation is not None:
             yield conversation
     else:
@@ -158,35 +160,44 @@ def _parse_file(source: Source, path: str) -> Iterator[Conversation]:
 def _shape(stream: _Stream) -> str:
     """The first top-level key that tells the shape: `messages`, `chats` or `left_chats`."""
     for prefix, event, value in stream.events():
-        if prefix:
+        if prefix or event == "start_map":
             continue
-        if event == "map_key" and (value == "messages" or value in _SECTIONS):
-            return str(value)
-        if event == "end_map":
+        if event == "map_key":
+            if value == "messages" or value in _SECTIONS:
+                return str(value)
+        elif event == "end_map":
             break
-        if event not in ("start_map", "map_key"):
+        else:
             kind = "list" if event == "start_array" else _kind(value)
             raise ParseError(stream.where, f"the top level must be a JSON object, not {kind}")
     raise ParseError(stream.where, _NEITHER)
 
 
 def _full_export(source: Source, path: str, where: str) -> Iterator[Conversation]:
-    """The dialogs of `chats.list`, then of `left_chats.list`, one pass over the file each."""
+    """The dialogs of `chats.list`, then of `left_chats.list`: one pass over the file each.
+
+    The first pass notes whether the bytes `"left_chats"` occur at all, and where the exporter's
+    layout shows the key at the top level (`\\n "left_chats":`, one space in): the second pass
+    then reads `{` + the file from there instead of parsing all of it again.
+    """
     watched: set[bytes] = set()
+    left_at: tuple[int, int] | None = None
     empty = []  # sections whose key occurred in the file but which gave no dialog
     for key, watch in zip(_SECTIONS, _WATCHED):
-        if watched and watch not in watched:
-            continue  # the first pass never saw the bytes `"left_chats"`: there is no such section
-        with _Stream(source, path) as stream:
+        first = key == _SECTIONS[0]
+        if not first and watch not in watched:
+            continue  # no `"left_chats"` anywhere: no such section
+        with _Stream(source, path, watch=first, start=None if first else left_at) as stream:
             n = 0
             for d in stream.items(f"{key}.list.item"):
                 conversation = _dialog(d, where, f"{key}.list[{n}].")
                 n += 1
-                del d  # keep one dialog in memory, not two, while the next is built
+                del d  # one dialog in memory, not two, while the next is built
                 if conversation is not None:
                     yield conversation
                     conversation = None
-            watched = watched or stream.watched
+            if first:
+                watched, left_at = stream.watched, stream.left_at
         if n == 0 and watch in watched:
             empty.append(key)
     if empty:  # malformed (`"chats": []`), or empty, or the word merely occurred in a text
@@ -197,24 +208,22 @@ def _full_export(source: Source, path: str, where: str) -> Iterator[Conversation
 def _check_sections(stream: _Stream) -> None:
     """Raise unless every top-level `chats` / `left_chats` is an object with a `list` array.
 
-    Every event of the file passes through Python here, so it is slow: only for files where a
+    Every event of the file passes through Python here, which is slow: only for files where a
     section key occurred but gave no dialog, which the exporter never writes.
     """
     listed: dict[str, bool] = {}
-    expect: tuple[str, str] | None = None  # (section, the event its next value must open with)
+    expect = ("", "")  # a section, and the event its value (or its `list`) must open with
     for prefix, event, value in stream.events():
-        if expect is not None:
+        if expect[0]:
             if event != expect[1]:
                 raise ParseError(stream.where, f"'{expect[0]}' must be an object with a 'list' array", entry=expect[0])
-            if event == "start_array":
-                listed[expect[0]] = True
-            expect = None
-        if event == "map_key":
-            if not prefix and value in _SECTIONS:
-                expect = (value, "start_map")
-                listed.setdefault(value, False)
-            elif prefix in _SECTIONS and value == "list":
-                expect = (prefix, "start_array")
+            listed[expect[0]] = listed[expect[0]] or event == "start_array"
+            expect = ("", "")
+        if event == "map_key" and not prefix and value in _SECTIONS:
+            expect = (value, "start_map")
+            listed.setdefault(value, False)
+        elif event == "map_key" and prefix in _SECTIONS and value == "list":
+            expect = (prefix, "start_array")
     for key, ok in listed.items():
         if not ok:
             raise ParseError(stream.where, f"'{key}' must be an object with a 'list' array", entry=key)
@@ -223,26 +232,35 @@ def _check_sections(stream: _Stream) -> None:
 
 
 class _Stream:
-    """A result.json as yajl reads it, one chunk at a time.
+    """A result.json as yajl reads it, one chunk at a time: the BOM dropped, `\\xNN` repaired.
 
-    The BOM is dropped and the exporter's `\\xNN` escapes are repaired on the way; `last` (the
-    chunk yajl is parsing) and `lines` (newlines before it) let an error name its line; `watched`
-    says which of the `_WATCHED` byte strings occurred.
+    `last` (the chunk yajl is parsing) and `lines` (newlines before it) let an error name its
+    line. With `watch` it notes which `_WATCHED` keys occur, and `left_at`: the offset of
+    `"left_chats"` where the exporter's layout shows it is a top-level key, and the newlines
+    before it. With `start` it reads `{` and then the file from that offset.
     """
 
-    def __init__(self, source: Source, path: str):
+    def __init__(self, source: Source, path: str, *, watch: bool = False, start: tuple[int, int] | None = None):
         self.where = source.where(path)
+        self.last, self.lines = b"", 0
+        self.watched: set[bytes] = set()
+        self.left_at: tuple[int, int] | None = None
+        self._watch = self._layout = watch
+        self._carry = self._out = self._tail = b""  # raw bytes held back; repaired bytes not read yet
+        self._consumed = self._lines_out = 0  # raw bytes read; newlines handed out
+        self._started = self._eof = self._content = False
         try:
             self._raw: BinaryIO = source.open(path)
+            if start is not None:  # seek, or read up to it where the file cannot (a zip entry)
+                offset, self._lines_out = start
+                if self._raw.seekable():
+                    self._raw.seek(offset)
+                else:
+                    while offset > 0 and (got := self._raw.read(min(offset, CHUNK))):
+                        offset -= len(got)
+                self._carry, self._started = b"{", True
         except OSError as e:
             raise ParseError(self.where, f"cannot read the file ({e})") from None
-        self.last = b""
-        self.lines = 0
-        self.watched: set[bytes] = set()
-        self._carry = b""  # raw bytes held back: they may begin an escape cut by the chunk's end
-        self._out = b""  # repaired bytes not handed out yet (a repair makes the text longer)
-        self._tail = b""  # the end of the previous chunk, for a watched key cut in two
-        self._started = self._eof = self._content = False
 
     def __enter__(self) -> _Stream:
         return self
@@ -255,7 +273,7 @@ class _Stream:
         return self._guarded(ijson.items(self, prefix, use_float=True, buf_size=CHUNK))
 
     def events(self) -> Iterator[tuple[str, str, Any]]:
-        """ijson's (prefix, event, value) events; every one passes through Python, so for small work."""
+        """ijson's (prefix, event, value) events; each passes through Python, so for small work."""
         return self._guarded(ijson.parse(self, use_float=True, buf_size=CHUNK))
 
     def _guarded(self, it: Iterator[Any]) -> Iterator[Any]:
@@ -267,10 +285,10 @@ class _Stream:
             except (ijson.JSONError, ValueError, OSError) as e:  # ValueError: bad UTF-8, huge numbers
                 raise self._error(e) from None
             yield item
-            del item  # not held while the next item is built
+            del item  # not held while the next one is built
 
     def read(self, n: int = -1) -> bytes:
-        """At most `n` repaired bytes (yajl needs no more than it asked for); b"" at the end."""
+        """At most `n` repaired bytes (yajl takes no more than it asked for); b"" at the end."""
         if n == 0:
             return b""
         while not self._out and not self._eof:
@@ -280,34 +298,51 @@ class _Stream:
             out, self._out = out[:n], out[n:]
         else:
             self._out = b""
-        self.lines += self.last.count(b"\n")
-        self.last = out
-        for watch in _WATCHED:
-            if watch not in self.watched and (watch in out or watch in self._tail + out[: len(watch)]):
-                self.watched.add(watch)
-        self._tail = out[-16:]
-        if not self._content and out and not out.isspace():
-            self._content = True
+        self.last, self.lines = out, self._lines_out
+        self._lines_out += out.count(b"\n")
         return out
 
     def _fill(self) -> None:
         raw = self._raw.read(CHUNK)
+        base = self._consumed - len(self._carry)  # the offset of `data` in the file
+        self._consumed += len(raw)
         data = self._carry + raw if self._carry else raw
         if not self._started:
-            if raw and len(data) < len(BOM):
+            if raw and len(data) < 4:
                 self._carry = data
                 return
             self._started = True
-            data = data[len(BOM) :] if data.startswith(BOM) else data
+            if data.startswith(BOM):
+                data, base = data[len(BOM) :], base + len(BOM)
+            self._layout = self._layout and data.startswith(b'{\n "')  # the exporter's 1-space indent
         if raw:
             cut = _escape_safe_end(data)
             data, self._carry = data[:cut], data[cut:]
         else:
             self._eof, self._carry = True, b""
-        self._out = _X_ESCAPE.sub(rb"\1\\u00\2", data) if b"\\x" in data else data
+        if self._watch:
+            self._look(data, base)
+        if not self._content and data and not data.isspace():
+            self._content = True
+        self._out = _X_ESCAPE.sub(rb"\1\\u00\2", data) if _X_HINT.search(data) else data
+
+    def _look(self, data: bytes, base: int) -> None:
+        window, tail = self._tail + data, self._tail  # a key may be cut by the chunk's end
+        self._tail = window[-16:]
+        chats, left = _WATCHED
+        if chats not in self.watched and chats in window:
+            self.watched.add(chats)
+        at = -1 if self.left_at or (left in self.watched and not self._layout) else window.find(left)
+        while at >= 0:
+            self.watched.add(left)
+            if self._layout and window[at - 2 : at] == b"\n ":
+                lines = self._lines_out - tail.count(b"\n") + window.count(b"\n", 0, at)
+                self.left_at = (base - len(tail) + at, lines)
+                return
+            at = window.find(left, at + 1) if self._layout else -1
 
     def _error(self, e: Exception) -> ParseError:
-        """`e` as a ParseError naming the file and, where the excerpt pins it down, the line."""
+        """`e` as a ParseError naming the file and, where yajl's excerpt pins it down, the line."""
         if isinstance(e, OSError):
             return ParseError(self.where, f"cannot read the file ({e})")
         if isinstance(e, UnicodeDecodeError):  # bytes yajl let through but Python refuses (a surrogate)
@@ -320,19 +355,20 @@ class _Stream:
         if what == "premature EOF":
             if not self._content:
                 return ParseError(self.where, "the file is empty")
-            line = self.lines + self.last.count(b"\n") + 1
-            return ParseError(self.where, "the file is cut off (truncated JSON)", line=line)
-        at = _error_offset(lines[1] if len(lines) > 1 else b"", self.last)
+            return ParseError(self.where, "the file is cut off (truncated JSON)", line=self._lines_out + 1)
+        excerpt = lines[1] if len(lines) > 1 else b""
+        at = _error_offset(excerpt, self.last)
         line = None if at is None else self.lines + self.last.count(b"\n", 0, at) + 1
+        near = "" if at is not None else f" near {excerpt.strip().decode('utf-8', 'replace')!r}"  # for a search
         if what.startswith("invalid bytes in UTF8"):
-            return ParseError(self.where, "not UTF-8 text" + _bad_byte(self.last, at), line=line)
-        return ParseError(self.where, f"invalid JSON ({what})", line=line)
+            return ParseError(self.where, f"not UTF-8 text{_bad_byte(self.last, at)}{near}", line=line)
+        return ParseError(self.where, f"invalid JSON ({what}){near}", line=line)
 
 
 def _escape_safe_end(data: bytes) -> int:
     """Where to cut `data` so that no `\\xNN`, nor the run of backslashes before it, is cut in two.
 
-    Any backslash in the last four bytes may begin a cut escape: cut before it, and before the
+    A backslash in the last four bytes may begin a cut escape: cut before it, and before the
     backslashes right in front of it (their count decides whether it begins one at all).
     """
     k = data.find(b"\\", max(0, len(data) - 4))
@@ -340,10 +376,10 @@ def _escape_safe_end(data: bytes) -> int:
 
 
 def _error_offset(excerpt: bytes, chunk: bytes) -> int | None:
-    """Where in `chunk` yajl failed, from its excerpt, or None if that is ambiguous.
+    """Where in `chunk` yajl failed, from its excerpt; None if the excerpt occurs twice.
 
-    yajl shows up to 30 bytes either side of the error (newlines as spaces), padded so that the
-    error sits at column 40: 10 spaces of padding, or more when the error is near the chunk's start.
+    yajl quotes up to 30 bytes either side of the error (newlines as spaces), padded so that the
+    error is at column 40: 10 spaces, or more when the error is near the chunk's start.
     """
     text = chunk.translate(_NEWLINES)
     for at in range(min(30, len(text) + 1)):
@@ -351,14 +387,12 @@ def _error_offset(excerpt: bytes, chunk: bytes) -> int | None:
             return at
     around = excerpt[10:]
     at = text.find(around)
-    if not around or at < 0 or text.find(around, at + 1) >= 0:
-        return None
-    return at + 30
+    return None if not around or at < 0 or text.find(around, at + 1) >= 0 else at + 30
 
 
 def _bad_byte(chunk: bytes, at: int | None) -> str:
-    """` (byte 0xNN)`: the first byte that is not UTF-8 on the line up to `at`, when there is one."""
-    if at is None:
+    """` (byte 0xNN)`: the first byte that is not UTF-8 on the line up to `at`, if any."""
+    if not at:
         return ""
     start = chunk.rfind(b"\n", 0, at) + 1
     line = chunk[start:at] if start else chunk[:at].lstrip(_CONTINUATION)  # a chunk may begin mid-character
@@ -421,9 +455,11 @@ def _message(m: Any, channel: str | None) -> Message | None:
         return None  # media without a caption, stickers, polls
     name = m.get("from")
     sender = name if type(name) is str and name else _sender(m, channel)
-    mid, reply = m.get("id"), m.get("reply_to_message_id")
+    mid, reply, unix = m.get("id"), m.get("reply_to_message_id"), m.get("date_unixtime")
     mid = str(mid) if type(mid) is int else _opt_id(mid, "id")
     reply = None if reply is None else _opt_id(reply, "reply_to_message_id")
+    if type(unix) is str and unix.isdigit() and unix.isascii():  # the usual case, inline: millions of calls
+        return Message(sender, text, datetime.fromtimestamp(int(unix), UTC), reply, mid)
     return Message(sender, text, _timestamp(m), reply, mid)
 
 
