@@ -132,3 +132,12 @@ def test_seen_index_round_trips_and_rejects_damage():
 def test_bad_options_name_the_option(bad, where):
     with pytest.raises(InvalidArgument, match=f"invalid ingest options: {where}"):
         IngestOptions.build(**bad)
+
+
+def test_dedupe_tells_naive_from_aware_and_microseconds_apart():
+    seen = SeenIndex()
+    naive = Message("A", "x", datetime(2024, 1, 1, 12, 0))
+    aware = Message("A", "x", datetime(2024, 1, 1, 12, 0, tzinfo=UTC))
+    later = Message("A", "x", datetime(2024, 1, 1, 12, 0, 0, 1, tzinfo=UTC))
+    assert seen.admit("c", [naive, aware, later], keep_duplicates=False) == [naive, aware, later]
+    assert seen.admit("c", [Message("A", "x", datetime(2024, 1, 1, 12, 0))], keep_duplicates=False) == []

@@ -4,6 +4,7 @@
 mutated exports without touching disk. `mutations(data)` is a strategy of damaged versions of
 a valid file: truncated, bytes flipped, inserted or removed. `parse_or_parse_error` is the
 property itself: a parse either succeeds or raises the parser's own error, nothing else.
+`jsonl_export` writes Doppel's own JSONL for pipeline and service tests; `keys` lists a store.
 """
 
 from __future__ import annotations
@@ -98,4 +99,5 @@ def jsonl_export(*rows: tuple[str, str, str, str]) -> bytes:
 
 
 def keys(store: Store) -> list[str]:
+    """Every key in the store, sorted."""
     return [info.key for info in store.list()]
