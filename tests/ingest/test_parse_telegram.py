@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from doppel.errors import ParseError
-from services.ingest.parsers import detect, parser_for, telegram
+from services.ingest.parsers import detect, parser_for, telegram, telegram_stream
 from services.ingest.parsers.telegram import detect as telegram_detect
 from services.ingest.source import open_source
 from support.parsing import MemorySource, mutations, parse_all, parse_or_parse_error, write_zip
@@ -105,7 +105,7 @@ def test_full_export_reads_chats_and_left_chats():
 
 @pytest.mark.parametrize("chunk", [1 << 20, 64, 5])
 def test_full_export_streamed_from_a_zip_and_a_folder(tmp_path, monkeypatch, chunk):
-    monkeypatch.setattr(telegram, "CHUNK", chunk)  # many chunks: dialogs and keys cut across them
+    monkeypatch.setattr(telegram_stream, "CHUNK", chunk)  # many chunks: dialogs and keys cut across them
     files = {
         "DataExport_2024-03-04/result.json": FULL,
         "DataExport_2024-03-04/export_results.html": b"<html></html>",
@@ -293,7 +293,7 @@ def test_left_chats_of_an_export_in_another_layout_take_a_whole_second_pass():
 
 @pytest.mark.parametrize("chunk", [1 << 20, 64])
 def test_a_full_export_cut_inside_its_second_dialog_fails_after_yielding_the_first(monkeypatch, chunk):
-    monkeypatch.setattr(telegram, "CHUNK", chunk)
+    monkeypatch.setattr(telegram_stream, "CHUNK", chunk)
     cut = FULL[: FULL.index(b'"who am I now?"')]  # inside chats.list[1]
     got = []
     with pytest.raises(ParseError, match=r"^export:result\.json, line 60: the file is cut off \(truncated JSON\)$"):
@@ -310,7 +310,7 @@ ESCAPES = full([dialog(1, "a<VT>b", "\\<VT>", "\\\\x0B", "<VT><VT>", "\\\\\\<VT>
 def test_the_x_escape_is_repaired_across_chunk_boundaries(monkeypatch, chunk):
     with pytest.raises(orjson.JSONDecodeError):
         orjson.loads(ESCAPES)
-    monkeypatch.setattr(telegram, "CHUNK", chunk)
+    monkeypatch.setattr(telegram_stream, "CHUNK", chunk)
     [c] = parse_bytes(b"\xef\xbb\xbf" + ESCAPES)  # and a BOM, cut by small chunks too
     assert [m.text for m in c.messages] == ["a\x0bb", "\\\x0b", "\\\\x0B", "\x0b\x0b", "\\\\\\\x0bend"]
 
@@ -319,15 +319,15 @@ def test_the_x_escape_is_repaired_across_chunk_boundaries(monkeypatch, chunk):
 @given(st.text("\\x01AFaf\" ", max_size=40).map(str.encode), st.integers(1, 9))
 def test_the_repair_is_the_whole_file_repair_wherever_chunks_end(data, chunk):
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(telegram, "CHUNK", chunk)
-        with telegram._Stream(MemorySource({"r.json": data}), "r.json") as stream:
+        mp.setattr(telegram_stream, "CHUNK", chunk)
+        with telegram_stream.ResultStream(MemorySource({"r.json": data}), "r.json") as stream:
             out = b"".join(iter(lambda: stream.read(chunk), b""))
-    assert out == telegram._X_ESCAPE.sub(rb"\1\\u00\2", data)
+    assert out == telegram_stream._X_ESCAPE.sub(rb"\1\\u00\2", data)
 
 
 @pytest.mark.parametrize("chunk", [1 << 20, 64, 5])
 def test_stream_errors_name_the_line(monkeypatch, chunk):
-    monkeypatch.setattr(telegram, "CHUNK", chunk)
+    monkeypatch.setattr(telegram_stream, "CHUNK", chunk)
     bad = FULL.replace(b'"reply_to_message_id": 200,', b'"reply_to_message_id": 200,,')
     with pytest.raises(ParseError, match=r"result\.json, line 75: invalid JSON \(invalid object key") as e:
         parse_bytes(bad)
@@ -470,7 +470,7 @@ SMALL = chat([msg(1, ["a ", {"type": "text_link", "text": "b", "href": "h"}], re
 @given(st.one_of(*map(mutations, (SMALL, SINGLE, FULL, ESCAPES))), st.sampled_from([1 << 20, 7]))
 def test_mutated_exports_parse_or_raise_parse_error(data, chunk):
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(telegram, "CHUNK", chunk)
+        mp.setattr(telegram_stream, "CHUNK", chunk)
         result = parse_or_parse_error(MemorySource({"result.json": data}), "telegram")
     assert isinstance(result, (list, ParseError))
     telegram_detect(MemorySource({"result.json": data}))  # never raises
