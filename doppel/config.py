@@ -48,6 +48,9 @@ class Settings(BaseSettings):
     rpc_timeout_s: float = Field(default=30.0, description="DOPPEL_RPC_TIMEOUT_S: default deadline of a client call.")
     grace_s: float = Field(default=10.0, description="DOPPEL_GRACE_S: how long shutdown waits for calls in flight.")
     max_message_mb: int = Field(default=64, description="DOPPEL_MAX_MESSAGE_MB: largest gRPC message.")
+    train_threads: int = Field(
+        default=0, ge=0, description="DOPPEL_TRAIN_THREADS: CPU threads a training run uses; 0 lets torch choose."
+    )
     log_level: str = Field(default="INFO", description="DOPPEL_LOG_LEVEL: Python logging level.")
 
     @model_validator(mode="after")
@@ -56,6 +59,17 @@ class Settings(BaseSettings):
         if not self.store_url:
             self.store_url = (self.home / "store").resolve().as_uri()
         return self
+
+    def environment(self) -> dict[str, str]:
+        """These settings as `DOPPEL_*` variables, for a child process that builds its own `Settings()`."""
+        out = {}
+        for name, value in self.model_dump().items():
+            if value is None:
+                continue
+            if hasattr(value, "get_secret_value"):
+                value = value.get_secret_value()
+            out[f"DOPPEL_{name.upper()}"] = str(value)
+        return out
 
     def token(self) -> str | None:
         """The API token as plain text, or None when auth is off."""

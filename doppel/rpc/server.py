@@ -112,4 +112,8 @@ async def serve(services: Sequence[Service], listen: str, **kwargs: Any) -> None
     await stop.wait()
     log.info("shutting down, %.0f s grace for calls in flight", running.grace)
     await running.stop()
+    for service in services:  # e.g. the trainer's Prefect runner, which kills the runs in flight
+        close = getattr(service.servicer, "close", None)
+        if close is not None:
+            await asyncio.to_thread(close)
     log.info("stopped")

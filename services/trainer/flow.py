@@ -1,0 +1,238 @@
+"""The `train-persona` Prefect flow: dataset -> samples -> tokens -> training -> evaluation -> model.
+
+The trainer process serves it as the `train-persona/train-persona` deployment (see `worker.py`);
+every run, whoever started it, is a flow run of that deployment, executed in a process of its
+own. The flow writes its record and progress events to the store (`runs.py`), a checkpoint every
+`save_every` steps, and Prefect artifacts: a progress bar and, at the end, a markdown report
+with the evaluation, samples and loss table. A run that is retried, or rescheduled after its
+process died, starts again here and resumes training from the latest checkpoint.
+
+Tasks that touch the store retry; tasks pass models and samples in memory (no caching, no
+persisted results: they are large and only mean something inside this run).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import torch
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_markdown_artifact, create_progress_artifact, update_progress_artifact
+from prefect.cache_policies import NO_CACHE
+from prefect.runtime import flow_run
+
+from doppel.config import Settings
+from doppel.conversation import Conversation
+from doppel.layout import new_id
+from doppel.store import open_store
+from doppel.store.base import Store
+from doppel.transcript import Transcript
+from services.ingest import datasets
+
+from . import basemodels, finetune, models, runs, sampling
+from .checks import check_request
+from .recipe import Recipe, TrainRequest
+from .runs import Event, RunLog, RunRecord
+from .samples import Sample, Split, split_sessions, tokenise
+
+FLOW = "train-persona"
+DEPLOYMENT = f"{FLOW}/{FLOW}"
+EVAL_DURING = 64  # held-out windows scored at each sampling point (all of them at the end)
+STORE_RETRIES = dict(retries=3, retry_delay_seconds=2, cache_policy=NO_CACHE)
+
+
+@task(**STORE_RETRIES)
+def load_dataset(store: Store, dataset_id: str) -> list[Conversation]:
+    return list(datasets.conversations(store, datasets.get(store, dataset_id)))
+
+
+@task(cache_policy=NO_CACHE)
+def build_samples(conversations: list[Conversation], recipe: Recipe) -> Split:
+    return split_sessions(
+        conversations,
+        recipe.speakers,
+        session_gap=timedelta(seconds=recipe.session_gap_s),
+        held_out_fraction=recipe.held_out_fraction,
+    )
+
+
+@task(**STORE_RETRIES)
+def load_base(store: Store, recipe: Recipe, split: Split, cache_dir: Path) -> basemodels.LoadedBase:
+    texts = (t.text for s in split.train for t in s.turns)
+    return basemodels.load_base_model(
+        recipe.base_model, store, cache_dir=cache_dir, texts=texts, seed=recipe.seed, block_size=recipe.block_size
+    )
+
+
+@task(cache_policy=NO_CACHE)
+def tokenise_samples(split: Split, transcript: Transcript, block_size: int) -> tuple[list[Sample], list[Sample]]:
+    train = tokenise(split.train, transcript, block_size)
+    if not train:
+        raise ValueError("no training samples: the chosen speakers have no turns outside the held-out part")
+    return train, tokenise(split.held_out, transcript, block_size)
+
+
+@task(cache_policy=NO_CACHE)
+def train_model(model: Any, train: list[Sample], recipe: Recipe, pad_id: int, callbacks: finetune.Callbacks, checkpoint: bytes | None) -> finetune.Result:
+    return finetune.train(model, train, recipe, pad_id=pad_id, callbacks=callbacks, checkpoint=checkpoint)
+
+
+@task(cache_policy=NO_CACHE)
+def evaluate(model: Any, held_out: list[Sample], pad_id: int, base_loss: float) -> models.Evaluation:
+    loss, tokens = finetune.held_out_loss(model, held_out, pad_id=pad_id)
+    return models.Evaluation.of(loss, base_loss, tokens)
+
+
+@task(cache_policy=NO_CACHE)
+def sample(model: Any, tokenizer: Any, transcript: Transcript, found: list[sampling.Opening], step: int, seed: int) -> list[runs.SampleText]:
+    return sampling.generate(model, tokenizer, transcript, found, step=step, seed=seed)
+
+
+@task(**STORE_RETRIES)
+def publish(store: Store, manifest: models.ModelManifest, model: Any, tokenizer: Any, base_folder: Path | None) -> models.ModelManifest:
+    return models.publish(store, manifest, model, tokenizer, base_folder)
+
+
+class _Progress:
+    """Step events to the run log and the Prefect progress artifact, checkpoints to the store."""
+
+    def __init__(self, store: Store, log: RunLog, artifact: Any, sample_at: Callable[[Any, int], None]):
+        self.store, self.log, self.artifact, self.sample_at = store, log, artifact, sample_at
+        self._shown, self._shown_at = -1.0, 0.0
+
+    def callbacks(self) -> finetune.Callbacks:
+        return finetune.Callbacks(on_step=self.on_step, on_checkpoint=self.on_checkpoint, on_sample=self.sample_at)
+
+    def on_step(self, p: finetune.Progress) -> None:
+        self.log.emit(Event(step=p.step, total=p.total, loss=p.loss, learning_rate=p.learning_rate,
+                            eta_s=p.eta_s, tokens_per_s=p.tokens_per_s))
+        fraction = p.step / p.total
+        if self.artifact and (fraction - self._shown >= 0.02 or time.monotonic() - self._shown_at > 5 or p.step == p.total):
+            update_progress_artifact(self.artifact, progress=100 * fraction)
+            self._shown, self._shown_at = fraction, time.monotonic()
+
+    def on_checkpoint(self, step: int, blob: bytes) -> None:
+        old = runs.latest_checkpoint(self.store, self.log.record.id)
+        self.store.put(runs.checkpoint_key(self.log.record.id, step), blob)
+        if old and old[0] != step:
+            self.store.delete(old[1])
+        get_run_logger().info("checkpoint at step %d (%.1f MB)", step, len(blob) / 1e6)
+
+
+def _report(record: RunRecord, evaluation: models.Evaluation, samples: list[runs.SampleText], losses: list[tuple[int, float]]) -> str:
+    every = max(1, len(losses) // 20)
+    rows = [f"| {s} | {loss:.4f} |" for s, loss in losses[::every]]
+    if losses and losses[-1] not in losses[::every]:
+        rows.append(f"| {losses[-1][0]} | {losses[-1][1]:.4f} |")
+    shown = "\n\n".join(f"**{s.speaker}**, after\n\n> " + s.prompt.replace("\n", "\n> ") + f"\n\n{s.text}" for s in samples)
+    return (
+        f"# {record.recipe.model_name if record.recipe else record.id}\n\n"
+        f"Model `{record.model_id}` on dataset `{record.request.dataset_id}`.\n\n"
+        "| | held-out loss | perplexity |\n|---|---|---|\n"
+        f"| trained | {evaluation.held_out_loss:.4f} | {evaluation.perplexity:.2f} |\n"
+        f"| base | {evaluation.base_held_out_loss:.4f} | {evaluation.base_perplexity:.2f} |\n\n"
+        f"over {evaluation.held_out_tokens} held-out tokens.\n\n## Samples\n\n{shown or '(none)'}\n\n"
+        "## Loss\n\n| step | loss |\n|---|---|\n" + "\n".join(rows) + "\n"
+    )
+
+
+def _start(store: Store, run_id: str, request: TrainRequest) -> RunLog:
+    record = runs.find_record(store, run_id) or RunRecord(id=run_id, request=request)
+    record.state, record.message, record.pid = "running", "", os.getpid()
+    record.started_at = record.started_at or datetime.now(UTC)
+    record.finished_at = None
+    return RunLog(store, record)
+
+
+@flow(name=FLOW, retries=1, retry_delay_seconds=5, persist_result=False, validate_parameters=True)
+def train_persona(request: TrainRequest) -> str:
+    """Fine-tune a base model on a dataset so it talks like the chosen speakers; returns the model id."""
+    settings = Settings()
+    if settings.train_threads:
+        torch.set_num_threads(settings.train_threads)
+    run_id = str(flow_run.get_id() or new_id("run"))
+    store = open_store(settings.store_url)
+    log = _start(store, run_id, request)
+    try:
+        return _train(settings, store, log)
+    except BaseException as e:
+        record = log.record
+        record.state, record.finished_at, record.pid = "failed", datetime.now(UTC), None
+        record.message = str(e) or type(e).__name__
+        log.emit(Event(state="failed", step=record.step, total=record.total, message=record.message), now=True)
+        raise
+    finally:
+        store.close()
+
+
+def _train(settings: Settings, store: Store, log: RunLog) -> str:
+    record, logger = log.record, get_run_logger()
+    log.say("checking the request")
+    checked = check_request(store, record.request)
+    recipe = record.recipe = checked.recipe
+    log.say("loading the dataset")
+    conversations = load_dataset(store, recipe.dataset_id)
+    log.say("building samples")
+    split = build_samples(conversations, recipe)
+    participants = list(checked.dataset.stats.participants)
+    del conversations
+    log.say(f"loading base model {recipe.base_model}")
+    base = load_base(store, recipe, split, settings.home / "cache")
+    transcript = Transcript(base.tokenizer, recipe.speakers)
+    log.say("tokenising")
+    train, held_out = tokenise_samples(split, transcript, recipe.block_size)
+    pad_id = base.tokenizer.pad_token_id
+    device = finetune.device_for()
+    base.model.to(device)
+    base_loss, _ = finetune.held_out_loss(base.model, held_out, pad_id=pad_id)
+    with tempfile.TemporaryDirectory(prefix="doppel-run-") as tmp:
+        base_folder = None
+        if recipe.method == "lora" and base.store_prefix is None and base.source.startswith("registry:"):
+            base_folder = Path(tmp) / "base"  # nowhere else holds these weights: publish them with the adapter
+            base.model.save_pretrained(base_folder)
+            base.tokenizer.save_pretrained(base_folder)
+        model = finetune.prepare_model(base.model, recipe)
+        found = sampling.openings(split.held_out or split.train, recipe.speakers, recipe.sample_prompts)
+
+        def sample_at(m: Any, step: int) -> None:
+            texts = sampling.generate(m, base.tokenizer, transcript, found, step=step, seed=recipe.seed)
+            loss, _ = finetune.held_out_loss(m, held_out[:EVAL_DURING], pad_id=pad_id)
+            log.emit(Event(step=step, total=record.total, samples=texts, held_out_loss=None if math.isnan(loss) else loss))
+
+        checkpoint = runs.latest_checkpoint(store, record.id)
+        blob = None
+        if checkpoint:
+            record.resumed_from, blob = checkpoint[0], store.get(checkpoint[1])
+            logger.info("resuming from the checkpoint at step %d", checkpoint[0])
+        record.total = finetune.total_steps(len(train), recipe)
+        log.say(f"training: {len(train)} samples, {record.total} steps" + (f", resuming at step {record.resumed_from}" if blob else ""))
+        artifact = create_progress_artifact(progress=0.0, description=f"training {recipe.model_name}")
+        progress = _Progress(store, log, artifact, sample_at)
+        result = train_model(model, train, recipe, pad_id, progress.callbacks(), blob)
+        log.say("evaluating")
+        evaluation = evaluate(model, held_out, pad_id, base_loss)
+        log.say("sampling")
+        samples = sample(model, base.tokenizer, transcript, found, result.step, recipe.seed)
+        log.say("publishing")
+        manifest = models.ModelManifest(
+            id=models.new_model_id(), name=recipe.model_name, base_model=recipe.base_model, base_source=base.source,
+            base_store_prefix=base.store_prefix, method=recipe.method, transcript=transcript.kind,
+            speakers=recipe.speakers, participants=participants, dataset_id=recipe.dataset_id, run_id=record.id,
+            recipe=recipe, evaluation=evaluation, samples=samples,
+        )
+        manifest = publish(store, manifest, model, base.tokenizer, base_folder)
+    record.model_id, record.state, record.finished_at, record.pid = manifest.id, "completed", datetime.now(UTC), None
+    held = None if math.isnan(evaluation.held_out_loss) else evaluation.held_out_loss
+    log.emit(Event(state="completed", step=result.step, total=result.total, held_out_loss=held, samples=samples,
+                   message=f"published model {manifest.id}"), now=True)
+    create_markdown_artifact(_report(record, evaluation, samples, result.losses), description=f"{recipe.model_name}: report")
+    store.delete_prefix(runs.checkpoints_prefix(record.id))  # the model is published: checkpoints are spent
+    logger.info("published model %s: held-out loss %.4f (base %.4f)", manifest.id, evaluation.held_out_loss, base_loss)
+    return manifest.id

@@ -1,0 +1,219 @@
+"""TrainerService end to end: a real Prefect server, a real SeaweedFS store, real flow-run processes.
+
+One trainer (servicer + Prefect runner) serves the module; each test starts runs of the `tiny`
+model, which train in seconds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+import uuid
+from pathlib import Path
+
+import grpc
+import pytest
+import torch
+from peft import PeftModel
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from doppel.clients import TrainerClient
+from doppel.config import Settings
+from doppel.rpc.server import Service
+from doppel.store import open_store
+from doppel.v1 import trainer_pb2 as tr
+from doppel.v1 import trainer_pb2_grpc
+from services.trainer import runs
+from services.trainer.flow import DEPLOYMENT
+from services.trainer.orchestrator import Orchestrator
+from services.trainer.server import TrainerServicer
+from support.grpcserver import BackgroundServer
+
+from support.chats import chat, ingest_chat
+
+QUICK = dict(max_steps=30, batch_size=8, block_size=128, learning_rate=1e-2, save_every=10, sample_every=15, seed=1)
+
+
+@pytest.fixture(scope="module")
+def trainer(seaweed, prefect_api_url, tmp_path_factory):
+    """(client, store, settings, dataset id) of one trainer serving the module."""
+    tmp = tmp_path_factory.mktemp("trainer")
+    bucket = f"t-{uuid.uuid4().hex[:16]}"
+    settings = Settings(home=tmp / "home", store_url=seaweed.store_url(bucket), prefect_api_url=prefect_api_url, train_threads=1)
+    saved = dict(os.environ)
+    store = open_store(settings.store_url)
+    dataset = ingest_chat(store, tmp, chat(extra={"Carol": 3}))
+    servicer = TrainerServicer(settings, store)
+    server = BackgroundServer([Service.of(tr, trainer_pb2_grpc, "TrainerService", servicer)])
+    client = TrainerClient(server.addr, timeout=60)
+    try:
+        yield client, store, settings, dataset
+    finally:
+        client.close()
+        server.stop()
+        servicer.close()
+        os.environ.clear()
+        os.environ.update(saved)
+
+
+def spec(dataset: str, speakers=("Alice",), **hyper) -> tr.TrainingSpec:
+    return tr.TrainingSpec(
+        dataset_id=dataset, speakers=list(speakers), base_model="tiny",
+        hyperparameters=tr.Hyperparameters(**{**QUICK, **hyper}),
+    )
+
+
+def watch_to_end(client: TrainerClient, run_id: str, timeout: float = 120) -> list[tr.WatchRunResponse]:
+    events = []
+    for e in client.watch_run(tr.WatchRunRequest(run_id=run_id, from_start=True), timeout=timeout):
+        events.append(e)
+    return events
+
+
+def test_tiny_run_trains_publishes_and_is_watched(trainer, tmp_path):
+    client, store, settings, dataset = trainer
+    run = client.start_run(tr.StartRunRequest(spec=spec(dataset))).run
+    assert run.run_id == run.flow_run_id and run.state == tr.RUN_STATE_PENDING
+    assert run.dashboard_url == f"{settings.prefect_api_url.removesuffix('/api')}/runs/flow-run/{run.run_id}"
+    events = watch_to_end(client, run.run_id)
+    assert events[-1].state == tr.RUN_STATE_COMPLETED, events[-1].message
+    steps = [e for e in events if e.HasField("loss")]
+    assert [e.step for e in steps] == list(range(1, 31)) and all(e.total_steps == 30 for e in steps)
+    assert all(e.HasField("learning_rate") and e.HasField("eta") for e in steps)
+    first, last = sum(e.loss for e in steps[:5]) / 5, sum(e.loss for e in steps[-5:]) / 5
+    assert last < 0.85 * first, (first, last)
+    assert any(e.samples for e in events if e.step == 15), "samples at sample_every"
+    assert any(e.HasField("held_out_loss") for e in events)
+
+    done = client.get_run(tr.GetRunRequest(run_id=run.run_id)).run
+    assert done.state == tr.RUN_STATE_COMPLETED and done.step == 30 and done.model_id
+    model = client.get_model(tr.GetModelRequest(model_id=done.model_id)).model
+    ev = model.evaluation
+    assert ev.held_out_tokens > 0 and ev.held_out_loss < ev.base_held_out_loss
+    assert model.speakers == ["Alice"] and set(model.participants) >= {"Alice", "Bob", "Carol"}
+    assert model.samples and model.run_id == run.run_id and model.size_bytes > 0
+    assert not list(store.list(runs.checkpoints_prefix(run.run_id))), "checkpoints are removed once published"
+
+    # plain transformers + peft load what was published
+    local = tmp_path / "model"
+    for info in store.list(f"models/{model.id}/"):
+        store.get_file(info.key, local / info.key.removeprefix(f"models/{model.id}/"))
+    base = AutoModelForCausalLM.from_pretrained(local / "base")
+    tuned = PeftModel.from_pretrained(base, local)
+    tok = AutoTokenizer.from_pretrained(local)
+    ids = tok("Bob: how was work\nAlice:", return_tensors="pt").input_ids
+    with torch.no_grad():
+        assert torch.isfinite(tuned(input_ids=ids).logits).all()
+    listed = client.list_runs(tr.ListRunsRequest(dataset_id=dataset)).runs
+    assert run.run_id in [r.run_id for r in listed]
+    assert client.delete_model(tr.DeleteModelRequest(model_id=model.id)).objects_deleted > 2
+    assert not list(store.list(f"models/{model.id}/"))
+
+
+@pytest.mark.parametrize(
+    ("change", "code", "words"),
+    [
+        ({"speakers": ["Zed"]}, grpc.StatusCode.INVALID_ARGUMENT, ["'Zed'", "Alice (180)", "Bob (180)", "Carol (3)"]),
+        ({"speakers": ["Carol"]}, grpc.StatusCode.FAILED_PRECONDITION, ["'Carol' has 3 messages", "at least 20"]),
+        ({"base_model": "no-such-model"}, grpc.StatusCode.INVALID_ARGUMENT, ["'no-such-model'", "smollm2-135m", "tiny"]),
+        ({"batch_size": 0}, grpc.StatusCode.INVALID_ARGUMENT, ["batch_size"]),
+        ({"held_out_fraction": 1.5}, grpc.StatusCode.INVALID_ARGUMENT, ["held_out_fraction"]),
+        ({"dataset_id": "nope"}, grpc.StatusCode.NOT_FOUND, ["nope"]),
+    ],
+)
+def test_bad_requests_start_nothing(trainer, change, code, words):
+    client, _, _, dataset = trainer
+    s = spec(dataset)
+    for key, value in change.items():
+        if key == "speakers":
+            s.ClearField("speakers")
+            s.speakers.extend(value)
+        elif key in ("base_model", "dataset_id"):
+            setattr(s, key, value)
+        else:
+            setattr(s.hyperparameters, key, value)
+    before = len(client.list_runs(tr.ListRunsRequest()).runs)
+    with pytest.raises(grpc.RpcError) as e:
+        client.start_run(tr.StartRunRequest(spec=s))
+    assert e.value.code() == code
+    for w in words:
+        assert w in e.value.details()
+    assert len(client.list_runs(tr.ListRunsRequest()).runs) == before
+
+
+def _wait(predicate, timeout: float = 90, every: float = 0.2):
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(every)
+    raise AssertionError("timed out")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def test_cancel_stops_the_run_and_its_process(trainer):
+    client, store, _, dataset = trainer
+    run = client.start_run(tr.StartRunRequest(spec=spec(dataset, max_steps=100000, sample_every=0))).run
+    record = _wait(lambda: (r := runs.find_record(store, run.run_id)) and r.step > 0 and r)
+    pid = record.pid
+    assert pid and _alive(pid)
+    cancelled = client.cancel_run(tr.CancelRunRequest(run_id=run.run_id)).run
+    assert cancelled.state in (tr.RUN_STATE_CANCELLING, tr.RUN_STATE_CANCELLED)
+    events = watch_to_end(client, run.run_id)
+    assert events[-1].state == tr.RUN_STATE_CANCELLED
+    _wait(lambda: not _alive(pid), timeout=30)
+    assert client.get_run(tr.GetRunRequest(run_id=run.run_id)).run.state == tr.RUN_STATE_CANCELLED
+
+
+def test_killed_run_resumes_from_its_checkpoint(trainer, prefect_api_url):
+    client, store, _, dataset = trainer
+    run = client.start_run(tr.StartRunRequest(spec=spec(dataset, max_steps=400, save_every=25, sample_every=0))).run
+    _wait(lambda: runs.latest_checkpoint(store, run.run_id))
+    record = runs.load_record(store, run.run_id)
+    os.kill(record.pid, signal.SIGKILL)
+    failed = _wait(lambda: (r := client.get_run(tr.GetRunRequest(run_id=run.run_id)).run).state == tr.RUN_STATE_FAILED and r)
+    assert "crashed" in failed.message
+    step, _ = runs.latest_checkpoint(store, run.run_id)
+    assert 0 < step < 400
+    asyncio.run(Orchestrator(prefect_api_url).reschedule(run.run_id))  # what the dashboard's retry does
+    events = watch_to_end(client, run.run_id)
+    assert events[-1].state == tr.RUN_STATE_COMPLETED, events[-1].message
+    record = runs.load_record(store, run.run_id)
+    assert record.resumed_from >= step > 0
+    resumed = [e for e in events if "resuming at step" in e.message]
+    assert resumed and f"resuming at step {record.resumed_from}" in resumed[-1].message
+
+
+def test_run_created_like_the_dashboard_does_completes(trainer, prefect_api_url):
+    client, store, _, dataset = trainer
+    from prefect.client.orchestration import PrefectClient
+
+    async def create() -> str:
+        async with PrefectClient(prefect_api_url) as c:
+            deployment = await c.read_deployment_by_name(DEPLOYMENT)
+            assert "request" in deployment.parameter_openapi_schema["properties"], "the dashboard shows a form"
+            fr = await c.create_flow_run_from_deployment(
+                deployment.id,
+                parameters={"request": {"dataset_id": dataset, "speakers": ["Alice"], "base_model": "tiny",
+                                        "method": "full", "hyperparameters": {"max_steps": 10, "block_size": 128}}},
+            )
+            return str(fr.id)
+
+    run_id = asyncio.run(create())
+    events = watch_to_end(client, run_id)
+    assert events[-1].state == tr.RUN_STATE_COMPLETED, events[-1].message
+    run = client.get_run(tr.GetRunRequest(run_id=run_id)).run
+    model = client.get_model(tr.GetModelRequest(model_id=run.model_id)).model
+    assert model.method == tr.METHOD_FULL and run.spec.method == tr.METHOD_FULL
+    local = Path(store.url)  # noqa: F841 - the folder layout is checked through the store
+    assert store.exists(f"models/{model.id}/config.json") and not store.exists(f"models/{model.id}/adapter_config.json")
