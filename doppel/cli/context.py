@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import NoReturn
+from typing import Any, NoReturn
 
 import typer
 
@@ -26,3 +26,16 @@ def settings() -> Settings:
             f"DOPPEL_{'_'.join(map(str, e['loc'])).upper()}={e.get('input')!r}: {e['msg']}" for e in exc.errors()
         )
         fail(f"invalid setting: {problems}", code=2)
+
+
+def call(client_class: Any, method: str, request: Any, **kwargs: Any) -> Any:
+    """One RPC on a client of `client_class` built from the settings; an RPC error exits with its message."""
+    import grpc
+
+    from doppel.clients import rpc_error_message
+
+    with client_class.from_settings(settings()) as client:
+        try:
+            return getattr(client, method)(request, **kwargs)
+        except grpc.RpcError as err:
+            fail(f"{client.addr}: {rpc_error_message(err)}")

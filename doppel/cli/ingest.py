@@ -16,7 +16,7 @@ from typing import Annotated, Any
 import orjson
 import typer
 
-from doppel.cli.context import fail, settings
+from doppel.cli.context import call, fail, settings
 
 _DURATION = re.compile(r"(?P<n>\d+(?:\.\d+)?)\s*(?P<unit>s|m|min|h|d)?")
 _UNITS = {None: 1, "s": 1, "m": 60, "min": 60, "h": 3600, "d": 86400}
@@ -200,16 +200,10 @@ def inspect(
 datasets_app = typer.Typer(help="List, show and delete datasets in the ingest service.", no_args_is_help=True)
 
 
-def _call(method: str, request: Any) -> Any:
-    import grpc
+def _call(method: str, request: Any, **kwargs: Any) -> Any:
+    from doppel.clients import IngestClient
 
-    from doppel.clients import IngestClient, rpc_error_message
-
-    with IngestClient.from_settings(settings()) as client:
-        try:
-            return getattr(client, method)(request)
-        except grpc.RpcError as err:
-            fail(f"{client.addr}: {rpc_error_message(err)}")
+    return call(IngestClient, method, request, **kwargs)
 
 
 @datasets_app.command("list")

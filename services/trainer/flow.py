@@ -45,6 +45,7 @@ from .samples import Sample, Split, split_sessions, tokenise
 FLOW = "train-persona"
 DEPLOYMENT = f"{FLOW}/{FLOW}"
 EVAL_DURING = 64  # held-out windows scored at each sampling point (all of them at the end)
+RETRIES = 1  # a failed attempt is retried once, resuming from its checkpoint
 STORE_RETRIES = dict(retries=3, retry_delay_seconds=2, cache_policy=NO_CACHE)
 
 
@@ -151,7 +152,7 @@ def _start(store: Store, run_id: str, request: TrainRequest) -> RunLog:
     return RunLog(store, record)
 
 
-@flow(name=FLOW, retries=1, retry_delay_seconds=5, persist_result=False, validate_parameters=True)
+@flow(name=FLOW, retries=RETRIES, retry_delay_seconds=5, persist_result=False, validate_parameters=True)
 def train_persona(request: TrainRequest) -> str:
     """Fine-tune a base model on a dataset so it talks like the chosen speakers; returns the model id."""
     settings = Settings()
@@ -162,11 +163,13 @@ def train_persona(request: TrainRequest) -> str:
     log = _start(store, run_id, request)
     try:
         return _train(settings, store, log)
-    except BaseException as e:
-        record = log.record
-        record.state, record.finished_at, record.pid = "failed", datetime.now(UTC), None
-        record.message = str(e) or type(e).__name__
-        log.emit(Event(state="failed", step=record.step, total=record.total, message=record.message), now=True)
+    except Exception as e:  # not a cancel or kill: Prefect says how those ended
+        record, message = log.record, str(e) or type(e).__name__
+        if (flow_run.run_count or 1) <= RETRIES:
+            log.say(f"attempt {flow_run.run_count} failed ({message}); retrying")
+        else:
+            record.state, record.finished_at, record.pid, record.message = "failed", datetime.now(UTC), None, message
+            log.emit(Event(state="failed", step=record.step, total=record.total, message=message), now=True)
         raise
     finally:
         store.close()
@@ -229,9 +232,10 @@ def _train(settings: Settings, store: Store, log: RunLog) -> str:
         )
         manifest = publish(store, manifest, model, base.tokenizer, base_folder)
     record.model_id, record.state, record.finished_at, record.pid = manifest.id, "completed", datetime.now(UTC), None
+    record.message = f"published model {manifest.id}"
     held = None if math.isnan(evaluation.held_out_loss) else evaluation.held_out_loss
     log.emit(Event(state="completed", step=result.step, total=result.total, held_out_loss=held, samples=samples,
-                   message=f"published model {manifest.id}"), now=True)
+                   message=record.message), now=True)
     create_markdown_artifact(_report(record, evaluation, samples, result.losses), description=f"{recipe.model_name}: report")
     store.delete_prefix(runs.checkpoints_prefix(record.id))  # the model is published: checkpoints are spent
     logger.info("published model %s: held-out loss %.4f (base %.4f)", manifest.id, evaluation.held_out_loss, base_loss)

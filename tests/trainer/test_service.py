@@ -9,9 +9,10 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import subprocess
+import sys
 import time
 import uuid
-from pathlib import Path
 
 import grpc
 import pytest
@@ -194,26 +195,77 @@ def test_killed_run_resumes_from_its_checkpoint(trainer, prefect_api_url):
     assert resumed and f"resuming at step {record.resumed_from}" in resumed[-1].message
 
 
-def test_run_created_like_the_dashboard_does_completes(trainer, prefect_api_url):
-    client, store, _, dataset = trainer
+def _create_in_prefect(api_url: str, request: dict) -> str:
+    """A flow run of the deployment, made the way the dashboard's form makes one."""
     from prefect.client.orchestration import PrefectClient
 
     async def create() -> str:
-        async with PrefectClient(prefect_api_url) as c:
+        async with PrefectClient(api_url) as c:
             deployment = await c.read_deployment_by_name(DEPLOYMENT)
             assert "request" in deployment.parameter_openapi_schema["properties"], "the dashboard shows a form"
-            fr = await c.create_flow_run_from_deployment(
-                deployment.id,
-                parameters={"request": {"dataset_id": dataset, "speakers": ["Alice"], "base_model": "tiny",
-                                        "method": "full", "hyperparameters": {"max_steps": 10, "block_size": 128}}},
-            )
-            return str(fr.id)
+            return str((await c.create_flow_run_from_deployment(deployment.id, parameters={"request": request})).id)
 
-    run_id = asyncio.run(create())
+    return asyncio.run(create())
+
+
+def test_run_created_like_the_dashboard_does_completes(trainer, prefect_api_url):
+    client, store, _, dataset = trainer
+    run_id = _create_in_prefect(prefect_api_url, {"dataset_id": dataset, "speakers": ["Alice"], "base_model": "tiny",
+                                                  "method": "full", "hyperparameters": {"max_steps": 10, "block_size": 128}})
     events = watch_to_end(client, run_id)
     assert events[-1].state == tr.RUN_STATE_COMPLETED, events[-1].message
     run = client.get_run(tr.GetRunRequest(run_id=run_id)).run
     model = client.get_model(tr.GetModelRequest(model_id=run.model_id)).model
     assert model.method == tr.METHOD_FULL and run.spec.method == tr.METHOD_FULL
-    local = Path(store.url)  # noqa: F841 - the folder layout is checked through the store
     assert store.exists(f"models/{model.id}/config.json") and not store.exists(f"models/{model.id}/adapter_config.json")
+
+
+def _doppel(settings: Settings, addr: str, *args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, **settings.environment(), "DOPPEL_TRAINER_ADDR": addr}
+    return subprocess.run([sys.executable, "-m", "doppel", *args], env=env, capture_output=True, text=True, timeout=180)
+
+
+def test_cli_trains_follows_and_lists(trainer):
+    client, store, settings, dataset = trainer
+    addr = client.addr
+    done = _doppel(settings, addr, "train", "--dataset", dataset, "--persona", "Alice", "--base-model", "tiny",
+                   "--steps", "12", "--block-size", "128", "--lr", "0.01", "--sample-every", "6", "--prompt", "how was work")
+    assert done.returncode == 0, done.stderr
+    run_id = done.stdout.split()[1]
+    model_id = done.stdout.split("model ")[-1].split()[0]
+    assert "completed: published model" in done.stdout and "sample at step 6" in done.stderr
+    assert "how was work" in done.stderr
+    listed = _doppel(settings, addr, "runs", "--dataset", dataset)
+    assert listed.returncode == 0 and f"{run_id}  completed  12/12  Alice" in listed.stdout
+    models = _doppel(settings, addr, "models")
+    assert models.returncode == 0 and model_id in models.stdout and "tiny  lora" in models.stdout
+    bad = _doppel(settings, addr, "train", "--dataset", dataset, "--persona", "Zed", "--base-model", "tiny")
+    assert bad.returncode == 1 and "unknown speaker 'Zed'" in bad.stderr and "Alice (180)" in bad.stderr
+
+
+def test_runs_leave_progress_and_report_artifacts_in_prefect(trainer, prefect_api_url):
+    client, _, _, dataset = trainer
+    run = client.start_run(tr.StartRunRequest(spec=spec(dataset, max_steps=8, sample_every=0))).run
+    assert watch_to_end(client, run.run_id)[-1].state == tr.RUN_STATE_COMPLETED
+    from prefect.client.orchestration import PrefectClient
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+
+    async def artifacts():
+        async with PrefectClient(prefect_api_url) as c:
+            found = ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[uuid.UUID(run.run_id)]))
+            return await c.read_artifacts(artifact_filter=found)
+
+    by_type = {a.type: a for a in asyncio.run(artifacts())}
+    assert by_type["progress"].data == 100.0
+    report = by_type["markdown"].data
+    assert "held-out loss" in report and "| 8 |" in report and "## Samples" in report
+
+
+def test_a_bad_run_from_the_dashboard_fails_with_the_reason(trainer, prefect_api_url):
+    client, _, _, dataset = trainer
+    run_id = _create_in_prefect(prefect_api_url, {"dataset_id": dataset, "speakers": ["Zed"], "base_model": "tiny"})
+    events = watch_to_end(client, run_id)
+    assert events[-1].state == tr.RUN_STATE_FAILED and "unknown speaker 'Zed'" in events[-1].message
+    assert any("attempt 1 failed" in e.message for e in events)
+    run = client.get_run(tr.GetRunRequest(run_id=run_id)).run
+    assert run.state == tr.RUN_STATE_FAILED and "Alice (180)" in run.message and not run.model_id
