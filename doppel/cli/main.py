@@ -15,6 +15,7 @@ import typer
 
 from doppel import __version__
 from doppel.cli import ingest as ingest_commands
+from doppel.cli import train as train_commands
 from doppel.cli.context import fail as _fail
 from doppel.cli.context import settings as _settings
 
@@ -100,15 +101,21 @@ def healthcheck(
 
 @app.command()
 def up(
-    timeout: float = typer.Option(120.0, help="Seconds to wait for every service to turn healthy."),
+    timeout: float = typer.Option(
+        120.0, help="Seconds to wait for the Prefect server, then for every service, to turn healthy."
+    ),
 ) -> None:
-    """Run the whole stack on this machine until Ctrl-C: every service as a child process."""
-    from doppel.cli.supervisor import Stack
+    """Run the whole stack here until Ctrl-C: a local Prefect server, then every service, as child processes."""
+    from doppel.cli.supervisor import PrefectEndpoint, Stack
 
     from doppel.errors import DoppelError
     from doppel.store import open_store
 
     settings = _settings()
+    try:
+        PrefectEndpoint.parse(settings.prefect_api_url)
+    except ValueError as e:
+        _fail(f"DOPPEL_PREFECT_API_URL={settings.prefect_api_url!r}: {e}", 2)
     try:  # a wrong store URL or a store that is down is said here, once, not by every service
         with open_store(settings.store_url) as store:
             store_url = store.url
@@ -121,6 +128,9 @@ def up(
 app.command("ingest")(ingest_commands.ingest)
 app.command("inspect")(ingest_commands.inspect)
 app.add_typer(ingest_commands.datasets_app, name="datasets")
+app.command("train")(train_commands.train)
+app.add_typer(train_commands.runs_app, name="runs")
+app.add_typer(train_commands.models_app, name="models")
 
 
 @app.callback()

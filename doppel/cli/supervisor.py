@@ -1,19 +1,29 @@
-"""`doppel up`: the stack's services as child processes, watched until Ctrl-C.
+"""`doppel up`: a local Prefect server and the stack's services as child processes, watched until Ctrl-C.
 
-Each child is `python -m doppel serve NAME`, the same entry point the GPU deployment
-runs. The supervisor waits for every child's health check, says where each one
-listens, and stops them all cleanly on SIGINT or SIGTERM. When a child dies it says
-which, with the end of its log, and stops the rest.
+The children start in stages. First the Prefect server (`python -m prefect server start`),
+which owns training runs; its state lives under `$DOPPEL_HOME/prefect`. Once its API
+answers `/health`, the services start: each is `python -m doppel serve NAME`, the same
+entry point the GPU deployment runs, with `PREFECT_API_URL` pointing at that server.
+The supervisor waits for every child's health check, says where each one listens, and
+stops them all cleanly on SIGINT or SIGTERM, the services before the server they talk
+to. When a child dies it says which, with the end of its log, and stops the rest.
 """
 
 from __future__ import annotations
 
+import http.client
+import ipaddress
+import os
 import signal
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import grpc
 from grpc_health.v1 import health_pb2
@@ -22,14 +32,101 @@ from doppel.clients import ServiceClient
 from doppel.config import Settings
 
 POLL_S = 0.25
+PREFECT_GRACE_S = 10.0  # the server stops in ~2 s on SIGTERM
+# No Prefect process phones home, whatever the user's environment says.
+QUIET = {"DO_NOT_TRACK": "1", "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+
+
+@dataclass(frozen=True)
+class PrefectEndpoint:
+    """Where the embedded Prefect server listens, from `DOPPEL_PREFECT_API_URL`."""
+
+    api_url: str  # http://host:port/api
+    host: str
+    port: int
+
+    @property
+    def dashboard_url(self) -> str:
+        return self.api_url.removesuffix("/api")
+
+    @property
+    def health_url(self) -> str:
+        return f"{self.api_url}/health"
+
+    @classmethod
+    def parse(cls, url: str) -> PrefectEndpoint:
+        """The endpoint of a server `doppel up` can start itself; ValueError says why not."""
+        parts = urlsplit(url)
+        if parts.scheme != "http":
+            raise ValueError("doppel up starts its own Prefect server, so this must be an http:// URL")
+        host = parts.hostname or ""
+        try:
+            loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
+        except ValueError:
+            loopback = False
+        if not loopback:
+            raise ValueError(
+                f"doppel up starts its own Prefect server, so the host must be a loopback one, not {host or 'none'} "
+                "(e.g. http://127.0.0.1:4200/api; for a Prefect server elsewhere, run the services with doppel serve)"
+            )
+        if parts.path.rstrip("/") != "/api" or parts.query or parts.fragment or parts.username:
+            raise ValueError("the Prefect server serves its API at /api: use http://HOST:PORT/api, nothing more")
+        try:
+            port = parts.port or 80
+        except ValueError as e:
+            raise ValueError(f"bad port: {e}") from None
+        netloc = f"[{host}]" if ":" in host else host
+        return cls(f"http://{netloc}:{port}/api", host, port)
+
+
+def _serving(addr: str, timeout: float = 1.0) -> bool:
+    """Whether the gRPC health check at `addr` answers SERVING."""
+    with ServiceClient(addr) as client:
+        try:
+            return client.health(timeout=timeout) == health_pb2.HealthCheckResponse.SERVING
+        except grpc.RpcError:
+            return False
+
+
+_direct = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # loopback never goes through a proxy
+
+
+def _http_ok(url: str, timeout: float = 1.0) -> bool:
+    """Whether GET `url` answers 200."""
+    try:
+        with _direct.open(url, timeout=timeout) as response:
+            return response.status == 200
+    except (OSError, http.client.HTTPException, ValueError):  # URLError and HTTPError are OSErrors
+        return False
 
 
 @dataclass
 class Child:
+    """One child process: how to start it, where it is reached, how to tell it is healthy."""
+
     name: str
-    addr: str
+    where: str  # what the banner shows
+    argv: list[str]
     log_path: Path
+    healthy: Callable[[], bool]
+    env: dict[str, str] = field(default_factory=dict)  # on top of the supervisor's environment
+    grace_s: float = 10.0  # how long a SIGTERM may take before SIGKILL
     proc: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        with self.log_path.open("ab") as log:
+            # A session of its own: Ctrl-C reaches the supervisor only, which stops the children in order.
+            self.proc = subprocess.Popen(
+                self.argv,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env={**os.environ, **self.env},
+                start_new_session=True,
+            )
+
+    def dead(self) -> bool:
+        return self.proc is not None and self.proc.poll() is not None
 
     def log_tail(self, lines: int = 15) -> str:
         try:
@@ -39,41 +136,45 @@ class Child:
         return "\n".join(text[-lines:]) or "(log is empty)"
 
 
-def _serving(addr: str, timeout: float = 1.0) -> bool:
-    with ServiceClient(addr) as client:
-        try:
-            return client.health(timeout=timeout) == health_pb2.HealthCheckResponse.SERVING
-        except grpc.RpcError:
-            return False
-
-
 class Stack:
-    """The children of one `doppel up`."""
+    """The children of one `doppel up`: the Prefect server, then the services."""
 
     def __init__(self, settings: Settings, names: list[str], *, store_url: str):
         self.settings, self.store_url = settings, store_url  # store_url without secrets
+        self.prefect = PrefectEndpoint.parse(settings.prefect_api_url)
         logs = settings.home / "logs"
         logs.mkdir(parents=True, exist_ok=True)
-        self.children = [Child(n, getattr(settings, f"{n}_addr"), logs / f"{n}.log") for n in names]
+        prefect_home = settings.home / "prefect"
+        # Every child talks to this server; the server keeps its database and UI bundle under DOPPEL_HOME
+        # (so site-packages need not be writable), and the services their Prefect state beside it.
+        api = self.prefect.api_url
+        common = {**QUIET, "PREFECT_API_URL": api, "DOPPEL_PREFECT_API_URL": api, "PREFECT_HOME": str(prefect_home)}
+        server = Child(
+            "prefect",
+            f"{self.prefect.dashboard_url} (dashboard)",
+            [sys.executable, "-m", "prefect", "server", "start",
+             "--host", self.prefect.host, "--port", str(self.prefect.port), "--analytics-off"],
+            logs / "prefect.log",
+            partial(_http_ok, self.prefect.health_url),
+            env={**common, "PREFECT_UI_STATIC_DIRECTORY": str(prefect_home / "ui")},
+            grace_s=PREFECT_GRACE_S,
+        )
+        services = []
+        for name in names:
+            addr = getattr(settings, f"{name}_addr")
+            services.append(Child(
+                name, addr, [sys.executable, "-m", "doppel", "serve", name, "--listen", addr],
+                logs / f"{name}.log", partial(_serving, addr), env=common, grace_s=settings.grace_s + 5,
+            ))
+        self.stages: list[list[Child]] = [[server], services]
+        self.children = [c for stage in self.stages for c in stage]
         self._stop_signal: int | None = None
 
     def _say(self, message: str) -> None:
         print(message, flush=True)
 
-    def _start(self) -> None:
-        for child in self.children:
-            log = child.log_path.open("ab")
-            # A session of its own: Ctrl-C reaches the supervisor only, which stops the children in order.
-            child.proc = subprocess.Popen(
-                [sys.executable, "-m", "doppel", "serve", child.name, "--listen", child.addr],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-            log.close()
-
     def _dead(self) -> Child | None:
-        return next((c for c in self.children if c.proc and c.proc.poll() is not None), None)
+        return next((c for c in self.children if c.dead()), None)
 
     def _report_death(self, child: Child) -> None:
         self._say(
@@ -81,8 +182,8 @@ class Stack:
             f"{child.log_tail()}"
         )
 
-    def _wait_healthy(self, timeout: float) -> bool:
-        pending = list(self.children)
+    def _wait_healthy(self, stage: list[Child], timeout: float) -> bool:
+        pending = list(stage)
         deadline = time.monotonic() + timeout
         while pending:
             if self._stop_signal is not None:
@@ -91,33 +192,59 @@ class Stack:
                 self._report_death(dead)
                 return False
             if time.monotonic() > deadline:
-                self._say(f"error: {', '.join(c.name for c in pending)} not healthy after {timeout:.0f} s")
+                self._say(
+                    f"error: {', '.join(c.name for c in pending)} not healthy after {timeout:g} s "
+                    f"(logs in {pending[0].log_path.parent})"
+                )
                 return False
-            pending = [c for c in pending if not _serving(c.addr)]
-            time.sleep(POLL_S)
+            pending = [c for c in pending if not c.healthy()]
+            if pending:
+                time.sleep(POLL_S)
+        return True
+
+    def _start_stage(self, stage: list[Child], timeout: float) -> bool:
+        """Start a stage's children and wait until each is healthy (False on a signal, death or timeout)."""
+        started = time.monotonic()
+        for child in stage:
+            child.start()
+        if not self._wait_healthy(stage, timeout):
+            return False
+        self._say(f"{', '.join(c.name for c in stage)} healthy after {time.monotonic() - started:.1f} s")
         return True
 
     def stop(self) -> None:
-        """SIGTERM every child, wait for the grace period, then SIGKILL what is left."""
-        live = [c.proc for c in self.children if c.proc and c.proc.poll() is None]
-        for proc in live:
-            proc.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + self.settings.grace_s + 5
-        for proc in live:
-            try:
-                proc.wait(max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        """Stage by stage, last first: SIGTERM its children, wait for their grace, then SIGKILL what is left."""
+        for stage in reversed(self.stages):
+            live = [c for c in stage if c.proc and c.proc.poll() is None]
+            for child in live:
+                child.proc.send_signal(signal.SIGTERM)
+            started = time.monotonic()
+            for child in live:
+                try:
+                    child.proc.wait(max(0.1, started + child.grace_s - time.monotonic()))
+                except subprocess.TimeoutExpired:
+                    child.proc.kill()
+                    child.proc.wait()
 
-    def run(self, timeout: float = 120.0) -> int:
-        """Start, wait for health, watch until a signal or a death; the process exit code."""
-        taken = [c for c in self.children if _serving(c.addr)]
-        if taken:
-            self._say(
-                f"Doppel is already running: {', '.join(f'{c.name} at {c.addr}' for c in taken)} answers. "
+    def _taken(self) -> str | None:
+        """Why this stack cannot start here, when something already answers at its addresses."""
+        services = [c for c in self.stages[1] if c.healthy()]
+        if services:
+            return (
+                f"Doppel is already running: {', '.join(f'{c.name} at {c.where}' for c in services)} answers. "
                 "Stop it first, or set DOPPEL_*_ADDR to other ports."
             )
+        if self.stages[0][0].healthy():
+            return (
+                f"a Prefect server already answers at {self.prefect.api_url} (another doppel up, or one of "
+                "your own). Stop it first, or set DOPPEL_PREFECT_API_URL to another loopback port."
+            )
+        return None
+
+    def run(self, timeout: float = 120.0) -> int:
+        """Start stage by stage, waiting for health; watch until a signal or a death; the process exit code."""
+        if problem := self._taken():
+            self._say(problem)
             return 1
 
         def on_signal(signum: int, _frame: object) -> None:
@@ -125,14 +252,20 @@ class Stack:
 
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, on_signal)
-        self._say(f"starting {', '.join(c.name for c in self.children)} (logs in {self.children[0].log_path.parent})")
-        self._start()
+        server, services = self.stages
         try:
-            if not self._wait_healthy(timeout):
+            self._say(
+                f"starting the Prefect server at {self.prefect.api_url} (the first start takes up to half a minute; "
+                f"logs in {server[0].log_path.parent})"
+            )
+            if not self._start_stage(server, timeout):
+                return 0 if self._stop_signal is not None else 1
+            self._say(f"starting {', '.join(c.name for c in services)}")
+            if not self._start_stage(services, timeout):
                 return 0 if self._stop_signal is not None else 1
             self._say("Doppel is up:")
             for c in self.children:
-                self._say(f"  {c.name:<10} {c.addr}  (pid {c.proc.pid})")
+                self._say(f"  {c.name:<10} {c.where}  (pid {c.proc.pid})")
             self._say(f"  store      {self.store_url}")
             self._say("Press Ctrl-C to stop.")
             while self._stop_signal is None:

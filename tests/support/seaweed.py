@@ -18,8 +18,6 @@ import json
 import random
 import secrets
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -31,6 +29,8 @@ from pathlib import Path
 from urllib.parse import quote
 
 import pytest
+
+from support.processes import die_with_parent, log_tail, port_free, stop
 
 START_TIMEOUT_S = 30.0
 GRPC_OFFSET = 10000
@@ -75,48 +75,14 @@ def weed_binary() -> str:
     return found
 
 
-def _die_with_parent() -> None:
-    """In the child: get SIGKILL if pytest dies without running the fixture's teardown."""
-    if sys.platform.startswith("linux"):
-        import ctypes
-
-        ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-
-
-def _free(port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
-
-
 def _pick_ports() -> dict[str, int]:
     """Consecutive free ports whose +10000 twins are free too, below the ephemeral range."""
     for _ in range(200):
         base = random.randrange(15000, 22000 - len(PORTS))
         ports = [base + i for i in range(len(PORTS))]
-        if all(_free(p) and _free(p + GRPC_OFFSET) for p in ports):
+        if all(port_free(p) and port_free(p + GRPC_OFFSET) for p in ports):
             return dict(zip(PORTS, ports))
     raise RuntimeError("no free loopback ports for SeaweedFS")
-
-
-def _tail(log: Path, lines: int = 40) -> str:
-    try:
-        return "\n".join(log.read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return "(no log)"
-
-
-def _stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=2)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
 
 
 def _remove_sockets(server: Seaweed) -> None:
@@ -178,15 +144,15 @@ def _start(folder: Path) -> tuple[Seaweed, subprocess.Popen]:
         with open(log, "wb") as out:
             proc = subprocess.Popen(
                 args, cwd=folder, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                preexec_fn=_die_with_parent,
+                preexec_fn=die_with_parent,
             )
         server = Seaweed(f"127.0.0.1:{ports['s3']}", access_key, secret_key, folder, log, sockets, ports)
         problem = _ready(server, proc)
         if problem is None:
             return server, proc
-        _stop(proc)
+        stop(proc)  # SIGTERM does not stop weed: after 2 s it gets SIGKILL
         _remove_sockets(server)
-        errors.append(f"attempt {attempt + 1} on ports {ports}: {problem}\n--- {log} (tail) ---\n{_tail(log)}")
+        errors.append(f"attempt {attempt + 1} on ports {ports}: {problem}\n--- {log} (tail) ---\n{log_tail(log)}")
     raise RuntimeError("SeaweedFS did not start:\n" + "\n".join(errors))
 
 
@@ -201,7 +167,7 @@ def seaweed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Seaweed]:
     try:
         yield server
     finally:
-        _stop(proc)
+        stop(proc)
         _remove_sockets(server)
 
 
