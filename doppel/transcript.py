@@ -110,9 +110,12 @@ class Transcript:
         return "assistant" if speaker in self.speakers else "user"
 
     def header(self, participants: Sequence[str]) -> str:
-        """Text before the first turn: the rendered system message, or nothing for plain lines."""
+        """Text before the first turn: the rendered system message, or the BOS (else EOS) token for plain lines.
+
+        A plain window then never opens with a trained token, which no position could predict.
+        """
         if self.kind == "plain":
-            return ""
+            return self.tokenizer.bos_token or self.tokenizer.eos_token or ""
         return _render(self.tokenizer, [{"role": "system", "content": system_prompt(participants)}])
 
     def turn(self, turn: Turn) -> tuple[str, str, str]:

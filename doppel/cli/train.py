@@ -118,9 +118,9 @@ def _follow(run_id: str, *, from_start: bool) -> int:
                 bar.update(task, description=e.message or _state(e.state), completed=e.step, total=e.total_steps or None,
                            figures=figures)
                 if e.message and not e.HasField("loss"):
-                    bar.console.print(f"[{_state(e.state)}] {e.message}")
+                    bar.console.print(f"[{_state(e.state)}] {e.message}", markup=False, highlight=False)
                 for s in e.samples:
-                    bar.console.print(f"--- sample at step {s.step}\n{s.prompt} {s.text}")
+                    bar.console.print(f"--- sample at step {s.step}\n{s.prompt} {s.text}", markup=False, highlight=False)
         except KeyboardInterrupt:
             console.print(f"stopped following; the run goes on (`doppel runs cancel {run_id}` stops it)")
             return 130

@@ -155,6 +155,11 @@ def token_loss(model: Any, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor
     return loss, n
 
 
+def _scored_tokens(sample: Sample) -> int:
+    """The trained tokens `token_loss` scores: not a label at position 0, with no token before it."""
+    return sample.trained_tokens - int(bool(sample.labels) and sample.labels[0] != IGNORE)
+
+
 def _trainable_state(model: Any) -> dict[str, torch.Tensor]:
     return {k: p.detach().cpu() for k, p in model.named_parameters() if p.requires_grad}
 
@@ -261,7 +266,7 @@ def _train(model: Any, samples: Sequence[Sample], recipe: Recipe, pad_id: int, c
             break
         step_batches = [batch_at(k) for k in range(micro, micro + accum)]
         micro += accum
-        n_tokens = sum(samples[i].trained_tokens for b in step_batches for i in b)
+        n_tokens = sum(_scored_tokens(samples[i]) for b in step_batches for i in b)
         step_loss = 0.0
         for batch_ids in step_batches:
             batch = collate([samples[i] for i in batch_ids], pad_id, device)

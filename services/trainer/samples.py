@@ -88,7 +88,7 @@ def split_sessions(
     split = Split()
     for c in conversations:
         messages = sorted((m for m in c.messages if m.text.strip()), key=lambda m: order_key(m.timestamp))
-        cut = len(messages) - math.floor(len(messages) * held_out_fraction)
+        cut = len(messages) - math.floor(len(messages) * held_out_fraction + 1e-9)  # 100 * 0.29 is 28.999...
         for part, out in ((messages[:cut], split.train), (messages[cut:], split.held_out)):
             out.extend(s for s in _sessions(c, part, session_gap) if any(t.speaker in chosen for t in s.turns))
     return split

@@ -44,6 +44,12 @@ def openings(sessions: Sequence[Session], speakers: Sequence[str], prompts: Sequ
     return out
 
 
+def _one_turn(text: str, participants: Sequence[str]) -> str:
+    """The generated turn only: cut where the model starts a line as another participant."""
+    cut = min((i for p in participants if (i := text.find(f"\n{p}:")) >= 0), default=len(text))
+    return text[:cut].strip()
+
+
 @torch.no_grad()
 def generate(
     model: Any, tokenizer: Any, transcript: Transcript, found: Sequence[Opening], *, step: int = 0, seed: int = 0,
@@ -69,7 +75,7 @@ def generate(
             tokenizer=tokenizer,
         )
         text = tokenizer.decode(generated[0, ids.shape[1] :], skip_special_tokens=False)
-        text = text.split(transcript.end, 1)[0].replace(tokenizer.eos_token or "\0", "").strip()
+        text = _one_turn(text.split(transcript.end, 1)[0].replace(tokenizer.eos_token or "\0", ""), o.participants)
         shown = "\n".join(f"{t.speaker}: {t.text}" for t in o.turns)
         out.append(SampleText(prompt=shown, text=text, step=step, speaker=o.speaker))
     return out
