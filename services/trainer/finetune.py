@@ -146,12 +146,15 @@ def collate(samples: Sequence[Sample], pad_id: int, device: torch.device) -> dic
 
 
 def token_loss(model: Any, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
-    """Summed cross-entropy over the batch's trained tokens, and how many there are."""
+    """Summed cross-entropy over the batch's trained tokens, and how many there are.
+
+    The labels are shifted, not the logits: slicing the logits would copy the largest tensor
+    of the step (batch x length x vocabulary) and its gradient.
+    """
     logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-    labels = batch["labels"][:, 1:]
-    logits = logits[:, :-1]
+    labels = F.pad(batch["labels"], (0, 1), value=IGNORE)[:, 1:]
     n = int((labels != IGNORE).sum())
-    loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), labels.reshape(-1), ignore_index=IGNORE, reduction="sum")
+    loss = F.cross_entropy(logits.flatten(0, 1).float(), labels.reshape(-1), ignore_index=IGNORE, reduction="sum")
     return loss, n
 
 
