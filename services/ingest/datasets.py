@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from itertools import islice
 
+from doppel import paging
 from doppel.conversation import Conversation, read_conversations
 from doppel.dataset import DatasetManifest
 from doppel.errors import InvalidArgument, NotFound
@@ -54,19 +55,8 @@ class Page:
 
 def list_page(store: Store, page_size: int = 100, token: str = "") -> Page:
     """Datasets newest first, `page_size` at a time; `token` is an offset from a previous page."""
-    if page_size < 0 or page_size > 1000:
-        raise InvalidArgument(f"page size {page_size} is out of range 1-1000 (0 means 100)")
-    size = page_size or 100
-    try:
-        start = int(token) if token else 0
-    except ValueError:
-        raise InvalidArgument(f"invalid page token {token!r}") from None
-    if start < 0:
-        raise InvalidArgument(f"invalid page token {token!r}")
     every = sorted(manifests(store), key=lambda m: (m.created_at.timestamp(), m.id), reverse=True)
-    page = every[start : start + size]
-    more = start + size < len(every)
-    return Page(page, str(start + size) if more else "")
+    return Page(*paging.page(every, page_size, token))
 
 
 def conversations(store: Store, manifest: DatasetManifest) -> Iterator[Conversation]:

@@ -23,7 +23,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
-from doppel.errors import InvalidArgument, NotFound
+from doppel import paging
+from doppel.errors import NotFound
 from doppel.layout import model_prefix, new_id
 from doppel.store.base import Store
 
@@ -131,16 +132,8 @@ def manifests(store: Store) -> Iterator[ModelManifest]:
 
 def list_page(store: Store, page_size: int = 100, token: str = "") -> tuple[list[ModelManifest], str]:
     """A page of models, newest first, and the next page's token ('' on the last)."""
-    size = page_size or 100
-    try:
-        start = int(token) if token else 0
-    except ValueError:
-        raise InvalidArgument(f"invalid page token {token!r}") from None
-    if start < 0 or size < 0:
-        raise InvalidArgument(f"invalid page token {token!r} or page size {page_size}")
     every = sorted(manifests(store), key=lambda m: (m.created_at, m.id), reverse=True)
-    more = start + size < len(every)
-    return every[start : start + size], (str(start + size) if more else "")
+    return paging.page(every, page_size, token)
 
 
 def delete(store: Store, model_id: str) -> int:

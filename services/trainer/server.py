@@ -13,7 +13,8 @@ from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 
 from doppel.config import Settings
-from doppel.errors import InvalidArgument, NotFound
+from doppel import paging
+from doppel.errors import NotFound
 from doppel.rpc.server import Service
 from doppel.store import Store, open_store
 from doppel.v1 import trainer_pb2, trainer_pb2_grpc
@@ -66,13 +67,7 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
         return trainer_pb2.GetRunResponse(run=self._run(await self._record(request.run_id)))
 
     async def ListRuns(self, request, context):
-        size = request.page_size or 100
-        try:
-            offset = int(request.page_token) if request.page_token else 0
-        except ValueError:
-            raise InvalidArgument(f"invalid page token {request.page_token!r}") from None
-        if size < 0 or offset < 0:
-            raise InvalidArgument("page_size and page_token must not be negative")
+        size, offset = paging.size(request.page_size), paging.offset(request.page_token)
         states = {STATE_NAMES[s] for s in request.states if s in STATE_NAMES}
         out: list[trainer_pb2.Run] = []
         while len(out) < size:

@@ -269,3 +269,16 @@ def test_a_bad_run_from_the_dashboard_fails_with_the_reason(trainer, prefect_api
     assert any("attempt 1 failed" in e.message for e in events)
     run = client.get_run(tr.GetRunRequest(run_id=run_id)).run
     assert run.state == tr.RUN_STATE_FAILED and "Alice (180)" in run.message and not run.model_id
+
+
+def test_runs_are_listed_newest_first_page_by_page(trainer):
+    client, _, _, dataset = trainer
+    started = [client.start_run(tr.StartRunRequest(spec=spec(dataset, max_steps=2, sample_every=0))).run.run_id for _ in range(2)]
+    for run_id in started:
+        assert watch_to_end(client, run_id)[-1].state == tr.RUN_STATE_COMPLETED
+    first = client.list_runs(tr.ListRunsRequest(page_size=1, states=[tr.RUN_STATE_COMPLETED]))
+    second = client.list_runs(tr.ListRunsRequest(page_size=1, states=[tr.RUN_STATE_COMPLETED], page_token=first.next_page_token))
+    assert [first.runs[0].run_id, second.runs[0].run_id] == started[::-1]
+    with pytest.raises(grpc.RpcError) as e:
+        client.list_runs(tr.ListRunsRequest(page_token="nope"))
+    assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
