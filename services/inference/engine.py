@@ -1,0 +1,340 @@
+"""The batching engine of one base model: continuous batching across requests and adapters.
+
+One thread runs the loop. Between decoding steps, queued jobs are admitted: their prompts are
+prefilled together (left-padded, one forward pass), each job's row repeated `n` times, and the
+rows join the running batch, whose KV cache is left-padded to a common width. Every step is
+one forward pass over every running row, whatever job or LoRA adapter it belongs to (PEFT's
+`adapter_names` applies each row's adapter; "__base__" is none). A finished or cancelled row
+leaves the batch at the next step and its cache rows are dropped.
+
+The engine knows nothing of gRPC or of personas: a `Job` is token ids, an adapter name,
+sampling settings, stop strings, and a `sink` that receives text deltas. Counters say how many
+forward passes served how many tokens, so tests and benchmarks can see batching happen.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import threading
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any
+
+import torch
+from transformers import DynamicCache
+
+from doppel.errors import Overloaded
+
+from .sampler import RowSampler, Sampling
+
+log = logging.getLogger(__name__)
+BASE = "__base__"  # PEFT's name for "no adapter" in a mixed batch
+
+
+class Finish(Enum):
+    LENGTH = "length"
+    STOP = "stop"
+    END_OF_TURN = "end_of_turn"
+    CANCELLED = "cancelled"
+
+
+# sink(index, delta, finish): text added to candidate `index`; `finish` set on its last call
+Sink = Callable[[int, str, Finish | None], None]
+
+
+@dataclass
+class Job:
+    """One request: a prompt to continue `sampling.n` times."""
+
+    prompt_ids: list[int]
+    sampling: Sampling
+    sink: Sink
+    adapter: str | None = None
+    end_strings: tuple[str, ...] = ()  # end the turn (a speaker boundary, an end-of-turn marker)
+    end_ids: frozenset[int] = frozenset()  # token ids that end the turn (EOS)
+    banned_first: frozenset[int] = frozenset()  # token ids the first generated token may not be
+    allowed_first: frozenset[int] = frozenset()  # when set, the only token ids the first generated token may be
+    cancelled: threading.Event = field(default_factory=threading.Event)
+    rows_left: int = 0
+    error: str = ""  # set when the engine failed the job
+    tokens: dict[int, int] = field(default_factory=dict)  # generated tokens of each finished candidate
+
+    def cancel(self) -> None:
+        self.cancelled.set()
+
+
+@dataclass
+class _Row:
+    job: Job
+    index: int
+    sampler: RowSampler
+    length: int  # real tokens in the cache (prompt + generated, once prefilled)
+    generated: list[int] = field(default_factory=list)
+    emitted: int = 0  # characters of the text already sent
+    done: bool = False
+
+
+@dataclass
+class Stats:
+    forward_passes: int = 0
+    tokens_generated: int = 0
+    requests_completed: int = 0
+    running: int = 0
+    queued: int = 0
+
+
+class Engine:
+    """Serves jobs on one model (a PeftModel when adapters are loaded) from a thread of its own."""
+
+    def __init__(self, model: Any, tokenizer: Any, *, max_batch: int = 64, queue_capacity: int = 256, name: str = ""):
+        self.model, self.tokenizer, self.name = model, tokenizer, name
+        self.max_batch, self.queue_capacity = max_batch, queue_capacity
+        self.device = next(model.parameters()).device
+        self.stats = Stats()
+        self._queue: deque[Job] = deque()
+        self._rows: list[_Row] = []
+        self._cache: DynamicCache | None = None
+        self._mask: torch.Tensor | None = None  # [rows, width]: 1 for real cache entries
+        self._lock = threading.Condition()
+        self._model_lock = threading.Lock()  # adapters change between steps only
+        self._stopping = False
+        self._thread = threading.Thread(target=self._loop, name=f"engine-{name}", daemon=True)
+        self._thread.start()
+
+    # --- the outside ---------------------------------------------------------------------
+
+    def submit(self, job: Job) -> None:
+        """Queue a job; Overloaded when the queue is full."""
+        with self._lock:
+            if len(self._queue) >= self.queue_capacity:
+                raise Overloaded(f"the engine queue is full ({self.queue_capacity} requests waiting); retry shortly")
+            self._queue.append(job)
+            self.stats.queued = len(self._queue)
+            self._lock.notify()
+
+    def with_model(self, fn: Callable[[Any], Any]) -> Any:
+        """Run `fn(model)` between decoding steps (to add or remove an adapter); its result."""
+        with self._model_lock:
+            return fn(self.model)
+
+    def set_model(self, model: Any) -> None:
+        """Swap the model object (e.g. the base wrapped in a PeftModel) between steps."""
+        with self._model_lock:
+            self.model = model
+
+    def idle(self) -> bool:
+        with self._lock:
+            return not self._queue and not self._rows
+
+    def stop(self) -> None:
+        with self._lock:
+            self._stopping = True
+            self._lock.notify()
+        self._thread.join(10)
+
+    # --- the loop ------------------------------------------------------------------------
+
+    def _loop(self) -> None:
+        while True:
+            with self._lock:
+                while not self._stopping and not self._queue and not self._rows:
+                    self._lock.wait()
+                if self._stopping:
+                    break
+                admitted = self._admit()
+            try:
+                with self._model_lock, torch.inference_mode():
+                    if admitted:
+                        self._prefill(admitted)
+                    if self._rows:
+                        self._decode()
+            except Exception as e:  # noqa: BLE001 - every job in flight learns of it; the engine goes on
+                log.exception("engine %s: a step failed", self.name)
+                failed = {id(r.job): r.job for r in self._rows} | {id(j): j for j in admitted}
+                for job in failed.values():
+                    job.error = f"generation failed: {e}"
+                for row in self._rows:
+                    self._finish(row, Finish.CANCELLED)
+                for job in admitted:
+                    if job.rows_left == 0:
+                        job.sink(0, "", Finish.CANCELLED)
+                self._rows, self._cache, self._mask = [], None, None
+                self.stats.running = 0
+        for row in self._rows:
+            self._finish(row, Finish.CANCELLED)
+        for job in self._queue:
+            job.sink(0, "", Finish.CANCELLED)
+
+    def _admit(self) -> list[Job]:
+        room = self.max_batch - len(self._rows)
+        out = []
+        while self._queue and (self._queue[0].sampling.n <= room or not self._rows and not out):
+            job = self._queue.popleft()
+            if job.cancelled.is_set():
+                job.sink(0, "", Finish.CANCELLED)
+                continue
+            room -= job.sampling.n
+            out.append(job)
+        self.stats.queued = len(self._queue)
+        return out
+
+    def _forward(self, ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, adapters: list[str],
+                 cache: DynamicCache | None) -> tuple[torch.Tensor, DynamicCache]:
+        kwargs: dict[str, Any] = {}
+        if self._peft():
+            kwargs["adapter_names"] = adapters
+        if _keeps_logits(self.model):
+            kwargs["logits_to_keep"] = 1
+        out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, cache=cache or DynamicCache(),
+                         use_cache=True, **kwargs)
+        self.stats.forward_passes += 1
+        return out.logits[:, -1, :], out.cache
+
+    def _peft(self) -> bool:
+        return hasattr(self.model, "peft_config")
+
+    def _prefill(self, jobs: list[Job]) -> None:
+        width = max(len(j.prompt_ids) for j in jobs)
+        pad = self.tokenizer.pad_token_id or 0
+        ids = torch.full((len(jobs), width), pad, dtype=torch.long)
+        mask = torch.zeros((len(jobs), width), dtype=torch.long)
+        for r, j in enumerate(jobs):
+            n = len(j.prompt_ids)
+            ids[r, width - n :] = torch.tensor(j.prompt_ids)
+            mask[r, width - n :] = 1
+        positions = (mask.cumsum(1) - 1).clamp(min=0)
+        logits, cache = self._forward(ids.to(self.device), mask.to(self.device), positions.to(self.device),
+                                      [j.adapter or BASE for j in jobs], None)
+        repeats = torch.tensor([j.sampling.n for j in jobs])
+        order = torch.repeat_interleave(torch.arange(len(jobs)), repeats).to(self.device)
+        for layer in cache.layers:
+            layer.keys, layer.values = layer.keys[order], layer.values[order]
+        rows = []
+        for j in jobs:
+            j.rows_left = j.sampling.n
+            rows += [_Row(j, k, RowSampler(j.sampling, k, j.banned_first, j.allowed_first), len(j.prompt_ids)) for k in range(j.sampling.n)]
+        self._join(rows, cache, mask.to(self.device)[order])
+        self._take(rows, logits[order])
+
+    def _join(self, rows: list[_Row], cache: DynamicCache, mask: torch.Tensor) -> None:
+        """Add prefilled rows to the running batch, left-padding the narrower cache."""
+        self.stats.running += len(rows)
+        if self._cache is None:
+            self._rows, self._cache, self._mask = rows, cache, mask
+            return
+        width = max(self._mask.shape[1], mask.shape[1])
+        for old, new in zip(self._cache.layers, cache.layers, strict=True):
+            old.keys = torch.cat([_left_pad(old.keys, width), _left_pad(new.keys, width)])
+            old.values = torch.cat([_left_pad(old.values, width), _left_pad(new.values, width)])
+        self._mask = torch.cat([_left_pad_mask(self._mask, width), _left_pad_mask(mask, width)])
+        self._rows = self._rows + rows
+
+    def _decode(self) -> None:
+        rows = self._rows
+        ids = torch.tensor([[r.generated[-1]] for r in rows], device=self.device)
+        self._mask = torch.cat([self._mask, torch.ones((len(rows), 1), dtype=self._mask.dtype, device=self.device)], 1)
+        positions = torch.tensor([[r.length] for r in rows], device=self.device)
+        adapters = [r.job.adapter or BASE for r in rows]
+        logits, self._cache = self._forward(ids, self._mask, positions, adapters, self._cache)
+        for r in rows:
+            r.length += 1
+        self._take(rows, logits)
+
+    def _take(self, rows: list[_Row], logits: torch.Tensor) -> None:
+        """Sample each row's next token, send its text, and drop the rows that finished."""
+        for r, row_logits in zip(rows, logits, strict=True):
+            if r.job.cancelled.is_set():
+                self._finish(r, Finish.CANCELLED)
+                continue
+            token = r.sampler.pick(row_logits, r.generated)
+            r.generated.append(token)
+            self.stats.tokens_generated += 1
+            self._emit(r, token)
+        keep = [k for k, r in enumerate(self._rows) if not r.done]
+        if len(keep) < len(self._rows):
+            self._drop(keep)
+
+    def _emit(self, r: _Row, token: int) -> None:
+        job = r.job
+        if token in job.end_ids:
+            text = self._text(r.generated[:-1])
+            return self._finish(r, Finish.END_OF_TURN, text=text)
+        text = self._text(r.generated)
+        cut, reason = _first_stop(text, job.end_strings, job.sampling.stop)
+        if cut is not None:
+            return self._finish(r, reason, text=text[:cut])
+        if len(r.generated) >= job.sampling.max_new_tokens:
+            return self._finish(r, Finish.LENGTH, text=text)
+        hold = max((len(s) - 1 for s in (*job.end_strings, *job.sampling.stop)), default=0)
+        safe = len(text) - hold
+        while safe > r.emitted and text[safe - 1] == "\ufffd":  # an incomplete character: wait for its bytes
+            safe -= 1
+        if safe > r.emitted:
+            job.sink(r.index, text[r.emitted : safe], None)
+            r.emitted = safe
+
+    def _text(self, ids: list[int]) -> str:
+        return self.tokenizer.decode(ids, skip_special_tokens=False)
+
+    def _finish(self, r: _Row, reason: Finish, *, text: str | None = None) -> None:
+        if r.done:
+            return
+        r.done = True
+        r.job.tokens[r.index] = len(r.generated) - (reason is Finish.END_OF_TURN and bool(r.generated) and r.generated[-1] in r.job.end_ids)
+        delta = text[r.emitted :] if text is not None and len(text) > r.emitted else ""
+        r.job.sink(r.index, delta, reason)
+        r.job.rows_left -= 1
+        if r.job.rows_left == 0:
+            self.stats.requests_completed += 1
+
+    def _drop(self, keep: list[int]) -> None:
+        self._rows = [self._rows[k] for k in keep]
+        if not self._rows:
+            self._cache, self._mask = None, None
+            self.stats.running = 0
+            return
+        index = torch.tensor(keep, device=self.device)
+        mask = self._mask[index]
+        trim = int((mask.cumsum(1) == 0).sum(1).min())  # leading columns that are padding in every row
+        for layer in self._cache.layers:
+            layer.keys, layer.values = layer.keys[index, :, trim:], layer.values[index, :, trim:]
+        self._mask = mask[:, trim:]
+        self.stats.running = len(self._rows)
+
+
+def _first_stop(text: str, ends: tuple[str, ...], stops: tuple[str, ...]) -> tuple[int | None, Finish]:
+    best: tuple[int | None, Finish] = (None, Finish.STOP)
+    for strings, reason in ((ends, Finish.END_OF_TURN), (stops, Finish.STOP)):
+        for s in strings:
+            at = text.find(s)
+            if at >= 0 and (best[0] is None or at < best[0]):
+                best = (at, reason)
+    return best
+
+
+def _left_pad(t: torch.Tensor, width: int) -> torch.Tensor:
+    missing = width - t.shape[2]
+    if missing == 0:
+        return t
+    return torch.cat([t.new_zeros((t.shape[0], t.shape[1], missing, t.shape[3])), t], 2)
+
+
+def _left_pad_mask(m: torch.Tensor, width: int) -> torch.Tensor:
+    missing = width - m.shape[1]
+    return m if missing == 0 else torch.cat([m.new_zeros((m.shape[0], missing)), m], 1)
+
+
+_KEEPS: dict[type, bool] = {}
+
+
+def _keeps_logits(model: Any) -> bool:
+    """Whether the model's forward takes `logits_to_keep` (most causal LMs of transformers 5 do)."""
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    kind = type(inner)
+    if kind not in _KEEPS:
+        _KEEPS[kind] = "logits_to_keep" in inspect.signature(inner.forward).parameters
+    return _KEEPS[kind]
+

@@ -1,0 +1,200 @@
+"""The batching engine on a tiny random model: batched text equals one-at-a-time text, and batching is real."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+import torch
+from peft import LoraConfig, get_peft_model
+
+from doppel.errors import InvalidArgument, Overloaded
+from services.inference.engine import Engine, Finish, Job
+from services.inference.sampler import Sampling
+from services.trainer.basemodels import tiny_model
+
+torch.set_num_threads(1)
+TEXTS = [f"Alice: message number {i} about things\nBob: reply {i} ok" for i in range(200)]
+PROMPTS = ["Alice: hi", "Bob: reply 3 ok\nAlice: message", "x", "Alice: message number 12 about things\nBob:"]
+GREEDY = Sampling(temperature=0, max_new_tokens=16)
+
+
+class Collector:
+    """Sinks for many jobs; `wait()` until every candidate finished."""
+
+    def __init__(self) -> None:
+        self.parts: dict[tuple[int, int], list[str]] = {}
+        self.finish: dict[tuple[int, int], Finish] = {}
+        self.first_at: dict[tuple[int, int], float] = {}
+        self._expected = self._jobs = 0
+        self._done = threading.Event()
+        self._lock = threading.Lock()
+
+    def job(self, tok, prompt: str, sampling: Sampling, **kw) -> Job:
+        """A job whose candidates are keyed (job number, index) in the order jobs are made."""
+        n = self._jobs
+        self._jobs += 1
+        self._expected += sampling.n
+
+        def sink(index: int, delta: str, finish: Finish | None) -> None:
+            with self._lock:
+                self.parts.setdefault((n, index), []).append(delta)
+                if delta and (n, index) not in self.first_at:
+                    self.first_at[(n, index)] = time.monotonic()
+                if finish is not None:
+                    self.finish[(n, index)] = finish
+                    if len(self.finish) == self._expected:
+                        self._done.set()
+
+        return Job(tok(prompt)["input_ids"], sampling, sink, **kw)
+
+    def text(self, n: int, index: int = 0) -> str:
+        return "".join(self.parts.get((n, index), []))
+
+    def wait(self, timeout: float = 60) -> None:
+        assert self._done.wait(timeout), f"{len(self.finish)}/{self._expected} candidates finished"
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    model, tok = tiny_model(TEXTS, seed=0, block_size=256)
+    return model.eval(), tok
+
+
+@pytest.fixture
+def engine(tiny):
+    model, tok = tiny
+    e = Engine(model, tok, max_batch=16, queue_capacity=8, name="test")
+    yield e
+    e.stop()
+
+
+def solo(engine: Engine, tok, prompt: str, sampling: Sampling = GREEDY, **kw) -> str:
+    c = Collector()
+    engine.submit(c.job(tok, prompt, sampling, **kw))
+    c.wait()
+    return c.text(0)
+
+
+def test_a_batch_gives_each_prompt_the_text_it_gets_alone(engine, tiny):
+    _, tok = tiny
+    alone = [solo(engine, tok, p) for p in PROMPTS]
+    passes = engine.stats.forward_passes
+    c = Collector()
+    for p in PROMPTS:  # different lengths: left padding in one cache
+        engine.submit(c.job(tok, p, GREEDY))
+    c.wait()
+    assert [c.text(n) for n in range(len(PROMPTS))] == alone
+    assert all(len(t) > 0 for t in alone)
+    # alone: 4 x (1 prefill + 15 decode steps); together: far fewer passes for the same tokens
+    assert engine.stats.forward_passes - passes <= 20
+
+
+def test_requests_join_and_leave_a_running_batch(engine, tiny):
+    _, tok = tiny
+    long, short = Sampling(temperature=0, max_new_tokens=40), Sampling(temperature=0, max_new_tokens=5)
+    alone = [solo(engine, tok, PROMPTS[0], long), solo(engine, tok, PROMPTS[1], short), solo(engine, tok, PROMPTS[3], long)]
+    c = Collector()
+    engine.submit(c.job(tok, PROMPTS[0], long))
+    time.sleep(0.05)  # the first is decoding when the others arrive
+    engine.submit(c.job(tok, PROMPTS[1], short))
+    engine.submit(c.job(tok, PROMPTS[3], long))
+    c.wait()
+    assert [c.text(0), c.text(1), c.text(2)] == alone
+    assert c.finish[(1, 0)] is Finish.LENGTH
+
+
+def test_n_candidates_are_rows_of_one_batch_and_a_seed_repeats_them(engine, tiny):
+    _, tok = tiny
+    s = Sampling(temperature=1.0, n=4, seed=11, max_new_tokens=12)
+    runs = []
+    for _ in range(2):
+        c = Collector()
+        before = engine.stats.forward_passes
+        engine.submit(c.job(tok, "Alice: hi", s))
+        c.wait()
+        runs.append([c.text(0, k) for k in range(4)])
+        assert engine.stats.forward_passes - before <= 12  # 1 prefill + 11 steps, for all four
+    assert runs[0] == runs[1]
+    assert len(set(runs[0])) > 1
+
+
+def test_mixed_adapters_share_forward_passes_and_keep_their_own_text():
+    base, tok = tiny_model(TEXTS, seed=0, block_size=256)  # peft wraps it in place: not the shared one
+    torch.manual_seed(1)
+    peft = get_peft_model(base, LoraConfig(r=4, target_modules=["c_attn"], init_lora_weights=False), adapter_name="a")
+    torch.manual_seed(2)
+    peft.add_adapter("b", LoraConfig(r=4, target_modules=["c_attn"], init_lora_weights=False))
+    peft.eval()
+    e = Engine(peft, tok, max_batch=16, name="mixed")
+    try:
+        alone = {a: solo(e, tok, PROMPTS[1], adapter=a) for a in ("a", "b", None)}
+        assert len(set(alone.values())) == 3, "the adapters change the text"
+        c = Collector()
+        before = e.stats.forward_passes
+        for a in ("a", "b", None):
+            e.submit(c.job(tok, PROMPTS[1], GREEDY, adapter=a))
+        c.wait()
+        assert [c.text(0), c.text(1), c.text(2)] == [alone["a"], alone["b"], alone[None]]
+        assert e.stats.forward_passes - before <= 20  # alone: 3 x 16; a late joiner costs a prefill or two
+    finally:
+        e.stop()
+
+
+def test_end_strings_stop_a_turn_and_are_not_sent(engine, tiny):
+    _, tok = tiny
+    text = solo(engine, tok, PROMPTS[0], Sampling(temperature=0, max_new_tokens=30))
+    stop = text[3:5]
+    c = Collector()
+    engine.submit(c.job(tok, PROMPTS[0], Sampling(temperature=0, max_new_tokens=30), end_strings=(stop,)))
+    c.wait()
+    assert c.text(0) == text[: text.find(stop)] and c.finish[(0, 0)] is Finish.END_OF_TURN
+    c = Collector()
+    engine.submit(c.job(tok, PROMPTS[0], Sampling(temperature=0, max_new_tokens=30, stop=(stop,))))
+    c.wait()
+    assert c.finish[(0, 0)] is Finish.STOP
+
+
+def test_a_cancelled_job_frees_its_rows(engine, tiny):
+    _, tok = tiny
+    c = Collector()
+    job = c.job(tok, PROMPTS[0], Sampling(temperature=1.0, max_new_tokens=4000, n=3))
+    engine.submit(job)
+    deadline = time.monotonic() + 10
+    while engine.stats.running == 0 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    job.cancel()
+    c.wait()
+    assert set(c.finish.values()) == {Finish.CANCELLED}
+    deadline = time.monotonic() + 10
+    while not engine.idle() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert engine.idle() and engine.stats.running == 0
+
+
+def test_a_full_queue_is_overloaded_not_a_crash(tiny):
+    model, tok = tiny
+    e = Engine(model, tok, max_batch=1, queue_capacity=2, name="small")
+    try:
+        c = Collector()
+        jobs = [c.job(tok, "x", Sampling(temperature=1.0, max_new_tokens=200)) for _ in range(3)]
+        e.submit(jobs[0])
+        deadline = time.monotonic() + 10
+        while e.stats.running == 0 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        e.submit(jobs[1])
+        e.submit(jobs[2])
+        with pytest.raises(Overloaded, match="queue is full"):
+            e.submit(c.job(tok, "x", GREEDY))
+        for j in jobs:
+            j.cancel()
+    finally:
+        e.stop()
+
+
+def test_bad_sampling_is_refused():
+    with pytest.raises(InvalidArgument, match="top_p"):
+        Sampling(top_p=0)
+    with pytest.raises(InvalidArgument, match="n must be"):
+        Sampling(n=0)
