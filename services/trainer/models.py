@@ -21,7 +21,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from doppel import paging
 from doppel.errors import NotFound
@@ -35,6 +35,9 @@ MANIFEST = "manifest.json"
 
 
 class Evaluation(BaseModel):
+    """Held-out figures; NaN (stored as "NaN") when there was nothing held out."""
+
+    model_config = ConfigDict(ser_json_inf_nan="strings")
     held_out_loss: float = math.nan
     perplexity: float = math.nan
     base_held_out_loss: float = math.nan

@@ -148,7 +148,7 @@ class RunLog:
         self._chunk: list[bytes] = [
             orjson.dumps(e.model_dump(mode="json")) for e in existing[len(existing) - self._seq % CHUNK :]
         ] if self._seq % CHUNK else []
-        self._flushed_at = 0.0
+        self._flushed_at = time.monotonic()
         self._dirty = False
 
     def emit(self, event: Event, *, now: bool = False) -> Event:

@@ -150,3 +150,16 @@ def test_latest_checkpoint_is_the_highest_step(store: Store) -> None:
     assert latest_checkpoint(store, "run1") == (100, checkpoint_key("run1", 100))
     assert checkpoint_key("run1", 100) == "runs/run1/checkpoints/000000100.pt"
     assert latest_checkpoint(store, "run2") is None
+
+
+def test_a_model_manifest_without_held_out_figures_reads_back(tmp_path):
+    import math
+
+    from services.trainer import models
+    from services.trainer.recipe import TrainRequest, resolve
+
+    m = models.ModelManifest(id="model-x", name="x", base_model="tiny", base_source="registry:tiny", method="full",
+                             transcript="plain", speakers=["A"], participants=["A"], dataset_id="d", run_id="r",
+                             recipe=resolve(TrainRequest(dataset_id="d", speakers=["A"])))
+    again = models.ModelManifest.model_validate_json(m.model_dump_json())
+    assert math.isnan(again.evaluation.held_out_loss) and again.evaluation.held_out_tokens == 0

@@ -1,0 +1,183 @@
+"""InferenceService through a real gRPC server, with tiny random models and adapters made here."""
+
+from __future__ import annotations
+
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import grpc
+import pytest
+import torch
+
+from doppel.clients import InferenceClient
+from doppel.config import Settings
+from doppel.rpc.server import Service
+from doppel.store import open_store
+from doppel.v1 import common_pb2, inference_pb2_grpc
+from doppel.v1 import inference_pb2 as inf
+from services.inference.server import InferenceServicer
+from support.grpcserver import BackgroundServer
+from support.personas import publish_personas
+
+torch.set_num_threads(1)
+
+
+def sampling(**kw) -> common_pb2.SamplingParams:
+    return common_pb2.SamplingParams(**kw)
+
+
+class Running:
+    """An inference service on a real gRPC server over a store of persona models."""
+
+    def __init__(self, store, home, **settings):
+        self.servicer = InferenceServicer(Settings(home=home, store_url=store.url, **settings), store)
+        self.server = BackgroundServer([Service.of(inf, inference_pb2_grpc, "InferenceService", self.servicer)])
+        self.client = InferenceClient(self.server.addr, timeout=120)
+
+    def close(self) -> None:
+        self.client.close()
+        self.server.stop()
+        self.servicer.close()
+
+
+@pytest.fixture(scope="module")
+def models_store(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("inference")
+    store = open_store(f"file://{tmp}/store")
+    return store, publish_personas(store, tmp), tmp
+
+
+@pytest.fixture(scope="module")
+def served(models_store):
+    """(client, model ids, servicer) of one inference service."""
+    store, ids, tmp = models_store
+    running = Running(store, tmp / "home")
+    yield running.client, ids, running.servicer
+    running.close()
+
+
+def chat(client, model_id, **kw) -> inf.ChatResponse:
+    history = [inf.Turn(speaker="Bob", text="reply 3 ok"), inf.Turn(speaker="Carol", text="and 3")]
+    return client.chat(inf.ChatRequest(model_id=model_id, history=history, **kw))
+
+
+def test_chat_gives_n_different_candidates_and_a_seed_repeats_them(served):
+    client, ids, _ = served
+    s = sampling(n=4, seed=3, temperature=1.0, max_new_tokens=16)
+    first = chat(client, ids["a0"], sampling=s)
+    again = chat(client, ids["a0"], sampling=s)
+    assert first.speaker == "Alice" and len(first.candidates) == 4
+    assert [c.text for c in first.candidates] == [c.text for c in again.candidates]
+    assert len({c.text for c in first.candidates}) > 1
+    assert all(c.tokens > 0 and c.finish_reason != inf.FINISH_REASON_UNSPECIFIED for c in first.candidates)
+
+
+def test_a_stream_sends_the_same_text_as_chat(served):
+    client, ids, _ = served
+    s = sampling(temperature=0, max_new_tokens=24)
+    whole = chat(client, ids["a1"], sampling=s).candidates[0]
+    history = [inf.Turn(speaker="Bob", text="reply 3 ok"), inf.Turn(speaker="Carol", text="and 3")]
+    pieces = list(client.chat_stream(inf.ChatStreamRequest(chat=inf.ChatRequest(model_id=ids["a1"], history=history, sampling=s))))
+    assert "".join(p.delta for p in pieces) == whole.text
+    assert pieces[-1].finish_reason == whole.finish_reason != inf.FINISH_REASON_UNSPECIFIED
+
+
+def test_the_model_never_speaks_as_the_users_participant(served):
+    client, ids, _ = served
+    texts = []
+    for seed in range(6):
+        r = chat(client, ids["group"], as_speaker="Alice", user_speaker="Bob",
+                 sampling=sampling(n=8, seed=seed, temperature=1.3, max_new_tokens=40))
+        texts += [c.text for c in r.candidates]
+    assert len(texts) == 48
+    assert not any(t.startswith("Bob:") or "\nBob:" in t for t in texts)
+    with pytest.raises(grpc.RpcError) as e:
+        chat(client, ids["group"], as_speaker="Bob", user_speaker="Bob")
+    assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_complete_continues_a_raw_prompt(served):
+    client, ids, _ = served
+    r = client.complete(inf.CompleteRequest(model_id=ids["full"], prompt="I love to eat", sampling=sampling(n=3, seed=1, max_new_tokens=10)))
+    assert len(r.candidates) == 3 and all(c.tokens > 0 for c in r.candidates)
+    assert len({c.text for c in r.candidates}) > 1
+
+
+def test_simulate_writes_turns_among_the_participants(served):
+    client, ids, _ = served
+    turns = list(client.simulate(inf.SimulateRequest(
+        model_id=ids["group"], participants=["Alice", "Bob"], first_speaker="Alice", first_prompt="hello",
+        turns=6, sampling=sampling(seed=2, max_new_tokens=20))))
+    assert [t.index for t in turns] == list(range(6))
+    assert turns[0].turn.speaker == "Alice" and turns[0].turn.text.startswith("hello")
+    assert all(t.turn.speaker in ("Alice", "Bob") for t in turns)
+
+
+def test_unknown_models_and_speakers_are_clear_errors(served):
+    client, ids, _ = served
+    with pytest.raises(grpc.RpcError) as e:
+        chat(client, "model-nope")
+    assert e.value.code() == grpc.StatusCode.NOT_FOUND and "model-nope" in e.value.details()
+    with pytest.raises(grpc.RpcError) as e:
+        chat(client, ids["a0"], as_speaker="Zed")
+    assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "Alice, Bob, Carol" in e.value.details()
+
+
+def test_concurrent_requests_share_forward_passes(served):
+    client, ids, _ = served
+    s = sampling(temperature=1.0, max_new_tokens=12, seed=5)
+    chat(client, ids["a0"], sampling=s)  # loaded
+    chat(client, ids["a1"], sampling=s)
+    stats = client.get_engine_stats(inf.GetEngineStatsRequest())
+    with ThreadPoolExecutor(16) as pool:
+        replies = list(pool.map(lambda k: chat(client, ids[f"a{k % 2}"], sampling=s), range(16)))
+    after = client.get_engine_stats(inf.GetEngineStatsRequest())
+    tokens = sum(c.tokens for r in replies for c in r.candidates)
+    passes = after.forward_passes - stats.forward_passes
+    assert tokens > 16 and passes < tokens / 2, (passes, tokens)  # one at a time would need about one pass per token
+
+
+def test_a_cancelled_stream_frees_its_slot(served):
+    client, ids, _ = served
+    request = inf.ChatStreamRequest(chat=inf.ChatRequest(model_id=ids["a0"], sampling=sampling(max_new_tokens=1000, temperature=1.0)))
+    stream = client.chat_stream(request)
+    next(iter(stream))
+    stream.cancel()
+    deadline = time.monotonic() + 10
+    while client.get_engine_stats(inf.GetEngineStatsRequest()).running and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert client.get_engine_stats(inf.GetEngineStatsRequest()).running == 0
+
+
+def test_a_full_queue_answers_resource_exhausted(models_store):
+    store, ids, tmp = models_store
+    running = Running(store, tmp / "home-small", inference_queue=2, inference_max_batch=1)
+    client = running.client
+    try:
+        engine = running.servicer.cache.get(ids["full"]).engine
+        long = inf.ChatStreamRequest(chat=inf.ChatRequest(model_id=ids["full"], sampling=sampling(max_new_tokens=1000, temperature=1.0)))
+        streams = [client.chat_stream(long)]
+        next(iter(streams[0]))  # the batch (one row) is full
+        streams += [client.chat_stream(long) for _ in range(2)]  # the calls start at once: the queue holds 2
+        deadline = time.monotonic() + 10
+        while engine.stats.queued < 2 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        with pytest.raises(grpc.RpcError) as e:
+            chat(client, ids["full"], sampling=sampling(max_new_tokens=2))
+        assert e.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and "retry" in e.value.details()
+        for s in streams:
+            s.cancel()
+    finally:
+        running.close()
+
+
+def test_load_list_and_unload(served):
+    client, ids, _ = served
+    loaded = client.load_model(inf.LoadModelRequest(model_id=ids["a1"])).model
+    assert loaded.loaded and loaded.adapter and loaded.speakers == ["Bob"]
+    listed = {m.model_id: m for m in client.list_served_models(inf.ListServedModelsRequest()).models}
+    assert set(ids.values()) <= set(listed) and listed[ids["a1"]].loaded
+    assert client.unload_model(inf.UnloadModelRequest(model_id=ids["a1"])).was_loaded
+    assert not client.unload_model(inf.UnloadModelRequest(model_id=ids["a1"])).was_loaded
+    assert ids["a1"] not in {m.model_id for m in client.list_served_models(inf.ListServedModelsRequest(loaded_only=True)).models}
+    assert chat(client, ids["a1"], sampling=sampling(max_new_tokens=4)).candidates  # loads again on demand

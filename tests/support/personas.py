@@ -1,0 +1,47 @@
+"""Persona models made on the spot: a tiny random base in the store, LoRA adapters on it, a full model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from peft import LoraConfig, get_peft_model
+
+from doppel.store.base import Store
+from services.trainer import models
+from services.trainer.basemodels import tiny_model
+from services.trainer.recipe import TrainRequest, resolve
+
+TEXTS = [f"Alice: message number {i} about things\nBob: reply {i} ok\nCarol: and {i}" for i in range(200)]
+PARTICIPANTS = ["Alice", "Bob", "Carol"]
+BASE_PREFIX = "base-models/tiny-test/"
+
+
+def _manifest(model_id: str, method: str, speakers: list[str], base_prefix: str | None) -> models.ModelManifest:
+    recipe = resolve(TrainRequest(dataset_id="d", speakers=speakers, base_model="tiny", method=method))
+    return models.ModelManifest(
+        id=model_id, name="-".join(speakers), base_model="tiny", base_source="registry:tiny",
+        base_store_prefix=base_prefix, method=method, transcript="plain", speakers=speakers,
+        participants=PARTICIPANTS, dataset_id="d", run_id="r", recipe=recipe,
+    )
+
+
+def publish_personas(store: Store, tmp: Path, adapters: int = 2) -> dict[str, str]:
+    """Model ids by kind: "a0", "a1"... (adapters on one shared base, personas Alice, Bob...), "group" (an
+    adapter for every participant) and "full" (full weights)."""
+    base, tok = tiny_model(TEXTS, seed=0, block_size=1024)
+    folder = tmp / "tiny-base"
+    base.save_pretrained(folder)
+    tok.save_pretrained(folder)
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        store.put_file(BASE_PREFIX + path.relative_to(folder).as_posix(), path)
+    ids: dict[str, str] = {}
+    kinds = [(f"a{k}", [PARTICIPANTS[k % len(PARTICIPANTS)]]) for k in range(adapters)] + [("group", PARTICIPANTS)]
+    for k, (kind, speakers) in enumerate(kinds):
+        fresh, _ = tiny_model(TEXTS, seed=0, block_size=1024)
+        torch.manual_seed(100 + k)
+        peft = get_peft_model(fresh, LoraConfig(r=4, target_modules=["c_attn"], init_lora_weights=False))
+        ids[kind] = models.publish(store, _manifest(f"model-{kind}", "lora", speakers, BASE_PREFIX), peft, tok).id
+    full, _ = tiny_model(TEXTS, seed=5, block_size=1024)
+    ids["full"] = models.publish(store, _manifest("model-full", "full", ["Alice"], None), full, tok).id
+    return ids
