@@ -28,8 +28,8 @@ class Collector:
         self.finish: dict[tuple[int, int], Finish] = {}
         self.first_at: dict[tuple[int, int], float] = {}
         self._expected = self._jobs = 0
-        self._done = threading.Event()
         self._lock = threading.Lock()
+        self._done = threading.Condition(self._lock)
 
     def job(self, tok, prompt: str, sampling: Sampling, **kw) -> Job:
         """A job whose candidates are keyed (job number, index) in the order jobs are made."""
@@ -44,8 +44,7 @@ class Collector:
                     self.first_at[(n, index)] = time.monotonic()
                 if finish is not None:
                     self.finish[(n, index)] = finish
-                    if len(self.finish) == self._expected:
-                        self._done.set()
+                    self._done.notify_all()
 
         return Job(tok(prompt)["input_ids"], sampling, sink, **kw)
 
@@ -53,7 +52,10 @@ class Collector:
         return "".join(self.parts.get((n, index), []))
 
     def wait(self, timeout: float = 60) -> None:
-        assert self._done.wait(timeout), f"{len(self.finish)}/{self._expected} candidates finished"
+        """Until every candidate of every job made so far finished."""
+        with self._lock:
+            done = self._done.wait_for(lambda: len(self.finish) == self._expected, timeout)
+        assert done, f"{len(self.finish)}/{self._expected} candidates finished"
 
 
 @pytest.fixture(scope="module")
