@@ -245,6 +245,7 @@ class Engine:
 
     def _take(self, rows: list[_Row], logits: torch.Tensor) -> None:
         """Sample each row's next token, send its text, and drop the rows that finished."""
+        logits = logits.float().cpu()  # one transfer per step, not one per row
         for r, row_logits in zip(rows, logits, strict=True):
             if r.job.cancelled.is_set():
                 self._finish(r, Finish.CANCELLED)

@@ -181,3 +181,23 @@ def test_load_list_and_unload(served):
     assert not client.unload_model(inf.UnloadModelRequest(model_id=ids["a1"])).was_loaded
     assert ids["a1"] not in {m.model_id for m in client.list_served_models(inf.ListServedModelsRequest(loaded_only=True)).models}
     assert chat(client, ids["a1"], sampling=sampling(max_new_tokens=4)).candidates  # loads again on demand
+
+
+def test_the_cache_evicts_under_its_budget_and_reloads_on_demand(models_store):
+    store, ids, tmp = models_store
+    running = Running(store, tmp / "home-budget", inference_cache_mb=4)  # one tiny model (~3 MB) at a time
+    client = running.client
+    try:
+        def loaded() -> set[str]:
+            return {m.model_id for m in client.list_served_models(inf.ListServedModelsRequest(loaded_only=True)).models}
+
+        assert chat(client, ids["a0"], sampling=sampling(max_new_tokens=3)).candidates
+        assert loaded() == {ids["a0"]}
+        assert chat(client, ids["full"], sampling=sampling(max_new_tokens=3)).candidates
+        assert loaded() == {ids["full"]}, "the adapter and its base made room"
+        stats = client.get_engine_stats(inf.GetEngineStatsRequest())
+        assert stats.cache_bytes <= stats.cache_budget_bytes == 4 * 2**20
+        assert chat(client, ids["a0"], sampling=sampling(max_new_tokens=3)).candidates
+        assert loaded() == {ids["a0"]}
+    finally:
+        running.close()
