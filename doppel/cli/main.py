@@ -14,6 +14,7 @@ from enum import Enum
 import typer
 
 from doppel import __version__
+from doppel.cli import chat as chat_commands
 from doppel.cli import ingest as ingest_commands
 from doppel.cli import train as train_commands
 from doppel.cli.context import fail as _fail
@@ -129,6 +130,9 @@ app.command("ingest")(ingest_commands.ingest)
 app.command("inspect")(ingest_commands.inspect)
 app.add_typer(ingest_commands.datasets_app, name="datasets")
 app.command("train")(train_commands.train)
+app.command("chat")(chat_commands.chat)
+app.command("generate")(chat_commands.generate)
+app.command("simulate")(chat_commands.simulate)
 app.add_typer(train_commands.runs_app, name="runs")
 app.add_typer(train_commands.models_app, name="models")
 

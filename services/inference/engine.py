@@ -109,6 +109,10 @@ class Engine:
     def submit(self, job: Job) -> None:
         """Queue a job; Overloaded when the queue is full."""
         with self._lock:
+            if len(self._queue) >= self.queue_capacity:  # jobs whose callers left give their place first
+                for gone in [j for j in self._queue if j.cancelled.is_set()]:
+                    self._queue.remove(gone)
+                    _abandon(gone)
             if len(self._queue) >= self.queue_capacity:
                 raise Overloaded(f"the engine queue is full ({self.queue_capacity} requests waiting); retry shortly")
             self._queue.append(job)
@@ -160,13 +164,13 @@ class Engine:
                     self._finish(row, Finish.CANCELLED)
                 for job in admitted:
                     if job.rows_left == 0:
-                        job.sink(0, "", Finish.CANCELLED)
+                        _abandon(job)
                 self._rows, self._cache, self._mask = [], None, None
                 self.stats.running = 0
         for row in self._rows:
             self._finish(row, Finish.CANCELLED)
         for job in self._queue:
-            job.sink(0, "", Finish.CANCELLED)
+            _abandon(job)
 
     def _admit(self) -> list[Job]:
         room = self.max_batch - len(self._rows)
@@ -174,7 +178,7 @@ class Engine:
         while self._queue and (self._queue[0].sampling.n <= room or not self._rows and not out):
             job = self._queue.popleft()
             if job.cancelled.is_set():
-                job.sink(0, "", Finish.CANCELLED)
+                _abandon(job)
                 continue
             room -= job.sampling.n
             out.append(job)
@@ -304,6 +308,12 @@ class Engine:
             layer.keys, layer.values = layer.keys[index, :, trim:], layer.values[index, :, trim:]
         self._mask = mask[:, trim:]
         self.stats.running = len(self._rows)
+
+
+def _abandon(job: Job) -> None:
+    """Tell a job that never ran that each of its candidates is cancelled."""
+    for k in range(job.sampling.n):
+        job.sink(k, "", Finish.CANCELLED)
 
 
 def _first_stop(text: str, ends: tuple[str, ...], stops: tuple[str, ...]) -> tuple[int | None, Finish]:

@@ -53,7 +53,10 @@ class JobStream:
         self.queue: asyncio.Queue[tuple[int, str, Finish | None]] = asyncio.Queue()
 
     def sink(self, index: int, delta: str, finish: Finish | None) -> None:
-        self.loop.call_soon_threadsafe(self.queue.put_nowait, (index, delta, finish))
+        try:
+            self.loop.call_soon_threadsafe(self.queue.put_nowait, (index, delta, finish))
+        except RuntimeError:  # the loop is closed: the server stopped and nobody waits for this job
+            pass
 
     async def events(self, job: Job) -> AsyncIterator[tuple[int, str, Finish | None]]:
         """Every event until each of the job's candidates finished; the job is cancelled if the caller stops early."""

@@ -200,3 +200,24 @@ def test_bad_sampling_is_refused():
         Sampling(top_p=0)
     with pytest.raises(InvalidArgument, match="n must be"):
         Sampling(n=0)
+
+
+def test_jobs_cancelled_while_queued_give_their_place(tiny):
+    model, tok = tiny
+    e = Engine(model, tok, max_batch=1, queue_capacity=1, name="queue")
+    try:
+        c = Collector()
+        running = c.job(tok, "x", Sampling(temperature=1.0, max_new_tokens=200))
+        e.submit(running)
+        deadline = time.monotonic() + 10
+        while e.stats.running == 0 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        queued = c.job(tok, "x", GREEDY)
+        e.submit(queued)
+        queued.cancel()
+        e.submit(c.job(tok, "x", GREEDY))  # the cancelled one's place
+        running.cancel()
+        c.wait()
+        assert c.finish[(2, 0)] is not Finish.CANCELLED
+    finally:
+        e.stop()
