@@ -55,6 +55,9 @@ class Settings(BaseSettings):
         default=0, ge=0, description="DOPPEL_INFERENCE_CACHE_MB: memory budget of the model cache; 0: 80% of free GPU "
         "memory on a GPU, 4096 on CPU.",
     )
+    inference_threads: int = Field(
+        default=0, ge=0, description="DOPPEL_INFERENCE_THREADS: CPU threads of the inference service; 0 lets torch choose."
+    )
     inference_max_batch: int = Field(default=64, ge=1, description="DOPPEL_INFERENCE_MAX_BATCH: most rows per forward pass.")
     inference_queue: int = Field(
         default=256, ge=1, description="DOPPEL_INFERENCE_QUEUE: requests that may wait per base model before RESOURCE_EXHAUSTED."

@@ -14,6 +14,7 @@ forward passes served how many tokens, so tests and benchmarks can see batching 
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import logging
 import threading
@@ -28,7 +29,7 @@ from transformers import DynamicCache
 
 from doppel.errors import Overloaded
 
-from .sampler import RowSampler, Sampling
+from .sampler import RowSampler, Sampling, pick
 
 log = logging.getLogger(__name__)
 BASE = "__base__"  # PEFT's name for "no adapter" in a mixed batch
@@ -188,12 +189,19 @@ class Engine:
     def _forward(self, ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, adapters: list[str],
                  cache: DynamicCache | None) -> tuple[torch.Tensor, DynamicCache]:
         kwargs: dict[str, Any] = {}
+        context: Any = contextlib.nullcontext()
         if self._peft():
-            kwargs["adapter_names"] = adapters
+            if len(set(adapters)) > 1:
+                kwargs["adapter_names"] = adapters  # PEFT's mixed batch: each row through its own adapter
+            elif adapters[0] == BASE:
+                context = self.model.disable_adapter()
+            elif self.model.active_adapter != adapters[0]:
+                self.model.set_adapter(adapters[0])  # one adapter for every row: the plain, faster path
         if _keeps_logits(self.model):
             kwargs["logits_to_keep"] = 1
-        out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, cache=cache or DynamicCache(),
-                         use_cache=True, **kwargs)
+        with context:
+            out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, cache=cache or DynamicCache(),
+                             use_cache=True, **kwargs)
         self.stats.forward_passes += 1
         return out.logits[:, -1, :], out.cache
 
@@ -249,12 +257,16 @@ class Engine:
 
     def _take(self, rows: list[_Row], logits: torch.Tensor) -> None:
         """Sample each row's next token, send its text, and drop the rows that finished."""
-        logits = logits.float().cpu()  # one transfer per step, not one per row
-        for r, row_logits in zip(rows, logits, strict=True):
+        live = []
+        for k, r in enumerate(rows):
             if r.job.cancelled.is_set():
                 self._finish(r, Finish.CANCELLED)
-                continue
-            token = r.sampler.pick(row_logits, r.generated)
+            else:
+                live.append(k)
+        index = torch.tensor(live, device=logits.device)
+        picked = pick([(rows[k].sampler, rows[k].generated) for k in live], logits[index]) if live else []
+        for k, token in zip(live, picked, strict=True):
+            r = rows[k]
             r.generated.append(token)
             self.stats.tokens_generated += 1
             self._emit(r, token)

@@ -8,6 +8,7 @@ whatever else is in the batch.
 from __future__ import annotations
 
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -57,29 +58,47 @@ class RowSampler:
         seed = self.sampling.seed if self.sampling.seed is not None else random.getrandbits(62)
         self.generator = torch.Generator().manual_seed((seed * 1_000_003 + self.index) % (2**63 - 1))
 
-    def pick(self, logits: torch.Tensor, generated: list[int]) -> int:
+    def adjust(self, logits: torch.Tensor, generated: list[int]) -> None:
+        """This row's own changes to its logits, in place: repetition penalty, first-token bans."""
         s = self.sampling
-        logits = logits.float().cpu()
         if s.repetition_penalty != 1.0 and generated:
-            ids = torch.tensor(sorted(set(generated)))
+            ids = torch.tensor(sorted(set(generated)), device=logits.device)
             seen = logits[ids]
             logits[ids] = torch.where(seen > 0, seen / s.repetition_penalty, seen * s.repetition_penalty)
         if not generated and self.banned_first:
             logits[list(self.banned_first)] = -torch.inf
         if not generated and self.allowed_first:
-            allowed = torch.full_like(logits, -torch.inf)
             ids = list(self.allowed_first)
-            allowed[ids] = logits[ids]
-            logits = allowed
-        if s.temperature == 0:
-            return int(torch.argmax(logits))
-        logits = logits / s.temperature
-        if s.top_k and s.top_k < logits.numel():
-            kth = torch.topk(logits, s.top_k).values[-1]
-            logits[logits < kth] = -torch.inf
-        probs = torch.softmax(logits, dim=-1)
-        if s.top_p < 1.0:
-            sorted_probs, order = torch.sort(probs, descending=True)
-            keep = torch.cumsum(sorted_probs, 0) - sorted_probs < s.top_p  # the smallest set reaching p
-            probs = torch.zeros_like(probs).scatter(0, order[keep], sorted_probs[keep])
-        return int(torch.multinomial(probs, 1, generator=self.generator))
+            keep = logits[ids].clone()
+            logits.fill_(-torch.inf)
+            logits[ids] = keep
+
+    def uniform(self) -> float:
+        return float(torch.rand(1, generator=self.generator))
+
+
+def pick(rows: Sequence[tuple[RowSampler, list[int]]], logits: torch.Tensor) -> list[int]:
+    """The next token of every row, from one [rows, vocabulary] tensor, with tensor ops for the whole batch.
+
+    Each row draws one uniform number from its own generator and inverts its filtered CDF with it,
+    so a seeded row samples the same tokens whichever rows share its batch.
+    """
+    logits = logits.float()
+    for k, (sampler, generated) in enumerate(rows):
+        sampler.adjust(logits[k], generated)
+    device, width = logits.device, logits.shape[1]
+    temperature = torch.tensor([r.sampling.temperature for r, _ in rows], device=device)
+    top_k = torch.tensor([r.sampling.top_k or width for r, _ in rows], device=device)
+    top_p = torch.tensor([r.sampling.top_p for r, _ in rows], device=device)
+    greedy = temperature == 0
+    ordered, order = torch.sort(logits / temperature.clamp(min=1e-6)[:, None], dim=1, descending=True)
+    ordered = ordered.masked_fill(torch.arange(width, device=device)[None, :] >= top_k[:, None], -torch.inf)
+    probs = torch.softmax(ordered, dim=1)
+    cdf = probs.cumsum(1)
+    probs = probs.masked_fill(cdf - probs >= top_p[:, None], 0.0)  # past the smallest set that reaches p
+    cdf = probs.cumsum(1)
+    u = torch.tensor([r.uniform() for r, _ in rows], device=device) * cdf[:, -1]
+    at = torch.searchsorted(cdf, u[:, None]).clamp(max=width - 1)
+    tokens = order.gather(1, at).squeeze(1)
+    tokens = torch.where(greedy, logits.argmax(1), tokens)
+    return tokens.tolist()

@@ -9,6 +9,7 @@ rows at the engine's next step.
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
@@ -46,27 +47,56 @@ def sampling_from_proto(p: Any, *, n: bool = True) -> Sampling:
 
 
 class JobStream:
-    """A job's deltas, from the engine thread to the event loop: (index, delta, finish) tuples."""
+    """A job's deltas, from the engine thread to the event loop: (index, delta, finish) tuples.
+
+    Deltas pile up under a lock and the loop is woken once per pile, not once per token: under
+    load a call then handles each step's text of all its candidates in one go, and a stream
+    sends one message per candidate for what arrived since its last message.
+    """
 
     def __init__(self) -> None:
         self.loop = asyncio.get_running_loop()
-        self.queue: asyncio.Queue[tuple[int, str, Finish | None]] = asyncio.Queue()
+        self._ready = asyncio.Event()
+        self._lock = threading.Lock()
+        self._pending: list[tuple[int, str, Finish | None]] = []
+        self._woken = False
 
     def sink(self, index: int, delta: str, finish: Finish | None) -> None:
+        with self._lock:
+            self._pending.append((index, delta, finish))
+            if self._woken:
+                return
+            self._woken = True
         try:
-            self.loop.call_soon_threadsafe(self.queue.put_nowait, (index, delta, finish))
+            self.loop.call_soon_threadsafe(self._ready.set)
         except RuntimeError:  # the loop is closed: the server stopped and nobody waits for this job
             pass
 
+    async def _piles(self) -> AsyncIterator[list[tuple[int, str, Finish | None]]]:
+        while True:
+            await self._ready.wait()
+            with self._lock:
+                pile, self._pending, self._woken = self._pending, [], False
+                self._ready.clear()
+            yield pile
+
     async def events(self, job: Job) -> AsyncIterator[tuple[int, str, Finish | None]]:
-        """Every event until each of the job's candidates finished; the job is cancelled if the caller stops early."""
+        """Until each of the job's candidates finished, what each one added since the last event
+        (its deltas merged); the job is cancelled if the caller stops early."""
         left = job.sampling.n
         try:
-            while left:
-                event = await self.queue.get()
-                if event[2] is not None:
-                    left -= 1
-                yield event
+            async for pile in self._piles():
+                merged: dict[int, tuple[list[str], Finish | None]] = {}
+                for index, delta, finish in pile:
+                    parts, _ = merged.setdefault(index, ([], None))
+                    parts.append(delta)
+                    if finish is not None:
+                        merged[index] = (parts, finish)
+                        left -= 1
+                for index, (parts, finish) in merged.items():
+                    yield index, "".join(parts), finish
+                if not left:
+                    break
         finally:
             if left:
                 job.cancel()
@@ -93,6 +123,8 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
 
     def __init__(self, settings: Settings, store: Store | None = None):
         self.settings = settings
+        if settings.inference_threads:
+            torch.set_num_threads(settings.inference_threads)
         self.store = store or open_store(settings.store_url)
         self.cache = ModelCache(
             self.store, cache_dir=settings.home / "cache", budget_bytes=_budget(settings),

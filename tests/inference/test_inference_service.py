@@ -139,9 +139,10 @@ def test_concurrent_requests_share_forward_passes(served):
 
 def test_a_cancelled_stream_frees_its_slot(served):
     client, ids, _ = served
-    request = inf.ChatStreamRequest(chat=inf.ChatRequest(model_id=ids["a0"], sampling=sampling(max_new_tokens=1000, temperature=1.0)))
+    request = inf.ChatStreamRequest(chat=inf.ChatRequest(model_id=ids["a0"], sampling=sampling(max_new_tokens=1000, temperature=0)))
     stream = client.chat_stream(request)
     next(iter(stream))
+    assert client.get_engine_stats(inf.GetEngineStatsRequest()).running == 1  # greedy: no end of turn soon
     stream.cancel()
     deadline = time.monotonic() + 10
     while client.get_engine_stats(inf.GetEngineStatsRequest()).running and time.monotonic() < deadline:
@@ -155,18 +156,18 @@ def test_a_full_queue_answers_resource_exhausted(models_store):
     client = running.client
     try:
         engine = running.servicer.cache.get(ids["full"]).engine
-        long = inf.ChatStreamRequest(chat=inf.ChatRequest(model_id=ids["full"], sampling=sampling(max_new_tokens=1000, temperature=1.0)))
-        streams = [client.chat_stream(long)]
-        next(iter(streams[0]))  # the batch (one row) is full
-        streams += [client.chat_stream(long) for _ in range(2)]  # the calls start at once: the queue holds 2
+        # greedy raw text with no end string: it runs to max_new_tokens (~3 s here), holding the one row
+        long = inf.CompleteRequest(model_id=ids["full"], prompt="x", sampling=sampling(max_new_tokens=1000, temperature=0))
+        calls = [client.stub.Complete.future(long) for _ in range(3)]  # one runs, two wait in the queue
         deadline = time.monotonic() + 10
         while engine.stats.queued < 2 and time.monotonic() < deadline:
             time.sleep(0.02)
+        assert engine.stats.running == 1 and engine.stats.queued == 2
         with pytest.raises(grpc.RpcError) as e:
             chat(client, ids["full"], sampling=sampling(max_new_tokens=2))
         assert e.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and "retry" in e.value.details()
-        for s in streams:
-            s.cancel()
+        for call in calls:
+            call.cancel()
     finally:
         running.close()
 
