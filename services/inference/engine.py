@@ -15,6 +15,7 @@ forward passes served how many tokens, so tests and benchmarks can see batching 
 from __future__ import annotations
 
 import contextlib
+import functools
 import inspect
 import logging
 import threading
@@ -152,8 +153,8 @@ class Engine:
                 admitted = self._admit()
             try:
                 with self._model_lock, torch.inference_mode():
-                    if admitted:
-                        self._prefill(admitted)
+                    for group in _by_length(admitted):
+                        self._prefill(group)
                     if self._rows:
                         self._decode()
             except Exception as e:  # noqa: BLE001 - every job in flight learns of it; the engine goes on
@@ -322,6 +323,18 @@ class Engine:
         self.stats.running = len(self._rows)
 
 
+def _by_length(jobs: list[Job], spread: float = 1.5) -> list[list[Job]]:
+    """Jobs in groups of similar prompt length, so a prefill pads little: each group's longest
+    prompt is at most `spread` times its shortest."""
+    groups: list[list[Job]] = []
+    for job in sorted(jobs, key=lambda j: len(j.prompt_ids)):
+        if groups and len(job.prompt_ids) <= spread * len(groups[-1][0].prompt_ids):
+            groups[-1].append(job)
+        else:
+            groups.append([job])
+    return groups
+
+
 def _abandon(job: Job) -> None:
     """Tell a job that never ran that each of its candidates is cancelled."""
     for k in range(job.sampling.n):
@@ -350,14 +363,12 @@ def _left_pad_mask(m: torch.Tensor, width: int) -> torch.Tensor:
     return m if missing == 0 else torch.cat([m.new_zeros((m.shape[0], missing)), m], 1)
 
 
-_KEEPS: dict[type, bool] = {}
-
-
 def _keeps_logits(model: Any) -> bool:
     """Whether the model's forward takes `logits_to_keep` (most causal LMs of transformers 5 do)."""
     inner = model.get_base_model() if hasattr(model, "get_base_model") else model
-    kind = type(inner)
-    if kind not in _KEEPS:
-        _KEEPS[kind] = "logits_to_keep" in inspect.signature(inner.forward).parameters
-    return _KEEPS[kind]
+    return _takes_logits_to_keep(type(inner))
 
+
+@functools.cache
+def _takes_logits_to_keep(kind: type) -> bool:
+    return "logits_to_keep" in inspect.signature(kind.forward).parameters

@@ -221,3 +221,10 @@ def test_jobs_cancelled_while_queued_give_their_place(tiny):
         assert c.finish[(2, 0)] is not Finish.CANCELLED
     finally:
         e.stop()
+
+
+def test_prefills_group_prompts_of_similar_length():
+    from services.inference.engine import _by_length
+
+    jobs = [Job([0] * n, GREEDY, lambda *a: None) for n in (40, 10, 12, 100, 15, 60)]
+    assert [[len(j.prompt_ids) for j in g] for g in _by_length(jobs)] == [[10, 12, 15], [40, 60], [100]]
