@@ -194,6 +194,9 @@ def test_missing_object(store: Store, tmp_path: Path) -> None:
     assert not (tmp_path / "out.bin").exists()
     assert store.exists("there/x") and not store.exists("there/nope")
     assert store.delete("there/nope") is False
+    with pytest.raises(NotFound, match=r"^no such thing 'nope'$"):  # the caller says what the key stands for
+        store.get("there/nope", missing="no such thing 'nope'")
+    assert store.get("there/x", missing="unused") == b"1"
 
 
 def test_a_folder_is_not_an_object(store: Store) -> None:

@@ -149,10 +149,16 @@ class Store(ABC):
         with src:
             return self.put(key, src)
 
-    def get(self, key: str) -> bytes:
-        """The whole object as bytes."""
-        with self.open_read(key) as src:
-            return src.read()
+    def get(self, key: str, *, missing: str = "") -> bytes:
+        """The whole object as bytes; when there is none, NotFound with `missing` as its message if given
+        (say what the key stands for: "no dataset 'x'"), else one naming the key."""
+        try:
+            with self.open_read(key) as src:
+                return src.read()
+        except NotFound:
+            if missing:
+                raise NotFound(missing) from None
+            raise
 
     def get_file(self, key: str, path: str | Path) -> None:
         """Download to a local file; the file appears complete or not at all."""

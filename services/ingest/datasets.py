@@ -25,11 +25,7 @@ RAW = "raw/"
 def get(store: Store, dataset_id: str) -> DatasetManifest:
     """A dataset's manifest; NotFound if there is no such dataset."""
     key = manifest_key(validate_id(dataset_id, "dataset id"))
-    try:
-        data = store.get(key)
-    except NotFound:
-        raise NotFound(f"no dataset {dataset_id!r}") from None
-    return DatasetManifest.from_json(data, name=key)
+    return DatasetManifest.from_json(store.get(key, missing=f"no dataset {dataset_id!r}"), name=key)
 
 
 def put(store: Store, manifest: DatasetManifest) -> None:

@@ -24,7 +24,6 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from doppel import paging
-from doppel.errors import NotFound
 from doppel.layout import model_prefix, new_id
 from doppel.store.base import Store
 
@@ -119,11 +118,7 @@ def new_model_id() -> str:
 
 
 def get(store: Store, model_id: str) -> ModelManifest:
-    try:
-        data = store.get(manifest_key(model_id))
-    except NotFound:
-        raise NotFound(f"model {model_id!r} not found") from None
-    return ModelManifest.model_validate_json(data)
+    return ModelManifest.model_validate_json(store.get(manifest_key(model_id), missing=f"model {model_id!r} not found"))
 
 
 def manifests(store: Store) -> Iterator[ModelManifest]:

@@ -100,11 +100,7 @@ def save_record(store: Store, record: RunRecord) -> None:
 
 
 def load_record(store: Store, run_id: str) -> RunRecord:
-    try:
-        data = store.get(record_key(run_id))
-    except NotFound:
-        raise NotFound(f"run {run_id!r} not found") from None
-    return RunRecord.model_validate_json(data)
+    return RunRecord.model_validate_json(store.get(record_key(run_id), missing=f"run {run_id!r} not found"))
 
 
 def find_record(store: Store, run_id: str) -> RunRecord | None:

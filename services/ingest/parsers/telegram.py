@@ -28,9 +28,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 from datetime import UTC, datetime
-from typing import Any, BinaryIO
-
-import ijson
+from typing import Any
 
 from doppel.conversation import Conversation, Message
 from doppel.errors import ParseError
