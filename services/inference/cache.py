@@ -120,6 +120,10 @@ class ModelCache:
         """`get`, and keep the model from eviction until as many `release`s: hold it while its jobs run."""
         return self._acquire(model_id, pin=True)[0]
 
+    def hold_if_loaded(self, model_id: str) -> Served | None:
+        """`hold` without waiting: the model if it is loaded (held), else None."""
+        return self._touch(model_id, pin=True)
+
     def release(self, model_id: str) -> None:
         with self._lock:
             self._pins[model_id] -= 1

@@ -27,6 +27,7 @@ from typing import Any
 
 import torch
 from transformers import DynamicCache
+from transformers.cache_utils import Cache, DynamicLayer
 
 from doppel.errors import Overloaded
 
@@ -34,6 +35,7 @@ from .sampler import RowSampler, Sampling, pick
 
 log = logging.getLogger(__name__)
 BASE = "__base__"  # PEFT's name for "no adapter" in a mixed batch
+PREFILL_TOKENS_CPU, PREFILL_TOKENS_GPU = 512, 16384
 
 
 class Finish(Enum):
@@ -80,6 +82,16 @@ class _Row:
 
 
 @dataclass
+class _Prefilled:
+    """Rows whose prompts went through a forward pass, with their cache, mask and last logits."""
+
+    rows: list[_Row]
+    cache: DynamicCache
+    mask: torch.Tensor
+    logits: torch.Tensor | None
+
+
+@dataclass
 class Stats:
     forward_passes: int = 0
     tokens_generated: int = 0
@@ -91,10 +103,14 @@ class Stats:
 class Engine:
     """Serves jobs on one model (a PeftModel when adapters are loaded) from a thread of its own."""
 
-    def __init__(self, model: Any, tokenizer: Any, *, max_batch: int = 64, queue_capacity: int = 256, name: str = ""):
+    def __init__(self, model: Any, tokenizer: Any, *, max_batch: int = 64, queue_capacity: int = 256, name: str = "",
+                 prefill_tokens: int | None = None):
         self.model, self.tokenizer, self.name = model, tokenizer, name
         self.max_batch, self.queue_capacity = max_batch, queue_capacity
         self.device = next(model.parameters()).device
+        # Prompt tokens per prefill pass: on a CPU a prefill costs the same per token whatever the
+        # batch (it is compute-bound), and big passes spill the caches; a GPU wants them wide.
+        self.prefill_tokens = prefill_tokens or (PREFILL_TOKENS_GPU if self.device.type == "cuda" else PREFILL_TOKENS_CPU)
         self.stats = Stats()
         self._queue: deque[Job] = deque()
         self._rows: list[_Row] = []
@@ -153,8 +169,8 @@ class Engine:
                 admitted = self._admit()
             try:
                 with self._model_lock, torch.inference_mode():
-                    for group in _by_length(admitted):
-                        self._prefill(group)
+                    if admitted:
+                        self._join([self._prefill(group) for group in _by_length(admitted, tokens=self.prefill_tokens)])
                     if self._rows:
                         self._decode()
             except Exception as e:  # noqa: BLE001 - every job in flight learns of it; the engine goes on
@@ -201,7 +217,7 @@ class Engine:
         if _keeps_logits(self.model):
             kwargs["logits_to_keep"] = 1
         with context:
-            out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, cache=cache or DynamicCache(),
+            out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, cache=cache or RoomyCache(),
                              use_cache=True, **kwargs)
         self.stats.forward_passes += 1
         return out.logits[:, -1, :], out.cache
@@ -209,7 +225,8 @@ class Engine:
     def _peft(self) -> bool:
         return hasattr(self.model, "peft_config")
 
-    def _prefill(self, jobs: list[Job]) -> None:
+    def _prefill(self, jobs: list[Job]) -> _Prefilled:
+        """One forward pass over the prompts of `jobs` (left-padded); each job's row repeated `n` times."""
         width = max(len(j.prompt_ids) for j in jobs)
         pad = self.tokenizer.pad_token_id or 0
         ids = torch.full((len(jobs), width), pad, dtype=torch.long)
@@ -221,29 +238,37 @@ class Engine:
         positions = (mask.cumsum(1) - 1).clamp(min=0)
         logits, cache = self._forward(ids.to(self.device), mask.to(self.device), positions.to(self.device),
                                       [j.adapter or BASE for j in jobs], None)
-        repeats = torch.tensor([j.sampling.n for j in jobs])
-        order = torch.repeat_interleave(torch.arange(len(jobs)), repeats).to(self.device)
-        for layer in cache.layers:
-            layer.keys, layer.values = layer.keys[order], layer.values[order]
+        mask = mask.to(self.device)
+        if any(j.sampling.n > 1 for j in jobs):
+            order = torch.repeat_interleave(torch.arange(len(jobs)), torch.tensor([j.sampling.n for j in jobs])).to(self.device)
+            for layer in cache.layers:
+                layer.keys, layer.values = layer.keys[order], layer.values[order]
+            logits, mask = logits[order], mask[order]
         rows = []
         for j in jobs:
             j.rows_left = j.sampling.n
             rows += [_Row(j, k, RowSampler(j.sampling, k, j.banned_first, j.allowed_first), len(j.prompt_ids)) for k in range(j.sampling.n)]
-        self._join(rows, cache, mask.to(self.device)[order])
-        self._take(rows, logits[order])
+        return _Prefilled(rows, cache, mask, logits)
 
-    def _join(self, rows: list[_Row], cache: DynamicCache, mask: torch.Tensor) -> None:
-        """Add prefilled rows to the running batch, left-padding the narrower cache."""
-        self.stats.running += len(rows)
-        if self._cache is None:
-            self._rows, self._cache, self._mask = rows, cache, mask
-            return
-        width = max(self._mask.shape[1], mask.shape[1])
-        for old, new in zip(self._cache.layers, cache.layers, strict=True):
-            old.keys = torch.cat([_left_pad(old.keys, width), _left_pad(new.keys, width)])
-            old.values = torch.cat([_left_pad(old.values, width), _left_pad(new.values, width)])
-        self._mask = torch.cat([_left_pad_mask(self._mask, width), _left_pad_mask(mask, width)])
-        self._rows = self._rows + rows
+    def _join(self, parts: list[_Prefilled]) -> None:
+        """Add prefilled rows to the running batch (one copy of the cache, whatever the number of
+        parts), each part's cache left-padded to the widest, then pick their first tokens."""
+        running = [] if self._cache is None else [_Prefilled(self._rows, self._cache, self._mask, None)]
+        everything = running + parts
+        width = max(p.mask.shape[1] for p in everything)
+        if len(everything) == 1:
+            self._cache = parts[0].cache
+        else:
+            layers = [p.cache.layers for p in everything]
+            for joined in zip(*layers, strict=True):
+                joined[0].keys = torch.cat([_left_pad(layer.keys, width) for layer in joined])
+                joined[0].values = torch.cat([_left_pad(layer.values, width) for layer in joined])
+            self._cache = everything[0].cache
+        self._mask = torch.cat([_left_pad_mask(p.mask, width) for p in everything])
+        new = [r for p in parts for r in p.rows]
+        self._rows = self._rows + new
+        self.stats.running = len(self._rows)
+        self._take(new, torch.cat([p.logits for p in parts]))
 
     def _decode(self) -> None:
         rows = self._rows
@@ -323,12 +348,52 @@ class Engine:
         self.stats.running = len(self._rows)
 
 
-def _by_length(jobs: list[Job], spread: float = 1.5) -> list[list[Job]]:
+class RoomyLayer(DynamicLayer):
+    """A cache layer that appends each step's keys and values into spare room at its end instead
+    of copying the whole cache (DynamicLayer's `cat`), which cost as much as the attention.
+
+    `keys` and `values` are views of the buffers; when the engine replaces them (rows joining or
+    leaving the batch), the next update moves them into new buffers with room again.
+    """
+
+    ROOM = 64  # steps between copies
+
+    def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
+        super().lazy_initialization(key_states, value_states)
+        self._buffers: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args: Any, **kwargs: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        if not self.is_initialized:
+            self.lazy_initialization(key_states, value_states)
+        held = self.keys.shape[-2] if self.keys.numel() else 0
+        width = held + key_states.shape[-2]
+        mine = self._buffers is not None and self.keys.data_ptr() == self._buffers[0].data_ptr() and self.keys.shape[0] == self._buffers[0].shape[0]
+        if not mine or width > self._buffers[0].shape[-2]:
+            shape = (*key_states.shape[:2], width + self.ROOM, key_states.shape[-1])
+            self._buffers = (key_states.new_empty(shape), value_states.new_empty(shape))
+            if held:
+                self._buffers[0][:, :, :held] = self.keys
+                self._buffers[1][:, :, :held] = self.values
+        k, v = self._buffers
+        k[:, :, held:width] = key_states
+        v[:, :, held:width] = value_states
+        self.keys, self.values = k[:, :, :width], v[:, :, :width]
+        return self.keys, self.values
+
+
+class RoomyCache(DynamicCache):
+    def __init__(self) -> None:
+        Cache.__init__(self, layer_class_to_replicate=RoomyLayer)
+
+
+def _by_length(jobs: list[Job], spread: float = 1.5, tokens: int = 1 << 30) -> list[list[Job]]:
     """Jobs in groups of similar prompt length, so a prefill pads little: each group's longest
-    prompt is at most `spread` times its shortest."""
+    prompt is at most `spread` times its shortest, and a group holds at most `tokens` padded
+    tokens (or one job)."""
     groups: list[list[Job]] = []
     for job in sorted(jobs, key=lambda j: len(j.prompt_ids)):
-        if groups and len(job.prompt_ids) <= spread * len(groups[-1][0].prompt_ids):
+        n = len(job.prompt_ids)
+        if groups and n <= spread * len(groups[-1][0].prompt_ids) and n * (len(groups[-1]) + 1) <= tokens:
             groups[-1].append(job)
         else:
             groups.append([job])

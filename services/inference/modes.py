@@ -9,7 +9,8 @@ model never writes a turn for the user; a reply may not open with the user's own
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import cached_property
 
 from doppel.errors import InvalidArgument
 from doppel.transcript import Transcript, Turn
@@ -28,6 +29,7 @@ class Persona:
     transcript: Transcript
     max_positions: int  # the model's context length
     adapter: str | None = None
+    _openings: dict[str, frozenset[int]] = field(default_factory=dict, repr=False)  # name -> tokens its turn opens with
 
     @property
     def tokenizer(self):  # noqa: ANN201 - a transformers tokenizer
@@ -43,29 +45,27 @@ class Persona:
     def everyone(self, extra: Sequence[str] = ()) -> list[str]:
         return list(dict.fromkeys([*self.participants, *extra]))
 
+    @cached_property
+    def end_ids(self) -> frozenset[int]:
+        """Token ids that end a turn: EOS, and the chat template's end-of-turn token."""
+        ids = {self.tokenizer.eos_token_id} if self.tokenizer.eos_token_id is not None else set()
+        if self.transcript.kind == "chat":
+            end = self.tokenizer.convert_tokens_to_ids(self.transcript.end)
+            if isinstance(end, int) and end != self.tokenizer.unk_token_id:
+                ids.add(end)
+        return frozenset(ids)
 
-def _end_ids(p: Persona) -> frozenset[int]:
-    ids = {p.tokenizer.eos_token_id} if p.tokenizer.eos_token_id is not None else set()
-    if p.transcript.kind == "chat":
-        end = p.tokenizer.convert_tokens_to_ids(p.transcript.end)
-        if isinstance(end, int) and end != p.tokenizer.unk_token_id:
-            ids.add(end)
-    return frozenset(ids)
+    def openings(self, names: Sequence[str]) -> frozenset[int]:
+        """The tokens a turn written by one of `names` would open with (the start of `Name:`)."""
+        for n in names:
+            if n not in self._openings:
+                ids = (self.transcript.encode(text) for text in (f"{n}:", f" {n}:"))
+                self._openings[n] = frozenset(i[0] for i in ids if i)
+        return frozenset().union(*(self._openings[n] for n in names))
 
 
 def _boundaries(p: Persona, names: Sequence[str]) -> tuple[str, ...]:
     return (p.transcript.end, *(f"\n{n}:" for n in names))
-
-
-def _first_tokens(p: Persona, names: Sequence[str]) -> frozenset[int]:
-    """The tokens a turn written by one of `names` would open with (the start of `Name:`)."""
-    out = set()
-    for n in names:
-        for text in (f"{n}:", f" {n}:"):
-            ids = p.transcript.encode(text)
-            if ids:
-                out.add(ids[0])
-    return frozenset(out)
 
 
 def _fit(p: Persona, ids: list[int], sampling: Sampling) -> list[int]:
@@ -87,8 +87,8 @@ def chat_job(p: Persona, history: Sequence[Turn], speaker: str, user: str, sampl
     prompt = p.transcript.prompt(list(history), names, speaker)
     return Job(
         _fit(p, p.transcript.encode(prompt), sampling), sampling, sink, adapter=p.adapter,
-        end_strings=_boundaries(p, names), end_ids=_end_ids(p),
-        banned_first=_first_tokens(p, [user]) if user else frozenset(),
+        end_strings=_boundaries(p, names), end_ids=p.end_ids,
+        banned_first=p.openings([user]) if user else frozenset(),
     )
 
 
@@ -97,7 +97,7 @@ def complete_job(p: Persona, prompt: str, speaker: str, sampling: Sampling, sink
     if speaker:
         p.check_speaker(speaker, "as_speaker")
         text = p.transcript.prompt([], p.participants, speaker) + " " + prompt
-        ends, end_ids = _boundaries(p, p.participants), _end_ids(p)
+        ends, end_ids = _boundaries(p, p.participants), p.end_ids
     else:
         text, ends, end_ids = prompt, (), frozenset({p.tokenizer.eos_token_id} - {None})
     ids = p.transcript.encode(text)
@@ -115,10 +115,10 @@ def turn_job(p: Persona, history: Sequence[Turn], names: Sequence[str], speaker:
         allowed: frozenset[int] = frozenset()
     else:
         prompt = p.transcript.prompt(list(history), everyone)
-        allowed = _first_tokens(p, names)
+        allowed = p.openings(names)
     return Job(
         _fit(p, p.transcript.encode(prompt), sampling), sampling, sink, adapter=p.adapter,
-        end_strings=_boundaries(p, everyone), end_ids=_end_ids(p), allowed_first=allowed,
+        end_strings=_boundaries(p, everyone), end_ids=p.end_ids, allowed_first=allowed,
     )
 
 

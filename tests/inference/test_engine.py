@@ -228,3 +228,21 @@ def test_prefills_group_prompts_of_similar_length():
 
     jobs = [Job([0] * n, GREEDY, lambda *a: None) for n in (40, 10, 12, 100, 15, 60)]
     assert [[len(j.prompt_ids) for j in g] for g in _by_length(jobs)] == [[10, 12, 15], [40, 60], [100]]
+    # and at most `tokens` padded tokens a pass, but never less than one job
+    assert [[len(j.prompt_ids) for j in g] for g in _by_length(jobs, tokens=100)] == [[10, 12, 15], [40], [60], [100]]
+
+
+def test_the_roomy_cache_holds_what_concatenation_would():
+    from services.inference.engine import RoomyLayer
+
+    layer, expected, rows = RoomyLayer(), None, 3
+    torch.manual_seed(0)
+    for step in range(150):  # past several rounds of room
+        if step == 70:  # the engine drops a row: the layer's tensors are replaced
+            layer.keys, layer.values = layer.keys[[0, 2]], layer.values[[0, 2]]
+            expected, rows = expected[[0, 2]], 2
+        k = torch.randn(rows, 2, 5 if step == 0 else 1, 4)
+        keys, values = layer.update(k, -k)
+        expected = k if expected is None else torch.cat([expected, k], 2)
+        assert torch.equal(keys, expected) and torch.equal(values, -expected)
+    assert layer.get_seq_length() == 5 + 149
