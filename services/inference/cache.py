@@ -53,7 +53,7 @@ from services.trainer import models
 from services.trainer.basemodels import _download, _locked
 from services.trainer.models import ModelManifest
 
-from .engine import Engine
+from .engine import Engine, Stats
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +91,7 @@ class ModelCache:
         self.dtype = dtype or (torch.bfloat16 if self.device.type == "cuda" else torch.float32)
         self.max_batch, self.queue_capacity = max_batch, queue_capacity
         self.loads = 0  # loads completed, for tests and metrics
+        self._retired = Stats()  # the counters of engines stopped since
         self._served: OrderedDict[str, Served] = OrderedDict()  # least recently used first
         self._bases: dict[str, _Base] = {}
         self._pins: Counter[str] = Counter()
@@ -150,6 +151,28 @@ class ModelCache:
                 return False
             self._evict(served)
             return True
+
+    def engine_stats(self) -> Stats:
+        """Every engine's counters added up, those of engines already stopped included; running
+        and queued are those of the loaded engines."""
+        with self._lock:
+            engines = {id(s.engine): s.engine for s in self._served.values()} | {id(b.engine): b.engine for b in self._bases.values()}
+            total = Stats(self._retired.forward_passes, self._retired.tokens_generated, self._retired.requests_completed)
+        for e in engines.values():
+            total.forward_passes += e.stats.forward_passes
+            total.tokens_generated += e.stats.tokens_generated
+            total.requests_completed += e.stats.requests_completed
+            total.running += e.stats.running
+            total.queued += e.stats.queued
+        return total
+
+    def _stop(self, engine: Engine) -> None:
+        """Stop an engine, keeping its counters."""
+        engine.stop()
+        with self._lock:
+            self._retired.forward_passes += engine.stats.forward_passes
+            self._retired.tokens_generated += engine.stats.tokens_generated
+            self._retired.requests_completed += engine.stats.requests_completed
 
     def loaded(self) -> list[Served]:
         """The loaded models, most recently used first."""
@@ -253,7 +276,7 @@ class ModelCache:
                 else:
                     with self._lock:
                         self._bases.pop(key, None)
-                    base.engine.stop()
+                    self._stop(base.engine)
             raise
         with self._lock:
             base.adapters.add(name)
@@ -337,7 +360,7 @@ class ModelCache:
                 if stop:
                     del self._bases[key]
         if stop:
-            served.engine.stop()
+            self._stop(served.engine)
         else:
             served.engine.with_model(lambda m: m.delete_adapter(served.model_id))
         if self.device.type == "cuda":

@@ -253,19 +253,13 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
         return inf.UnloadModelResponse(was_loaded=await asyncio.to_thread(self.cache.unload, request.model_id))
 
     async def GetEngineStats(self, request, context):
-        engines = {id(s.engine): s.engine for s in self.cache.loaded()}.values()
-        out = inf.GetEngineStatsResponse(
+        s = self.cache.engine_stats()
+        return inf.GetEngineStatsResponse(
             queue_capacity=self.settings.inference_queue, loaded_models=len(self.cache.loaded()),
             cache_bytes=self.cache.bytes, cache_budget_bytes=self.cache.budget_bytes,
+            forward_passes=s.forward_passes, tokens_generated=s.tokens_generated,
+            requests_completed=s.requests_completed, running=s.running, queued=s.queued,
         )
-        for e in engines:  # counters of evicted engines go with them
-            s = e.stats
-            out.forward_passes += s.forward_passes
-            out.tokens_generated += s.tokens_generated
-            out.requests_completed += s.requests_completed
-            out.running += s.running
-            out.queued += s.queued
-        return out
 
 
 def _now():

@@ -192,12 +192,18 @@ def test_the_cache_evicts_under_its_budget_and_reloads_on_demand(models_store):
         def loaded() -> set[str]:
             return {m.model_id for m in client.list_served_models(inf.ListServedModelsRequest(loaded_only=True)).models}
 
-        assert chat(client, ids["a0"], sampling=sampling(max_new_tokens=3)).candidates
+        first = chat(client, ids["a0"], sampling=sampling(max_new_tokens=3))
+        assert first.candidates
         assert loaded() == {ids["a0"]}
-        assert chat(client, ids["full"], sampling=sampling(max_new_tokens=3)).candidates
+        second = chat(client, ids["full"], sampling=sampling(max_new_tokens=3))
+        assert second.candidates
         assert loaded() == {ids["full"]}, "the adapter and its base made room"
         stats = client.get_engine_stats(inf.GetEngineStatsRequest())
         assert stats.cache_bytes <= stats.cache_budget_bytes == 4 * 2**20
+        # the evicted engine's counters stay in the totals (each candidate's end-of-turn token is counted there too)
+        replies = [*first.candidates, *second.candidates]
+        assert 0 <= stats.tokens_generated - sum(c.tokens for c in replies) <= len(replies)
+        assert stats.requests_completed == 2
         assert chat(client, ids["a0"], sampling=sampling(max_new_tokens=3)).candidates
         assert loaded() == {ids["a0"]}
     finally:
