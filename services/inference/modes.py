@@ -123,9 +123,12 @@ def turn_job(p: Persona, history: Sequence[Turn], names: Sequence[str], speaker:
 
 
 def split_speaker(text: str, names: Sequence[str]) -> tuple[str | None, str]:
-    """(speaker, text) of a turn the model opened with `Name:`; (None, text) if it named nobody known."""
+    """(speaker, text) of a turn the model opened with a name (its first token is one of the names'
+    openings, so a name there is the speaker tag, with or without its colon); (None, text) if it
+    named nobody known."""
     stripped = text.lstrip()
     for name in sorted(names, key=len, reverse=True):
-        if stripped.startswith(f"{name}:"):
-            return name, stripped[len(name) + 1 :].strip()
+        rest = stripped[len(name):]
+        if stripped.startswith(name) and not rest[:1].isalnum():
+            return name, rest.removeprefix(":").strip()
     return None, text.strip()
