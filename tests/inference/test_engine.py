@@ -246,4 +246,3 @@ def test_the_roomy_cache_holds_what_concatenation_would():
         expected = k if expected is None else torch.cat([expected, k], 2)
         assert torch.equal(keys, expected) and torch.equal(values, -expected)
     assert layer.get_seq_length() == 5 + 149
-
