@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import http.client
+import http.server
 import json
 import os
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -18,9 +20,14 @@ import pytest
 import typer.main
 from typer.testing import CliRunner
 
+from doppel import demo
 from doppel.cli.main import app
-from doppel.clients import ServiceClient
+from doppel.clients import IngestClient, ServiceClient
+from doppel.config import Settings
+from doppel.demo import make_demo
+from doppel.v1 import ingest_pb2
 from services.ingest.server import build as build_ingest
+from services.trainer.recipe import MIN_MESSAGES
 
 runner = CliRunner()
 
@@ -52,8 +59,6 @@ def test_config_prints_settings_with_the_token_masked(tmp_path):
 
 
 def test_healthcheck_exit_codes(grpc_server, tmp_path):
-    from doppel.config import Settings
-
     server = grpc_server(build_ingest(Settings(home=tmp_path)))
     ok = runner.invoke(app, ["healthcheck", server.addr])
     assert (ok.exit_code, ok.output.strip()) == (0, f"{server.addr}: SERVING")
@@ -103,6 +108,7 @@ def stack_env(tmp_path: Path) -> dict[str, str]:
         "DOPPEL_TRAINER_ADDR": f"127.0.0.1:{free_port()}",
         "DOPPEL_INFERENCE_ADDR": f"127.0.0.1:{free_port()}",
         "DOPPEL_PREFECT_API_URL": f"http://127.0.0.1:{free_port()}/api",
+        "DOPPEL_UI_PORT": str(free_port()),
         "DOPPEL_GRACE_S": "2",
     }
 
@@ -190,15 +196,24 @@ def up_home(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("up")
 
 
-@pytest.fixture
-def stack(up_home):
-    """A running `doppel up`; teardown stops it and any child it left, whatever the test did."""
-    env = stack_env(up_home)
-    proc = doppel("up", env=env)
-    pids: set[int] = set()
+def start_up(env: dict[str, str], *args: str) -> tuple[subprocess.Popen, str]:
+    """`doppel up` running and up; its output up to "Press Ctrl-C"."""
+    proc = doppel("up", *args, env=env)
     try:
-        output = read_until(proc, "Press Ctrl-C")
-        pids.update(child_pids(output).values())
+        return proc, read_until(proc, "Press Ctrl-C", timeout=180)
+    except BaseException:
+        stop_up(proc, set())
+        raise
+
+
+@pytest.fixture
+def stack(up_home, tmp_path):
+    """A running `doppel up` on a store of its own (so it imports the demo); teardown stops it and any
+    child it left, whatever the test did."""
+    env = {**stack_env(up_home), "DOPPEL_STORE_URL": (tmp_path / "store").as_uri()}
+    proc, output = start_up(env)
+    pids = set(child_pids(output).values())
+    try:
         yield proc, env, output
     finally:
         stop_up(proc, pids)
@@ -211,18 +226,33 @@ def read_all(proc: subprocess.Popen) -> str:
         return ""
 
 
+def ui_url(env: dict[str, str]) -> str:
+    return f"http://127.0.0.1:{env['DOPPEL_UI_PORT']}"
+
+
+def datasets(env: dict[str, str]) -> list:
+    with IngestClient(env["DOPPEL_INGEST_ADDR"]) as client:
+        return list(client.list_datasets(ingest_pb2.ListDatasetsRequest()).datasets)
+
+
 def test_up_serves_everything_and_ctrl_c_leaves_no_child(stack):
     proc, env, output = stack
     pids = child_pids(output)
-    assert set(pids) == {"prefect", "ingest", "trainer", "inference"}
+    assert set(pids) == {"ui", "prefect", "ingest", "trainer", "inference"}
     assert children_of(proc.pid) == set(pids.values())
+    # The UI came last, once the services it talks to were healthy; the banner shows it first.
+    assert output.index("ingest, trainer, inference healthy after") < output.index("starting the UI")
+    banner = output.split("Doppel is up:\n", 1)[1].splitlines()
+    assert banner[0].split()[:2] == ["ui", ui_url(env)]
+    assert http_status(ui_url(env)) == 200
+    assert (Path(env["DOPPEL_HOME"]) / "logs" / "ui.log").exists()
     services = ["ingest", "trainer", "inference"]
     for name in services:
         addr = env[f"DOPPEL_{name.upper()}_ADDR"]
         assert f"{name}" in output and addr in output
         with ServiceClient(addr) as client:
             assert client.health() == 1
-    assert f"store      file://{env['DOPPEL_HOME']}/store" in output
+    assert f"store      {env['DOPPEL_STORE_URL']}\n" in output
     # The Prefect server came first, healthy before any service started; the banner shows its dashboard.
     api = env["DOPPEL_PREFECT_API_URL"]
     assert output.index("prefect healthy after") < output.index("starting ingest, trainer, inference")
@@ -239,6 +269,16 @@ def test_up_serves_everything_and_ctrl_c_leaves_no_child(stack):
         assert child_env["DO_NOT_TRACK"] == "1" and child_env["PREFECT_SERVER_ANALYTICS_ENABLED"] == "false", name
         assert child_env["PREFECT_HOME"] == str(home / "prefect"), name
     assert environment_of(pids["prefect"])["PREFECT_UI_STATIC_DIRECTORY"] == str(home / "prefect" / "ui")
+    # An empty store gets the demo chats, through the ingest service, and a hint where to go next.
+    said = read_until(proc, "Next: open")
+    assert "imported the demo chats as dataset ds-" in said and f"Next: open {ui_url(env)}" in said
+    [dataset] = datasets(env)
+    assert dataset.name == demo.DATASET_NAME and f"dataset {dataset.id} ({dataset.name})" in said
+    # A second `doppel up` here is refused before it starts anything.
+    second = doppel("up", env=env)
+    out = read_all(second)
+    assert second.returncode == 1, out
+    assert "Doppel is already running: ingest at" in out and f"ui at {ui_url(env)} answers" in out
     proc.send_signal(signal.SIGINT)
     rest = read_all(proc)
     assert proc.returncode == 0, rest
@@ -246,10 +286,18 @@ def test_up_serves_everything_and_ctrl_c_leaves_no_child(stack):
     assert not any(pid_alive(pid) for pid in pids.values())
 
 
-def test_up_refuses_to_start_twice(grpc_server, prefect_server, tmp_path):
-    """What answers at the stack's addresses is another `doppel up` (here: a real ingest, a real Prefect server)."""
-    from doppel.config import Settings
+class Answers200(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        self.send_response(200)
+        self.end_headers()
 
+    def log_message(self, *args):
+        pass
+
+
+def test_up_refuses_to_start_twice(grpc_server, prefect_server, tmp_path):
+    """What answers at the stack's addresses is another `doppel up` (here: a real ingest, a real Prefect
+    server, an HTTP server where the UI would be)."""
     ingest = grpc_server(build_ingest(Settings(home=tmp_path / "other")))
     env = {**stack_env(tmp_path), "DOPPEL_INGEST_ADDR": ingest.addr}
     second = doppel("up", env=env)
@@ -262,10 +310,19 @@ def test_up_refuses_to_start_twice(grpc_server, prefect_server, tmp_path):
     out = read_all(third)
     assert third.returncode == 1, out
     assert f"a Prefect server already answers at {prefect_server.api_url}" in out
+    # Only the UI's port is taken: refused too.
+    with http.server.ThreadingHTTPServer(("127.0.0.1", 0), Answers200) as ui:
+        threading.Thread(target=ui.serve_forever, daemon=True).start()
+        env = {**stack_env(tmp_path), "DOPPEL_UI_PORT": str(ui.server_port)}
+        fourth = doppel("up", env=env)
+        out = read_all(fourth)
+        ui.shutdown()
+    assert fourth.returncode == 1, out
+    assert f"Doppel is already running: ui at http://127.0.0.1:{ui.server_port} answers" in out
     assert not (tmp_path / "logs" / "prefect.log").exists()
 
 
-@pytest.mark.parametrize("victim", ["trainer", "prefect"])
+@pytest.mark.parametrize("victim", ["ui", "trainer", "prefect"])
 def test_up_stops_the_stack_when_a_child_dies(stack, victim):
     proc, _, output = stack
     pids = child_pids(output)
@@ -275,6 +332,23 @@ def test_up_stops_the_stack_when_a_child_dies(stack, victim):
     assert f"{victim} exited with code -9" in rest
     assert f"logs/{victim}.log" in rest
     assert not any(pid_alive(pid) for pid in pids.values())
+
+
+@pytest.mark.timeout(600)  # two stacks, one after the other
+def test_up_imports_the_demo_once(stack):
+    """The first run on an empty store imports the demo; `doppel up --demo` then finds it and adds no copy."""
+    proc, env, _ = stack
+    read_until(proc, "Next: open")
+    proc.send_signal(signal.SIGINT)
+    rest = read_all(proc)
+    assert proc.returncode == 0, rest
+    again, output = start_up(env, "--demo")
+    try:
+        said = read_until(again, "demo chats")
+        assert "the demo chats are there already: dataset ds-" in said
+        assert [d.name for d in datasets(env)] == [demo.DATASET_NAME]
+    finally:
+        stop_up(again, set(child_pids(output).values()))
 
 
 def test_up_sigterm_while_prefect_starts_leaves_no_child(tmp_path):
@@ -341,3 +415,64 @@ def test_up_refuses_a_bad_store_url_before_starting_anything(tmp_path):
     assert "DOPPEL_STORE_URL" in result.output and "cannot reach" in result.output
     assert "hunter2" not in result.output
     assert not (tmp_path / "logs").exists()
+
+
+def test_the_demo_export_is_what_make_demo_writes():
+    assert {f.name: f.read_text(encoding="utf-8") for f in demo.export_files()} == make_demo.build()
+
+
+def test_the_demo_export_has_three_voices_to_learn(tmp_path):
+    path = tmp_path / demo.FILENAME
+    path.write_bytes(demo.export_zip())
+    assert demo.export_zip() == path.read_bytes()  # the same upload every time: one raw copy in the store
+    shown = json.loads(runner.invoke(app, ["inspect", str(path)]).output)
+    assert (shown["format"], shown["conversations"]) == ("whatsapp", 3)
+    assert 600 <= shown["messages"] <= 1200
+    assert set(shown["participants"]) == {"Mara Quist", "Jonah Pell", "Beatrice Ashdown"}
+    assert min(shown["participants"].values()) >= 5 * MIN_MESSAGES
+    said: dict[str, list[str]] = {}
+    for line in runner.invoke(app, ["inspect", str(path), "--messages"]).output.splitlines():
+        message = json.loads(line)
+        said.setdefault(message["sender"], []).append(message["text"])
+    jonah, beatrice = said["Jonah Pell"], said["Beatrice Ashdown"]
+    assert sum("lol" in text for text in jonah) > len(jonah) / 4 and not any("lol" in text for text in beatrice)
+    assert sum(map(len, beatrice)) / len(beatrice) > 3 * sum(map(len, jonah)) / len(jonah)
+
+
+def dataset_names(addr: str) -> list[str]:
+    with IngestClient(addr) as client:
+        return sorted(d.name for d in client.list_datasets(ingest_pb2.ListDatasetsRequest()).datasets)
+
+
+def test_first_run_imports_the_demo_into_an_empty_store_once(grpc_server, tmp_path):
+    ingest = grpc_server(build_ingest(Settings(home=tmp_path)))
+    settings = Settings(home=tmp_path, ingest_addr=ingest.addr)
+    said = demo.first_run(settings, always=False, ui_url="http://ui")
+    assert said.startswith("imported the demo chats as dataset ds-") and "Next: open http://ui" in said
+    assert "messages by Mara Quist (" in said
+    assert demo.first_run(settings, always=False, ui_url="http://ui") is None
+    assert demo.first_run(settings, always=True, ui_url="http://ui").startswith("the demo chats are there already")
+    assert dataset_names(ingest.addr) == [demo.DATASET_NAME]
+
+
+def test_first_run_leaves_a_used_store_alone_unless_asked(grpc_server, tmp_path):
+    ingest = grpc_server(build_ingest(Settings(home=tmp_path)))
+    mine = tmp_path / "mine.jsonl"
+    mine.write_text("".join(
+        json.dumps({"conversation": "c", "sender": who, "text": "hi", "timestamp": f"2024-01-01T10:0{i}:00Z"}) + "\n"
+        for i, who in enumerate(["A", "B"])
+    ))
+    with IngestClient(ingest.addr) as client:
+        client.upload_file(mine, ingest_pb2.UploadHeader(filename=mine.name, dataset_name="mine"))
+    settings = Settings(home=tmp_path, ingest_addr=ingest.addr)
+    assert demo.first_run(settings, always=False, ui_url="http://ui") is None
+    assert dataset_names(ingest.addr) == ["mine"]
+    assert demo.first_run(settings, always=True, ui_url="http://ui").startswith("imported the demo chats")
+    assert dataset_names(ingest.addr) == [demo.DATASET_NAME, "mine"]
+
+
+def test_first_run_says_why_the_import_failed(tmp_path):
+    settings = Settings(home=tmp_path, ingest_addr=f"127.0.0.1:{free_port()}", rpc_timeout_s=2)
+    said = demo.first_run(settings, always=False, ui_url="http://ui")
+    assert said.startswith("warning: could not import the demo chats: "), said
+    assert "UNAVAILABLE" in said or "DEADLINE_EXCEEDED" in said, said  # which one comes first is gRPC's choice

@@ -17,6 +17,7 @@ from doppel import __version__
 from doppel.cli import chat as chat_commands
 from doppel.cli import ingest as ingest_commands
 from doppel.cli import train as train_commands
+from doppel.cli import ui as ui_commands
 from doppel.cli.context import fail as _fail
 from doppel.cli.context import settings as _settings
 
@@ -103,12 +104,18 @@ def healthcheck(
 @app.command()
 def up(
     timeout: float = typer.Option(
-        120.0, help="Seconds to wait for the Prefect server, then for every service, to turn healthy."
+        120.0, help="Seconds to wait for the Prefect server, then for every service, then for the UI, to turn healthy."
+    ),
+    demo: bool = typer.Option(
+        False, "--demo", help="Import the demo chats (invented people) unless a dataset of theirs exists; "
+        "without it, they are imported only into a store with no dataset."
     ),
 ) -> None:
-    """Run the whole stack here until Ctrl-C: a local Prefect server, then every service, as child processes."""
-    from doppel.cli.supervisor import PrefectEndpoint, Stack
+    """Run the whole stack here until Ctrl-C: a local Prefect server, every service and the UI, as child processes."""
+    from functools import partial
 
+    from doppel.cli.supervisor import PrefectEndpoint, Stack, ui_url
+    from doppel.demo import first_run
     from doppel.errors import DoppelError
     from doppel.store import open_store
 
@@ -122,7 +129,8 @@ def up(
             store_url = store.url
     except DoppelError as e:
         _fail(f"DOPPEL_STORE_URL: {e}", 2)
-    stack = Stack(settings, [s.value for s in ServiceName], store_url=store_url)
+    after_up = partial(first_run, settings, always=demo, ui_url=ui_url(settings))
+    stack = Stack(settings, [s.value for s in ServiceName], store_url=store_url, after_up=after_up)
     sys.exit(stack.run(timeout=timeout))
 
 
@@ -133,6 +141,7 @@ app.command("train")(train_commands.train)
 app.command("chat")(chat_commands.chat)
 app.command("generate")(chat_commands.generate)
 app.command("simulate")(chat_commands.simulate)
+app.command("ui")(ui_commands.ui)
 app.add_typer(train_commands.runs_app, name="runs")
 app.add_typer(train_commands.models_app, name="models")
 

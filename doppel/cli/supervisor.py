@@ -1,12 +1,14 @@
-"""`doppel up`: a local Prefect server and the stack's services as child processes, watched until Ctrl-C.
+"""`doppel up`: a local Prefect server, the stack's services and the UI as child processes, watched until Ctrl-C.
 
 The children start in stages. First the Prefect server (`python -m prefect server start`),
 which owns training runs; its state lives under `$DOPPEL_HOME/prefect`. Once its API
 answers `/health`, the services start: each is `python -m doppel serve NAME`, the same
 entry point the GPU deployment runs, with `PREFECT_API_URL` pointing at that server.
-The supervisor waits for every child's health check, says where each one listens, and
-stops them all cleanly on SIGINT or SIGTERM, the services before the server they talk
-to. When a child dies it says which, with the end of its log, and stops the rest.
+Once they answer their gRPC health checks, the UI starts (`python -m doppel ui`), which
+talks to them. The supervisor waits for every child's health check, says where each one
+is reached, then runs an optional step in the background (the demo import), and stops
+them all cleanly on SIGINT or SIGTERM, the UI first and the server the services talk to
+last. When a child dies it says which, with the end of its log, and stops the rest.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from collections.abc import Callable
@@ -35,6 +38,12 @@ POLL_S = 0.25
 PREFECT_GRACE_S = 10.0  # the server stops in ~2 s on SIGTERM
 # No Prefect process phones home, whatever the user's environment says.
 QUIET = {"DO_NOT_TRACK": "1", "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+
+
+def ui_url(settings: Settings) -> str:
+    """Where the UI answers: what a newcomer opens."""
+    host = settings.ui_host
+    return f"http://{f'[{host}]' if ':' in host else host}:{settings.ui_port}"
 
 
 @dataclass(frozen=True)
@@ -137,10 +146,21 @@ class Child:
 
 
 class Stack:
-    """The children of one `doppel up`: the Prefect server, then the services."""
+    """The children of one `doppel up`: the Prefect server, then the services, then the UI.
 
-    def __init__(self, settings: Settings, names: list[str], *, store_url: str):
-        self.settings, self.store_url = settings, store_url  # store_url without secrets
+    `after_up` runs in a thread once all are healthy, so a slow one never delays Ctrl-C;
+    what it returns is printed, and what it raises is printed as a warning.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        names: list[str],
+        *,
+        store_url: str,
+        after_up: Callable[[], str | None] | None = None,
+    ):
+        self.settings, self.store_url, self.after_up = settings, store_url, after_up  # store_url without secrets
         self.prefect = PrefectEndpoint.parse(settings.prefect_api_url)
         logs = settings.home / "logs"
         logs.mkdir(parents=True, exist_ok=True)
@@ -166,9 +186,13 @@ class Stack:
                 name, addr, [sys.executable, "-m", "doppel", "serve", name, "--listen", addr],
                 logs / f"{name}.log", partial(_serving, addr), env=common, grace_s=settings.grace_s + 5,
             ))
-        self.stages: list[list[Child]] = [[server], services]
+        url = ui_url(settings)
+        ui = Child("ui", url, [sys.executable, "-m", "doppel", "ui"], logs / "ui.log", partial(_http_ok, url),
+                   env=common)
+        self.stages: list[list[Child]] = [[server], services, [ui]]
         self.children = [c for stage in self.stages for c in stage]
         self._stop_signal: int | None = None
+        self._stopping = threading.Event()
 
     def _say(self, message: str) -> None:
         print(message, flush=True)
@@ -228,11 +252,12 @@ class Stack:
 
     def _taken(self) -> str | None:
         """Why this stack cannot start here, when something already answers at its addresses."""
-        services = [c for c in self.stages[1] if c.healthy()]
-        if services:
+        _, services, ui = self.stages
+        answering = [c for c in services + ui if c.healthy()]
+        if answering:
             return (
-                f"Doppel is already running: {', '.join(f'{c.name} at {c.where}' for c in services)} answers. "
-                "Stop it first, or set DOPPEL_*_ADDR to other ports."
+                f"Doppel is already running: {', '.join(f'{c.name} at {c.where}' for c in answering)} answers. "
+                "Stop it first, or set DOPPEL_*_ADDR and DOPPEL_UI_PORT to other ports."
             )
         if self.stages[0][0].healthy():
             return (
@@ -240,6 +265,15 @@ class Stack:
                 "your own). Stop it first, or set DOPPEL_PREFECT_API_URL to another loopback port."
             )
         return None
+
+    def _run_after_up(self) -> None:
+        """`after_up`, its result or failure said unless the stack is stopping (the services are going away)."""
+        try:
+            message = self.after_up()
+        except Exception as e:  # noqa: BLE001 - a failed extra step never stops the stack
+            message = f"warning: {type(e).__name__}: {e}"
+        if message and not self._stopping.is_set():
+            self._say(message)
 
     def run(self, timeout: float = 120.0) -> int:
         """Start stage by stage, waiting for health; watch until a signal or a death; the process exit code."""
@@ -252,7 +286,7 @@ class Stack:
 
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, on_signal)
-        server, services = self.stages
+        server, services, ui = self.stages
         try:
             self._say(
                 f"starting the Prefect server at {self.prefect.api_url} (the first start takes up to half a minute; "
@@ -263,11 +297,16 @@ class Stack:
             self._say(f"starting {', '.join(c.name for c in services)}")
             if not self._start_stage(services, timeout):
                 return 0 if self._stop_signal is not None else 1
+            self._say(f"starting the UI at {ui[0].where}")
+            if not self._start_stage(ui, timeout):
+                return 0 if self._stop_signal is not None else 1
             self._say("Doppel is up:")
-            for c in self.children:
+            for c in [*ui, *server, *services]:  # the UI first: it is what one opens
                 self._say(f"  {c.name:<10} {c.where}  (pid {c.proc.pid})")
             self._say(f"  store      {self.store_url}")
             self._say("Press Ctrl-C to stop.")
+            if self.after_up is not None:
+                threading.Thread(target=self._run_after_up, name="after-up", daemon=True).start()
             while self._stop_signal is None:
                 if dead := self._dead():
                     self._report_death(dead)
@@ -275,6 +314,7 @@ class Stack:
                 time.sleep(POLL_S)
             return 0
         finally:
+            self._stopping.set()
             self._say("stopping...")
             self.stop()
             self._say("stopped")
