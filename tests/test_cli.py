@@ -7,7 +7,6 @@ import http.server
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -28,6 +27,7 @@ from doppel.demo import make_demo
 from doppel.v1 import ingest_pb2
 from services.ingest.server import build as build_ingest
 from services.trainer.recipe import MIN_MESSAGES
+from support.processes import free_port, read_until
 
 runner = CliRunner()
 
@@ -70,12 +70,6 @@ def test_healthcheck_exit_codes(grpc_server, tmp_path):
     down = runner.invoke(app, ["healthcheck", f"127.0.0.1:{port}", "--timeout", "1"])
     assert down.exit_code == 1
     assert f"127.0.0.1:{port}: no answer within 1 s; is the service running there?" in down.output
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wait_serving(addr: str, timeout: float = 60) -> None:
@@ -124,19 +118,6 @@ def test_serve_stops_gracefully_on_sigterm(tmp_path):
         proc.kill()
     assert proc.returncode == 0, out
     assert "shutting down" in out and "stopped" in out
-
-
-def read_until(proc: subprocess.Popen, marker: str, timeout: float = 90) -> str:
-    seen = []
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        line = proc.stdout.readline()
-        if not line:
-            break
-        seen.append(line)
-        if marker in line:
-            return "".join(seen)
-    raise AssertionError(f"{marker!r} not printed; got:\n{''.join(seen)}")
 
 
 def pid_alive(pid: int) -> bool:

@@ -6,6 +6,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 
@@ -51,3 +52,17 @@ def stop(proc: subprocess.Popen, grace_s: float = 2.0) -> None:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(timeout=10)
+
+
+def read_until(proc: subprocess.Popen, marker: str, timeout: float = 90) -> str:
+    """What `proc` printed (text mode stdout) up to the line holding `marker`; AssertionError with it all if it never came."""
+    seen: list[str] = []
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            break
+        seen.append(line)
+        if marker in line:
+            return "".join(seen)
+    raise AssertionError(f"{marker!r} not printed; got:\n{''.join(seen)}")

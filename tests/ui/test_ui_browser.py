@@ -13,7 +13,6 @@ import re
 import shutil
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,7 +20,7 @@ import pytest
 from playwright.sync_api import Page, expect, sync_playwright
 
 from support.chats import chat
-from support.processes import free_port
+from support.processes import free_port, read_until
 
 CHROMIUM = "/usr/bin/chromium"
 pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(), reason=f"needs Debian's chromium at {CHROMIUM}")
@@ -34,19 +33,6 @@ def whatsapp_export(path: Path) -> Path:
     lines = [f"{m.timestamp:%d/%m/%Y, %H:%M} - {m.sender}: {m.text}" for m in messages]
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return path
-
-
-def _read_until(proc: subprocess.Popen, marker: str, timeout: float) -> str:
-    seen: list[str] = []
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        line = proc.stdout.readline()
-        if not line:
-            break
-        seen.append(line)
-        if marker in line:
-            return "".join(seen)
-    raise AssertionError(f"{marker!r} not printed by doppel up; got:\n{''.join(seen)}")
 
 
 @pytest.fixture
@@ -68,7 +54,7 @@ def stack(tmp_path: Path) -> Iterator[str]:
     proc = subprocess.Popen([sys.executable, "-m", "doppel", "up"], env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
     try:
-        output = _read_until(proc, "Press Ctrl-C", timeout=150)
+        output = read_until(proc, "Press Ctrl-C", timeout=150)
         assert f"ui         http://127.0.0.1:{ui_port}" in output, output
         yield f"http://127.0.0.1:{ui_port}/"
     finally:
