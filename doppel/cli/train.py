@@ -103,10 +103,11 @@ def _follow(run_id: str, *, from_start: bool) -> int:
     from doppel.v1 import trainer_pb2 as tr
 
     console = Console(stderr=True)
-    last = None
+    live = sys.stderr.isatty()
+    last, said_step = None, 0  # without a terminal there is no bar: a plain line every tenth of the run instead
     columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[figures]}"),
                TimeRemainingColumn()]
-    with TrainerClient.from_settings(settings()) as client, Progress(*columns, console=console, disable=not sys.stderr.isatty()) as bar:
+    with TrainerClient.from_settings(settings()) as client, Progress(*columns, console=console, disable=not live) as bar:
         task = bar.add_task("starting", total=None, figures="")
         try:
             for e in client.watch_run(tr.WatchRunRequest(run_id=run_id, from_start=from_start)):
@@ -119,6 +120,9 @@ def _follow(run_id: str, *, from_start: bool) -> int:
                            figures=figures)
                 if e.message and not e.HasField("loss"):
                     bar.console.print(f"[{_state(e.state)}] {e.message}", markup=False, highlight=False)
+                elif not live and e.HasField("loss") and (e.step - said_step >= max(1, e.total_steps // 10) or e.step == e.total_steps):
+                    said_step = e.step
+                    bar.console.print(f"step {e.step}/{e.total_steps or '?'}  {figures}", markup=False, highlight=False)
                 for s in e.samples:
                     bar.console.print(f"--- sample at step {s.step}\n{s.prompt} {s.text}", markup=False, highlight=False)
         except KeyboardInterrupt:

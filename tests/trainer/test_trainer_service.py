@@ -235,6 +235,7 @@ def test_cli_trains_follows_and_lists(trainer):
     model_id = done.stdout.split("model ")[-1].split()[0]
     assert "completed: published model" in done.stdout and "sample at step 6" in done.stderr
     assert "how was work" in done.stderr
+    assert "step 12/12  loss " in done.stderr  # no terminal, no bar: plain progress lines for the log
     listed = _doppel(settings, addr, "runs", "--dataset", dataset)
     assert listed.returncode == 0 and f"{run_id}  completed  12/12  Alice" in listed.stdout
     models = _doppel(settings, addr, "models")
