@@ -42,6 +42,11 @@ class Settings(BaseSettings):
     prefect_api_url: str = Field(
         default="http://127.0.0.1:4200/api", description="DOPPEL_PREFECT_API_URL: the Prefect server's API."
     )
+    prefect_ui_url: str = Field(
+        default="",
+        description="DOPPEL_PREFECT_UI_URL: where a browser opens the Prefect dashboard (the runs' links); "
+        "default: DOPPEL_PREFECT_API_URL without /api.",
+    )
     api_token: SecretStr | None = Field(
         default=None, description="DOPPEL_API_TOKEN: when set, every RPC needs it as a bearer token."
     )
@@ -81,6 +86,10 @@ class Settings(BaseSettings):
                 value = value.get_secret_value()
             out[f"DOPPEL_{name.upper()}"] = str(value)
         return out
+
+    def dashboard_url(self) -> str:
+        """The Prefect dashboard's address as a browser reaches it."""
+        return (self.prefect_ui_url or self.prefect_api_url.rstrip("/").removesuffix("/api")).rstrip("/")
 
     def token(self) -> str | None:
         """The API token as plain text, or None when auth is off."""

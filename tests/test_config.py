@@ -48,3 +48,10 @@ def test_bad_values_say_which_variable(monkeypatch):
     monkeypatch.setenv("DOPPEL_UI_PORT", "not-a-port")
     with pytest.raises(ValidationError, match="ui_port"):
         Settings()
+
+
+def test_the_dashboard_is_where_a_browser_reaches_it():
+    assert Settings(prefect_api_url="http://127.0.0.1:4200/api").dashboard_url() == "http://127.0.0.1:4200"
+    # in compose the services reach prefect-server:4200, a browser the host's published port
+    behind = Settings(prefect_api_url="http://prefect-server:4200/api", prefect_ui_url="https://gpu-box.example:4200/")
+    assert behind.dashboard_url() == "https://gpu-box.example:4200"

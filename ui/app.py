@@ -44,7 +44,7 @@ def health(backend: Backend) -> str:
 def build(settings: Settings, backend: Backend | None = None) -> gr.Blocks:
     """The whole app over `backend` (by default, clients built from `settings`)."""
     backend = backend or Backend(settings)
-    dashboard = settings.prefect_api_url.removesuffix("/api")
+    dashboard = settings.dashboard_url()
     with gr.Blocks(title="Doppel", analytics_enabled=False) as app:
         gr.Markdown(f"# Doppel\nTurn a chat history into a model that talks like someone. "
                     f"Training runs also show in the [Prefect dashboard]({dashboard}).", elem_id="doppel-header")

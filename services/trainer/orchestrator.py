@@ -52,8 +52,9 @@ class FlowRunView:
     parameters: dict[str, Any]
 
 
-def dashboard_url(api_url: str, run_id: str) -> str:
-    return f"{api_url.rstrip('/').removesuffix('/api')}/runs/flow-run/{run_id}"
+def dashboard_url(dashboard: str, run_id: str) -> str:
+    """The run's page in the dashboard at `dashboard` (Settings.dashboard_url)."""
+    return f"{dashboard}/runs/flow-run/{run_id}"
 
 
 def _view(fr: FlowRun) -> FlowRunView:

@@ -45,7 +45,7 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
             self.worker.stop()
 
     def _run(self, record: RunRecord) -> trainer_pb2.Run:
-        return run_to_proto(record, dashboard_url(self.settings.prefect_api_url, record.id))
+        return run_to_proto(record, dashboard_url(self.settings.dashboard_url(), record.id))
 
     async def _record(self, run_id: str, view: FlowRunView | None = None) -> RunRecord:
         record = await asyncio.to_thread(runs.find_record, self.store, run_id) if run_id else None
