@@ -18,7 +18,9 @@ def test_prefect_client_reaches_the_fixture_server(prefect_api_url, prefect_serv
         assert str(client.api_url).rstrip("/") == prefect_api_url
         assert client.api_healthcheck() is None
         assert client.api_version() == client.client_version()  # the same prefect on both sides
-        assert client.read_flows() == []  # a fresh database of its own
+        # a database of its own, in the fixture's home, holding no flow but those the tests register
+        assert (prefect_server.home / "prefect.db").is_file()
+        assert {f.name for f in client.read_flows()} <= {"train-persona"}
     print(f"prefect {prefect.__version__} server healthy {prefect_server.started_in_s:.1f} s after start")
 
 
