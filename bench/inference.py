@@ -20,7 +20,8 @@ random non-zero weights, one seed each) published as persona models on that one 
   which share the base: one engine, mixed adapters in one batch.
 
 The service is the real `InferenceServicer` on a real gRPC server on port 0, run in a child
-process so the 64 client threads do not share its GIL (the engine thread is Python too). Every
+process so the 64 client threads do not share its GIL; it runs its engines in a process of its
+own, as it always does (`services.inference.worker`). Every
 request is a chat history of 4-10 turns (prompt token counts are printed), sampled with
 temperature 1, no top-k/top-p, a seed per request (the same seeds in each phase) and
 `max_new_tokens` as given. The service may end a reply early at the end of a turn; with random
@@ -251,20 +252,14 @@ def _serve(home: str, store_url: str, threads: int, env: dict[str, str], conn: A
 
     os.environ.update(env)
     try:
-        import torch
-
-        if threads:
-            torch.set_num_threads(threads)
-        _quiet()
         from doppel.config import Settings
         from doppel.rpc.server import Service, start_server
-        from doppel.store import open_store
         from doppel.v1 import inference_pb2, inference_pb2_grpc
         from services.inference.server import InferenceServicer
 
         async def run() -> None:
-            settings = Settings(home=Path(home), store_url=store_url)
-            servicer = InferenceServicer(settings, open_store(store_url))
+            settings = Settings(home=Path(home), store_url=store_url, inference_threads=threads)
+            servicer = InferenceServicer(settings)
             service = Service.of(inference_pb2, inference_pb2_grpc, "InferenceService", servicer)
             running = await start_server([service], "127.0.0.1:0", grace=1.0)
             conn.send(("port", running.port))
@@ -506,7 +501,7 @@ def main() -> None:
     ap.add_argument("--no-service-sequential", action="store_true", help="skip the one-at-a-time service run")
     ap.add_argument("--repeats", type=int, default=3,
                     help="rounds of every phase, interleaved; each phase's fastest round counts (default 3)")
-    ap.add_argument("--threads", type=int, default=0, help="torch threads in each process (default torch's)")
+    ap.add_argument("--threads", type=int, default=0, help="torch threads in the bench and engine processes (default torch's)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--cache-dir", default=os.environ.get("DOPPEL_BENCH_CACHE", "~/.cache/doppel-bench"),
                     help="where smollm2-135m is converted once (not used by tiny)")

@@ -53,7 +53,11 @@ class Overloaded(DoppelError):
         super().__init__(message)
 
 
-class StorageUnavailable(DoppelError):
+class Unavailable(DoppelError):
+    """A part of the system is down for now; retrying later may work."""
+
+
+class StorageUnavailable(Unavailable):
     """The object store cannot be reached or answered with a server error."""
 
 

@@ -25,7 +25,7 @@ STATUS_OF: list[tuple[type[Exception], grpc.StatusCode]] = [
     (errors.AlreadyExists, grpc.StatusCode.ALREADY_EXISTS),
     (errors.FailedPrecondition, grpc.StatusCode.FAILED_PRECONDITION),
     (errors.Overloaded, grpc.StatusCode.RESOURCE_EXHAUSTED),
-    (errors.StorageUnavailable, grpc.StatusCode.UNAVAILABLE),
+    (errors.Unavailable, grpc.StatusCode.UNAVAILABLE),
     (errors.Cancelled, grpc.StatusCode.CANCELLED),
     (errors.DoppelError, grpc.StatusCode.UNKNOWN),
     (NotImplementedError, grpc.StatusCode.UNIMPLEMENTED),

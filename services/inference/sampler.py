@@ -13,35 +13,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from doppel.errors import InvalidArgument
-
-
-@dataclass(frozen=True)
-class Sampling:
-    """How a request samples; `n` rows per request."""
-
-    temperature: float = 0.8
-    top_k: int = 0
-    top_p: float = 0.95
-    repetition_penalty: float = 1.0
-    max_new_tokens: int = 64
-    stop: tuple[str, ...] = ()
-    n: int = 1
-    seed: int | None = None
-
-    def __post_init__(self) -> None:
-        checks = [
-            (self.temperature >= 0, "temperature must be >= 0"),
-            (self.top_k >= 0, "top_k must be >= 0"),
-            (0 < self.top_p <= 1, "top_p must be in (0, 1]"),
-            (self.repetition_penalty > 0, "repetition_penalty must be > 0"),
-            (1 <= self.max_new_tokens <= 4096, "max_new_tokens must be in 1-4096"),
-            (1 <= self.n <= 64, "n must be in 1-64"),
-            (all(self.stop), "stop strings must not be empty"),
-        ]
-        problems = [message for ok, message in checks if not ok]
-        if problems:
-            raise InvalidArgument("invalid sampling: " + "; ".join(problems))
+from .protocol import Sampling
 
 
 @dataclass

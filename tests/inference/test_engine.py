@@ -246,3 +246,71 @@ def test_the_roomy_cache_holds_what_concatenation_would():
         expected = k if expected is None else torch.cat([expected, k], 2)
         assert torch.equal(keys, expected) and torch.equal(values, -expected)
     assert layer.get_seq_length() == 5 + 149
+
+
+def test_done_rows_ride_along_until_dropping_them_pays(engine, tiny):
+    """A row that finished stays in the batch (nothing sampled or sent for it) while fewer than a
+    quarter are done, and leaves when rows join; no row's text changes for it."""
+    _, tok = tiny
+    long, short = Sampling(temperature=0, max_new_tokens=30), Sampling(temperature=0, max_new_tokens=2)
+    prompts = [PROMPTS[k % len(PROMPTS)] + " " * (k // len(PROMPTS)) for k in range(6)]
+    alone = [solo(engine, tok, p, short if k == 0 else long) for k, p in enumerate(prompts)]
+    late_alone = solo(engine, tok, PROMPTS[1], long)
+    seen: list[tuple[int, int]] = []  # (forward pass, rows in the batch) each time job 1 sends text
+    finished_at: list[int] = []  # the pass in which job 0 finished
+    c = Collector()
+    jobs = [c.job(tok, p, short if k == 0 else long) for k, p in enumerate(prompts)]
+    sinks = [jobs[0].sink, jobs[1].sink]
+    jobs[0].sink = lambda i, d, f: (f and finished_at.append(engine.stats.forward_passes), sinks[0](i, d, f))
+    jobs[1].sink = lambda *a: (seen.append((engine.stats.forward_passes, len(engine._rows))), sinks[1](*a))
+    for j in jobs:
+        engine.submit(j)
+    deadline = time.monotonic() + 10
+    while (0, 0) not in c.finish and time.monotonic() < deadline:
+        time.sleep(0.005)
+    late = [c.job(tok, PROMPTS[1], long) for _ in range(2)]
+    for j in late:
+        engine.submit(j)  # they join while the done row rides along
+    c.wait()
+    assert [c.text(k) for k in range(6)] == alone and [c.text(6), c.text(7)] == [late_alone] * 2
+    assert c.finish[(0, 0)] is Finish.LENGTH
+    after = [rows for step, rows in seen if step > finished_at[0]]
+    assert after[0] == 6, "the done row rode along in the steps after it finished"
+    assert max(after) == 7, "it left the batch when the late ones joined"
+
+
+def test_stacking_roomy_layers_left_pads_each_with_zeros():
+    from services.inference.engine import RoomyLayer
+
+    torch.manual_seed(0)
+    layers, parts = [], []
+    for rows, width in ((2, 7), (3, 4), (1, 9)):
+        layer, k = RoomyLayer(), torch.randn(rows, 2, width, 4)
+        layer.update(k, -k)
+        layers.append(layer)
+        parts.append(torch.cat([torch.zeros(rows, 2, 9 - width, 4), k], 2))
+    expected = torch.cat(parts)
+    layers[0].stack(layers, 9)
+    assert torch.equal(layers[0].keys, expected) and torch.equal(layers[0].values, -expected)
+    step = torch.randn(6, 2, 1, 4)  # the next decoding step appends in place
+    keys, values = layers[0].update(step, -step)
+    assert torch.equal(keys, torch.cat([expected, step], 2)) and torch.equal(values, -keys)
+
+
+def test_gpt2_gelu_is_swapped_for_the_one_kernel_gelu_with_the_same_outputs(tiny):
+    import copy
+
+    from transformers.activations import GELUTanh, NewGELUActivation
+
+    from services.inference.engine import _fuse_activations
+
+    model, tok = tiny
+    original = copy.deepcopy(model)
+    original.apply(lambda m: [setattr(m, n, NewGELUActivation()) for n, c in m.named_children() if type(c) is GELUTanh])
+    fused = copy.deepcopy(original)
+    _fuse_activations(fused)
+    kinds = {type(m) for m in fused.modules()}
+    assert GELUTanh in kinds and NewGELUActivation not in kinds
+    ids = torch.tensor([tok(PROMPTS[3])["input_ids"]])
+    with torch.inference_mode():
+        assert torch.allclose(original(ids).logits, fused(ids).logits, atol=1e-5)

@@ -30,7 +30,7 @@ class Running:
     """An inference service on a real gRPC server over a store of persona models."""
 
     def __init__(self, store, home, **settings):
-        self.servicer = InferenceServicer(Settings(home=home, store_url=store.url, **settings), store)
+        self.servicer = InferenceServicer(Settings(home=home, store_url=store.url, **settings))
         self.server = BackgroundServer([Service.of(inf, inference_pb2_grpc, "InferenceService", self.servicer)])
         self.client = InferenceClient(self.server.addr, timeout=120)
 
@@ -155,14 +155,15 @@ def test_a_full_queue_answers_resource_exhausted(models_store):
     running = Running(store, tmp / "home-small", inference_queue=2, inference_max_batch=1)
     client = running.client
     try:
-        engine = running.servicer.cache.get(ids["full"]).engine
+        client.load_model(inf.LoadModelRequest(model_id=ids["full"]))
         # greedy raw text with no end string: it runs to max_new_tokens (~3 s here), holding the one row
         long = inf.CompleteRequest(model_id=ids["full"], prompt="x", sampling=sampling(max_new_tokens=1000, temperature=0))
         calls = [client.stub.Complete.future(long) for _ in range(3)]  # one runs, two wait in the queue
         deadline = time.monotonic() + 10
-        while engine.stats.queued < 2 and time.monotonic() < deadline:
+        while ((stats := client.get_engine_stats(inf.GetEngineStatsRequest())).running, stats.queued) != (1, 2) \
+                and time.monotonic() < deadline:
             time.sleep(0.02)
-        assert engine.stats.running == 1 and engine.stats.queued == 2
+        assert (stats.running, stats.queued) == (1, 2)
         with pytest.raises(grpc.RpcError) as e:
             chat(client, ids["full"], sampling=sampling(max_new_tokens=2))
         assert e.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and "retry" in e.value.details()
@@ -206,5 +207,37 @@ def test_the_cache_evicts_under_its_budget_and_reloads_on_demand(models_store):
         assert stats.requests_completed == 2
         assert chat(client, ids["a0"], sampling=sampling(max_new_tokens=3)).candidates
         assert loaded() == {ids["a0"]}
+    finally:
+        running.close()
+
+
+def test_the_front_end_process_does_not_load_torch():
+    """The engine (torch, the models) runs in a process of its own; the gRPC process stays light."""
+    import subprocess
+    import sys
+
+    code = "import sys, services.inference.server; print(sorted(m for m in ('torch', 'transformers') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def test_a_dead_engine_process_fails_its_calls_and_the_next_call_starts_another(models_store):
+    import os
+    import signal
+
+    store, ids, tmp = models_store
+    running = Running(store, tmp / "home-crash")
+    client = running.client
+    try:
+        first_pid = running.servicer.engine.pid
+        request = inf.ChatStreamRequest(chat=inf.ChatRequest(model_id=ids["a0"], sampling=sampling(max_new_tokens=1000, temperature=0)))
+        stream = client.chat_stream(request)
+        next(iter(stream))
+        os.kill(first_pid, signal.SIGKILL)
+        with pytest.raises(grpc.RpcError) as e:
+            list(stream)
+        assert e.value.code() == grpc.StatusCode.UNAVAILABLE and "engine process stopped" in e.value.details()
+        assert chat(client, ids["a0"], sampling=sampling(max_new_tokens=4)).candidates
+        assert running.servicer.engine.pid not in (None, first_pid)
     finally:
         running.close()

@@ -57,7 +57,7 @@ def stack(prefect_api_url, tmp_path_factory):
     saved = dict(os.environ)
     ingest = IngestServicer(settings)
     trainer = TrainerServicer(settings, store)
-    inference = InferenceServicer(settings, store)
+    inference = InferenceServicer(settings)
     servers = {
         "ingest": BackgroundServer([Service.of(ingest_pb2, ingest_pb2_grpc, "IngestService", ingest)]),
         "trainer": BackgroundServer([Service.of(tr, trainer_pb2_grpc, "TrainerService", trainer)]),
