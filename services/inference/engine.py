@@ -32,6 +32,7 @@ from transformers.cache_utils import Cache, DynamicLayer
 
 from doppel.errors import Overloaded
 
+from .lora import MixedLora
 from .protocol import Finish, Sampling
 from .sampler import RowSampler, pick
 
@@ -114,6 +115,8 @@ class Engine:
         self._mask: torch.Tensor | None = None  # [rows, width]: 1 for real cache entries
         self._lock = threading.Condition()
         self._model_lock = threading.Lock()  # adapters change between steps only
+        self._mixed: MixedLora | None = None  # the adapters stacked for mixed batches, built on first use
+        self._mixed_built = False
         self._stopping = False
         self._thread = threading.Thread(target=self._loop, name=f"engine-{name}", daemon=True)
         self._thread.start()
@@ -136,11 +139,13 @@ class Engine:
     def with_model(self, fn: Callable[[Any], Any]) -> Any:
         """Run `fn(model)` between decoding steps (to add or remove an adapter); its result."""
         with self._model_lock:
+            self._forget_mixed()
             return fn(self.model)
 
     def set_model(self, model: Any) -> None:
         """Swap the model object (e.g. the base wrapped in a PeftModel) between steps."""
         with self._model_lock:
+            self._forget_mixed()
             self.model = model
 
     def idle(self) -> bool:
@@ -204,12 +209,15 @@ class Engine:
         kwargs: dict[str, Any] = {}
         context: Any = contextlib.nullcontext()
         if self._peft():
-            if len(set(adapters)) > 1:
-                kwargs["adapter_names"] = adapters  # PEFT's mixed batch: each row through its own adapter
-            elif adapters[0] == BASE:
+            if len(set(adapters)) == 1 and adapters[0] != BASE:
+                if self.model.active_adapter != adapters[0]:
+                    self.model.set_adapter(adapters[0])  # one adapter for every row: the plain, faster path
+            elif (mixed := self._mixed_lora()) is not None:
+                context = mixed.rows(adapters)  # each row through its own adapter, or none
+            elif len(set(adapters)) > 1:
+                kwargs["adapter_names"] = adapters  # PEFT's own (slower) mixed batch
+            else:
                 context = self.model.disable_adapter()
-            elif self.model.active_adapter != adapters[0]:
-                self.model.set_adapter(adapters[0])  # one adapter for every row: the plain, faster path
         if _keeps_logits(self.model):
             kwargs["logits_to_keep"] = 1
         with context:
@@ -220,6 +228,16 @@ class Engine:
 
     def _peft(self) -> bool:
         return hasattr(self.model, "peft_config")
+
+    def _mixed_lora(self) -> MixedLora | None:
+        if not self._mixed_built:
+            self._mixed, self._mixed_built = MixedLora.of(self.model), True
+        return self._mixed
+
+    def _forget_mixed(self) -> None:
+        if self._mixed is not None:
+            self._mixed.close()
+        self._mixed, self._mixed_built = None, False
 
     def _prefill(self, jobs: list[Job]) -> _Prefilled:
         """One forward pass over the prompts of `jobs` (left-padded); each job's row repeated `n` times."""

@@ -175,7 +175,9 @@ class EngineProcess:
                       process.pid, code)
             error = Unavailable(f"the inference engine process stopped (exit code {code}); "
                                 "the service starts a new one with the next request")
-            self._deliver_soon([(call_id, Failed(error)) for call_id in list(self._calls)])
+        else:
+            error = Unavailable("the inference service is stopping")
+        self._deliver_soon([(call_id, Failed(error)) for call_id in list(self._calls)])
 
     def _deliver_soon(self, items: list[tuple[int, Event]]) -> None:
         if self._loop is None:

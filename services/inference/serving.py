@@ -89,7 +89,9 @@ class Serving:
             call.cancelled.set()
 
     def close(self) -> None:
-        for call in list(self._calls.values()):
+        with self._lock:
+            calls = list(self._calls.values())
+        for call in calls:
             call.cancelled.set()
         self._pool.shutdown(wait=False, cancel_futures=True)
         self.cache.close()

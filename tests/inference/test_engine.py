@@ -144,6 +144,32 @@ def test_mixed_adapters_share_forward_passes_and_keep_their_own_text():
         e.stop()
 
 
+def test_stacked_adapters_give_what_peft_gives_a_mixed_batch():
+    """Rows of adapters with different ranks, targets and scalings, and a row with none: the
+    stacked weights and hooks give PEFT's own mixed-batch logits."""
+    from services.inference.lora import MixedLora
+
+    base, tok = tiny_model(TEXTS, seed=0, block_size=256)
+    torch.manual_seed(1)
+    peft = get_peft_model(base, LoraConfig(r=4, target_modules=["c_attn"], init_lora_weights=False), adapter_name="a")
+    torch.manual_seed(2)
+    peft.add_adapter("b", LoraConfig(r=8, lora_alpha=32, target_modules="all-linear", init_lora_weights=False))
+    peft.eval()
+    ids = torch.tensor([tok(t)["input_ids"][:5] for t in TEXTS[:4]])
+    rows = ["a", "b", "__base__", "a"]
+    with torch.inference_mode():
+        expected = peft(input_ids=ids, adapter_names=rows).logits
+        mixed = MixedLora.of(peft)
+        assert mixed is not None
+        with mixed.rows(rows):
+            got = peft(input_ids=ids).logits
+        assert torch.allclose(got, expected, atol=1e-5)
+        assert not torch.allclose(got[0], got[1], atol=1e-3), "the adapters differ"
+        mixed.close()
+        assert torch.allclose(peft(input_ids=ids).logits, peft(input_ids=ids, adapter_names=["a"] * 4).logits), \
+            "closed: the hooks are gone"
+
+
 def test_end_strings_stop_a_turn_and_are_not_sent(engine, tiny):
     _, tok = tiny
     text = solo(engine, tok, PROMPTS[0], Sampling(temperature=0, max_new_tokens=30))
