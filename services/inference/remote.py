@@ -59,7 +59,8 @@ class EngineProcess:
         self._lock = threading.Lock()  # the process, its connection and sends
         self._process: subprocess.Popen | None = None
         self._conn: Connection | None = None
-        self._start()
+        with self._lock:
+            self._start()
 
     @property
     def pid(self) -> int | None:
@@ -125,7 +126,7 @@ class EngineProcess:
         self._calls[call_id] = call
         with self._lock:
             if self._process is None:
-                self._start_locked()
+                self._start()
         if not self._send(Start(call_id, request)):
             self._calls.pop(call_id, None)
             raise Unavailable("the inference engine process is not running; retry shortly")
@@ -142,10 +143,7 @@ class EngineProcess:
                 return False
 
     def _start(self) -> None:
-        with self._lock:
-            self._start_locked()
-
-    def _start_locked(self) -> None:
+        """Start the engine process (the lock held)."""
         mine, theirs = socket.socketpair()
         env = {**os.environ, **self.settings.environment()}
         env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH", "")) if p)

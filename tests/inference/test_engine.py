@@ -144,14 +144,27 @@ def test_mixed_adapters_share_forward_passes_and_keep_their_own_text():
         e.stop()
 
 
-def test_stacked_adapters_give_what_peft_gives_a_mixed_batch():
+def _tiny_llama(vocab: int):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    return LlamaForCausalLM(LlamaConfig(vocab_size=vocab, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                                        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256))
+
+
+@pytest.mark.parametrize("kind", ["gpt2", "llama"])
+def test_stacked_adapters_give_what_peft_gives_a_mixed_batch(kind):
     """Rows of adapters with different ranks, targets and scalings, and a row with none: the
-    stacked weights and hooks give PEFT's own mixed-batch logits."""
+    stacked weights and hooks give PEFT's own mixed-batch logits, on GPT-2's Conv1D layers and
+    on Llama's (SmolLM2's) linear ones."""
     from services.inference.lora import MixedLora
 
     base, tok = tiny_model(TEXTS, seed=0, block_size=256)
+    first = "c_attn"
+    if kind == "llama":
+        base, first = _tiny_llama(len(tok)), "q_proj"
     torch.manual_seed(1)
-    peft = get_peft_model(base, LoraConfig(r=4, target_modules=["c_attn"], init_lora_weights=False), adapter_name="a")
+    peft = get_peft_model(base, LoraConfig(r=4, target_modules=[first], init_lora_weights=False), adapter_name="a")
     torch.manual_seed(2)
     peft.add_adapter("b", LoraConfig(r=8, lora_alpha=32, target_modules="all-linear", init_lora_weights=False))
     peft.eval()
