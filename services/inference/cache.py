@@ -32,6 +32,7 @@ caches them), and again when the store's listing of them changes. Why this shape
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 import threading
@@ -93,6 +94,7 @@ class ModelCache:
         self.loads = 0  # loads completed, for tests and metrics
         self._retired = Stats()  # the counters of engines stopped since
         self._served: OrderedDict[str, Served] = OrderedDict()  # least recently used first
+        self._tokenizers: dict[str, Any] = {}  # digest of the tokenizer files -> the loaded tokenizer
         self._bases: dict[str, _Base] = {}
         self._pins: Counter[str] = Counter()
         self._lock = threading.Lock()  # the state above
@@ -195,6 +197,7 @@ class ModelCache:
                            + [b.engine for b in self._bases.values()]}
                 self._served.clear()
                 self._bases.clear()
+                self._tokenizers.clear()
                 self._pins.clear()
             for engine in engines.values():
                 engine.stop()
@@ -247,10 +250,8 @@ class ModelCache:
 
     def _load_adapter(self, manifest: ModelManifest, folder: Path) -> Served:
         from peft import PeftModel
-        from transformers import AutoTokenizer
-
         name, key = manifest.id, _base_key(manifest)
-        tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
+        tokenizer = self._tokenizer(folder)
         with self._lock:
             base = self._bases.get(key)
         base_folder = None if base else self._base_folder(manifest, folder)
@@ -261,7 +262,7 @@ class ModelCache:
                 model = self._read(base_folder)
                 base_bytes = _size(model)
                 peft = PeftModel.from_pretrained(model, folder, adapter_name=name).eval()
-                engine = self._engine(peft, AutoTokenizer.from_pretrained(base_folder, local_files_only=True), key)
+                engine = self._engine(peft, self._tokenizer(base_folder), key)
                 base = _Base(key, engine, base_bytes)
                 with self._lock:
                     self._bases[key] = base
@@ -283,9 +284,7 @@ class ModelCache:
         return Served(name, manifest, base.engine, name, tokenizer, size)
 
     def _load_full(self, manifest: ModelManifest, folder: Path) -> Served:
-        from transformers import AutoTokenizer
-
-        tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
+        tokenizer = self._tokenizer(folder)
         self._make_room(_estimate(folder, self.dtype), ())
         model = self._read(folder)
         return Served(manifest.id, manifest, self._engine(model, tokenizer, manifest.id), None, tokenizer, _size(model))
@@ -313,6 +312,24 @@ class ModelCache:
     def _fetch(self, prefix: str, local: Path) -> Path:
         with _locked(self.cache_dir, prefix):  # across processes sharing cache_dir
             return _download(self.store, prefix, local)
+
+    def _tokenizer(self, folder: Path) -> Any:
+        """The folder's tokenizer: one object for all folders with the same tokenizer files (a
+        persona adapter carries its base's), so that loading an adapter does not parse it again
+        (a third of an adapter load on SmolLM2)."""
+        from transformers import AutoTokenizer
+
+        digest = hashlib.sha256()
+        for path in sorted(p for p in Path(folder).iterdir() if p.is_file() and _is_tokenizer_file(p.name)):
+            digest.update(path.name.encode() + b"\0" + path.read_bytes())
+        key = digest.hexdigest()
+        with self._lock:
+            found = self._tokenizers.get(key)
+        if found is None:
+            found = AutoTokenizer.from_pretrained(folder, local_files_only=True)
+            with self._lock:
+                found = self._tokenizers.setdefault(key, found)
+        return found
 
     def _engine(self, model: Any, tokenizer: Any, name: str) -> Engine:
         return Engine(model, tokenizer, max_batch=self.max_batch, queue_capacity=self.queue_capacity, name=name)
@@ -359,6 +376,8 @@ class ModelCache:
                 stop = not base.adapters and key not in keep
                 if stop:
                     del self._bases[key]
+            used = {id(s.tokenizer) for s in self._served.values()} | {id(b.engine.tokenizer) for b in self._bases.values()}
+            self._tokenizers = {k: t for k, t in self._tokenizers.items() if id(t) in used}
         if stop:
             self._stop(served.engine)
         else:
@@ -366,6 +385,11 @@ class ModelCache:
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
         log.info("unloaded model %s", served.model_id)
+
+
+def _is_tokenizer_file(name: str) -> bool:
+    return name.startswith(("tokenizer", "chat_template")) or name in (
+        "special_tokens_map.json", "added_tokens.json", "vocab.json", "merges.txt")
 
 
 def _base_key(manifest: ModelManifest) -> str:

@@ -348,3 +348,20 @@ def test_unload_and_listing(make_cache, store):
     assert [s for _, s in cache.listing()][0].model_id == "full" and cache.get("full").last_used is not None
     cache.close()
     assert cache.loaded() == [] and cache.bytes == 0
+
+
+def test_models_with_the_same_tokenizer_files_share_one_tokenizer(make_cache, store):
+    other, other_tok = tiny_model([t.upper() for t in TEXTS], seed=3, block_size=128)
+    models.publish(store, manifest("other", "full", None), other, other_tok)
+    cache = make_cache()
+    one, two = cache.get("alice-1"), cache.get("alice-2")
+    assert one.tokenizer is two.tokenizer, "the second adapter did not parse the tokenizer again"
+    assert cache.get("full").tokenizer is one.tokenizer, "published with the same tokenizer"
+    assert cache.get("other").tokenizer is not one.tokenizer, "a tokenizer of its own"
+    assert one.engine.tokenizer is one.tokenizer  # the base's folder holds the same files
+    for model_id in ("alice-1", "alice-2"):
+        cache.unload(model_id)
+    assert cache.get("alice-3").tokenizer is one.tokenizer, "still used by the full model"
+    for model_id in ("alice-3", "full"):
+        cache.unload(model_id)
+    assert cache.get("alice-1").tokenizer is not one.tokenizer, "forgotten with the last model that used it"
