@@ -26,6 +26,7 @@ class MixedLora:
 
     def __init__(self, model: Any, slots: dict[str, int], layers: list[tuple[torch.nn.Module, torch.Tensor, torch.Tensor]]):
         self.model, self.slots = model, slots
+        self._device = next(model.parameters()).device
         self._index: torch.Tensor | None = None
         self._layers = [module for module, _, _ in layers]
         self._handles = [module.register_forward_hook(self._hook(a, b)) for module, a, b in layers]
@@ -64,8 +65,7 @@ class MixedLora:
         """A forward pass in which row k goes through `adapters[k]` (an unknown name: no adapter)."""
         none = len(self.slots)
         if any(a in self.slots for a in adapters):
-            device = next(self.model.parameters()).device
-            self._index = torch.tensor([self.slots.get(a, none) for a in adapters], device=device)
+            self._index = torch.tensor([self.slots.get(a, none) for a in adapters], device=self._device)
         # The LoRA layers give their base's output and the hooks add the rest. This is the flag
         # PEFT's `disable_adapter()` sets, without its model survey, which costs more than a step.
         for layer in self._layers:

@@ -57,7 +57,7 @@ class Serving:
     """The model cache, the personas of its models, and the modes over them."""
 
     def __init__(self, settings: Settings, store: Store, emit: Emit):
-        self.settings, self.emit = settings, emit
+        self.emit = emit
         self.cache = ModelCache(
             store, cache_dir=settings.home / "cache", budget_bytes=_budget(settings),
             max_batch=settings.inference_max_batch, queue_capacity=settings.inference_queue,

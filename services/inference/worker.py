@@ -19,6 +19,8 @@ import threading
 import time
 from multiprocessing.connection import Connection
 
+from doppel.config import Settings
+
 from .protocol import Cancel, Event, Start
 
 log = logging.getLogger(__name__)
@@ -65,16 +67,14 @@ class Outbox:
             time.sleep(EVERY_S)
 
 
-def serve(conn: Connection) -> None:
+def serve(conn: Connection, settings: Settings) -> None:
     """Answer requests on `conn` until told to stop or the other end closes."""
     import torch
 
-    from doppel.config import Settings
     from doppel.store import open_store
 
     from .serving import Serving
 
-    settings = Settings()
     if settings.inference_threads:
         torch.set_num_threads(settings.inference_threads)
     outbox = Outbox(conn)
@@ -98,14 +98,13 @@ def serve(conn: Connection) -> None:
 
 
 def main() -> None:
-    from doppel.config import Settings
-
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group: the front end stops this process
 
-    logging.basicConfig(level=Settings().log_level, format="%(asctime)s inference-engine %(levelname)s %(message)s")
+    settings = Settings()
+    logging.basicConfig(level=settings.log_level, format="%(asctime)s inference-engine %(levelname)s %(message)s")
     for name in ("HF_HUB_OFFLINE", "HF_HUB_DISABLE_TELEMETRY"):
         os.environ.setdefault(name, "1")
-    serve(Connection(int(sys.argv[1])))
+    serve(Connection(int(sys.argv[1])), settings)
 
 
 if __name__ == "__main__":
