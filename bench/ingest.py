@@ -31,7 +31,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 FILE_MESSAGES = 10_000  # Messenger splits long threads into message_N.json files of this size
 NAMES = ["Ann Example", "Bob Sample", "Cy Placeholder", "Dora Mock", "Émile Testé"]
-WORDS = "hey so what are we doing tonight maybe pizza or the new place near the station ok sounds good lol".split()
+WORDS = [
+    "hey", "so", "what", "are", "we", "doing", "tonight", "maybe", "pizza", "or", "the", "new", "place", "near",
+    "the", "station", "ok", "sounds", "good", "lol"
+]
 
 
 def _mojibake(s: str) -> str:

@@ -16,7 +16,10 @@ from datetime import UTC, datetime, timedelta
 
 from doppel.conversation import Conversation, Message, read_conversations, write_conversations
 
-WORDS = "the a to and you I it is that of in for on with lol ok yes no 😂 👩\u200d👩\u200d👧 café tomorrow".split()
+WORDS = [
+    "the", "a", "to", "and", "you", "I", "it", "is", "that", "of", "in", "for", "on", "with", "lol", "ok", "yes",
+    "no", "😂", "👩\u200d👩\u200d👧", "café", "tomorrow"
+]
 
 
 def synthetic(n_conv: int, per_conv: int, seed: int = 0) -> list[Conversation]:

@@ -4,9 +4,10 @@
     python bench/train.py --model smollm2-135m --steps 5 --block-size 256
     python bench/train.py --random-config llama-0.5b --method full --batch-size 32   # on a GPU
 
-Builds a synthetic chat (most messages short, a few long, sessions of varied length, like real
-exports), turns it into training windows with the trainer's own code (`split_sessions`,
-`Transcript`, `tokenise`) and trains the same model init twice, each in a fresh process:
+Builds a synthetic chat (`bench/synthetic.py`: most messages short, a few long, sessions of
+varied length, like real exports), turns it into training windows with the trainer's own code
+(`split_sessions`, `Transcript`, `tokenise`) and trains the same model init twice, each in a
+fresh process:
 
 * doppel: `services.trainer.finetune.train` (length-grouped batches padded to their longest
   sample), with the recipe `resolve` gives for the flags;
@@ -36,12 +37,11 @@ import math
 import multiprocessing as mp
 import os
 import pickle
-import random
 import resource
 import sys
 import tempfile
 import time
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -50,23 +50,13 @@ os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
-import orjson  # noqa: E402
+import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-PERSONA = "Ann"
-OTHERS = ["Ben", "Cleo", "Dev", "Eli", "Fay", "Gus", "Hana"]
-WORDS = (
-    "i you we they it the a an and but so or if then just really very too not no yes yeah ok okay "
-    "lol haha omg wait what why how when where who that this there here now later tonight tomorrow "
-    "today yesterday week weekend morning night time home work office train bus car late early soon "
-    "go going went come coming get got make made see saw know think thought want need like love hate "
-    "good great fine bad nice cool weird funny sorry thanks please sure maybe probably definitely "
-    "dinner lunch coffee beer pizza movie game match party trip flight hotel beach city station "
-    "mum dad sister brother friend boss team meeting call message phone photo video link song "
-    "did you see that was so good i can't believe it honestly same here let me know send me the "
-    "address we should totally do that again are you free on saturday what time works for you 😂 ❤️ 👍"
-).split()
+from bench.synthetic import NAMES, synthetic_chats
+
+PERSONA = NAMES[0]  # the speaker trained on; each synthetic chat has them and 1-4 others
 RANDOM_CONFIGS: dict[str, dict[str, Any]] = {
     # ~0.54 B with a 49k vocabulary: Llama-shaped, 24 layers, GQA, tied embeddings
     "llama-0.5b": dict(model_type="llama", hidden_size=1024, intermediate_size=5632, num_hidden_layers=24,
@@ -81,44 +71,6 @@ RANDOM_CONFIGS: dict[str, dict[str, Any]] = {
 # dense bf16 tensor-core peak, TFLOP/s; the first name contained in the device's name wins
 PEAK_BF16_TFLOPS = [("H100 PCIe", 756.0), ("H100 NVL", 835.0), ("GH200", 989.0), ("H100", 989.0), ("H200", 989.0),
                     ("H800", 989.0), ("A100", 312.0), ("A800", 312.0), ("L40S", 362.0), ("L4", 121.0)]
-
-
-# -- the data -------------------------------------------------------------------------------
-
-def _words(rng: random.Random) -> int:
-    """A message length in words: mostly short, some long, a few very long."""
-    r = rng.random()
-    if r < 0.60:
-        return rng.randint(1, 6)
-    if r < 0.88:
-        return rng.randint(7, 20)
-    if r < 0.98:
-        return rng.randint(21, 60)
-    return rng.randint(61, 200)
-
-
-def synthetic_chats(messages: int, conversations: int, seed: int = 0):
-    """`messages` over `conversations` chats with `PERSONA` in each: bursts of turns, pauses that split sessions."""
-    from doppel.conversation import Conversation, Message
-
-    rng = random.Random(seed)
-    out = []
-    for c in range(conversations):
-        n = messages // conversations + (c < messages % conversations)
-        people = [PERSONA, *rng.sample(OTHERS, 1 if rng.random() < 0.6 else rng.randint(2, 4))]
-        t = datetime(2023, 1, 1, 9, tzinfo=UTC) + timedelta(days=c)
-        sender, msgs = rng.choice(people), []
-        for _ in range(n):
-            if rng.random() < 0.07:  # a pause longer than the session gap
-                t += timedelta(hours=rng.uniform(7, 72))
-            else:
-                t += timedelta(seconds=rng.expovariate(1 / 90))
-            if rng.random() > 0.35:  # else the same sender goes on
-                sender = rng.choice([p for p in people if p != sender])
-            text = " ".join(rng.choices(WORDS, k=_words(rng)))
-            msgs.append(Message(sender, text[0].upper() + text[1:] + rng.choice(["", "", "?", "!", "."]), t))
-        out.append(Conversation(f"c{c}", f"chat {c}", "jsonl", msgs, participants=people))
-    return out
 
 
 # -- the model ------------------------------------------------------------------------------
@@ -332,7 +284,7 @@ def _in_child(which: str, job: dict[str, Any]) -> dict[str, Any]:
         try:
             result = q.get(timeout=1)
             break
-        except Exception:  # queue.Empty: still running, or dead
+        except Exception:  # noqa: BLE001 - queue.Empty: still running, or dead
             if not p.is_alive():
                 raise SystemExit(f"the {which} run failed with exit code {p.exitcode}") from None
     p.join()
@@ -353,8 +305,9 @@ def _prepare(args: argparse.Namespace, tmp: Path) -> tuple[dict[str, Any], dict[
     import torch
 
     from doppel.store import open_store
+    from doppel.tiny import tiny_model
     from doppel.transcript import Transcript
-    from services.trainer.basemodels import load_base_model, tiny_model
+    from services.trainer.basemodels import load_base_model
     from services.trainer.finetune import batch_order
     from services.trainer.recipe import Hyperparameters, TrainRequest, resolve
     from services.trainer.samples import split_sessions, tokenise

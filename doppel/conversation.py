@@ -158,6 +158,7 @@ def message_from_dict(d: Any, what: str = "message") -> Message:
     if type(sender) is not str or type(text) is not str or type(ts) is not str:
         for key in ("sender", "text", "timestamp"):
             _str_field(d, key, what)  # raises, naming the first bad field
+        raise AssertionError("unreachable: one of the three is not a string")
     if (reply_to is not None and type(reply_to) is not str) or (mid is not None and type(mid) is not str):
         for key in ("reply_to", "id"):
             _opt_str_field(d, key, what)

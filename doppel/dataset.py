@@ -1,23 +1,30 @@
-"""A dataset's manifest and summary statistics.
+"""A dataset's manifest and summary statistics, and the reads of datasets in the store.
 
 A dataset is what one ingest produced: conversation shards (`doppel.conversation`) plus
 `manifest.json`, written last, that says where the data came from, how it was parsed and
 what it holds. These are small boundary objects, so they are pydantic models; the
 per-message work of computing the stats lives in `StatsAccumulator`, a plain class that
 sees one conversation at a time and keeps O(participants + months) state.
+
+Whoever reads a dataset (the trainer, the ingest service's listing) reads it here: through the
+manifest-indexed `DATASETS` catalog (`get`, `records`, `page`), and `conversations`.
+Writing and deleting datasets is the ingest service's.
 """
 
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from doppel.conversation import Conversation, Message
-from doppel.errors import InvalidArgument, ParseError
-from doppel.layout import validate_id
+from doppel.catalog import Catalog, parse_record
+from doppel.conversation import Conversation, Message, read_conversations
+from doppel.errors import InvalidArgument
+from doppel.layout import dataset_prefix, validate_id
+from doppel.store.base import Store
 
 
 def _utc_or_naive(v: datetime | None) -> datetime | None:
@@ -189,10 +196,15 @@ class DatasetManifest(BaseModel):
     @classmethod
     def from_json(cls, data: bytes, *, name: str) -> DatasetManifest:
         """Parse a manifest; raises ParseError naming `name` and the bad fields."""
-        try:
-            return cls.model_validate_json(data)
-        except ValidationError as e:
-            errors = e.errors(include_url=False)
-            parts = [f"{'.'.join(map(str, err['loc'])) or 'document'}: {err['msg']}" for err in errors[:3]]
-            more = f" (and {len(errors) - 3} more)" if len(errors) > 3 else ""
-            raise ParseError(name, "not a valid dataset manifest: " + "; ".join(parts) + more) from None
+        return parse_record(cls, data, name=name, what="dataset manifest")
+
+
+DATASETS: Catalog[DatasetManifest] = Catalog(DatasetManifest, kind="dataset", root="datasets/")
+
+
+def conversations(store: Store, manifest: DatasetManifest) -> Iterator[Conversation]:
+    """Every conversation of a dataset, shard by shard, one at a time."""
+    prefix = dataset_prefix(manifest.id)
+    for name in manifest.files:
+        with store.open_read(prefix + name) as f:
+            yield from read_conversations(f, name=prefix + name)

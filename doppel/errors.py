@@ -53,6 +53,15 @@ class Overloaded(DoppelError):
         super().__init__(message)
 
 
+class OutOfMemory(DoppelError):
+    """The work did not fit in memory (a CUDA out-of-memory, say); smaller work may."""
+
+
+class Internal(DoppelError):
+    """A bug, caught where it happened and logged there with its traceback; the message names
+    where to look, since the traceback stays on the server."""
+
+
 class Unavailable(DoppelError):
     """A part of the system is down for now; retrying later may work."""
 

@@ -5,7 +5,9 @@ each turn is one message of the template: the chosen speakers' turns are the ass
 others' the user's, after a system message naming the participants. A model without a template
 (GPT-2, `tiny`) gets plain `Name: text` lines. Training puts the loss on the chosen speakers'
 turns (`Name: text` and the turn's end marker, not the role header), so the model learns who
-speaks and what they say, and where a turn ends.
+speaks and what they say, and where a turn ends. Sampling (inference, and the previews during
+training) ends a turn by one rule, `Transcript.stops`: at that marker, or at a new line opened
+as any participant.
 
 The template is reduced once to the text around one message of each role (rendered around a
 sentinel), so every turn is rendered and tokenised on its own, once, and windows are assembled
@@ -81,7 +83,7 @@ class Transcript:
         if getattr(tokenizer, "chat_template", None):
             try:
                 self._formats = self._chat_formats()
-            except Exception:  # a template that refuses our roles or raises on them
+            except Exception:  # noqa: BLE001 - a template that refuses our roles or raises on them
                 self._formats = {}
             self.kind = "chat" if self._formats else "plain"
 
@@ -105,6 +107,22 @@ class Transcript:
             return PLAIN_END
         tail = self._formats["assistant"][1]
         return tail.strip() or tail
+
+    def stops(self, participants: Iterable[str]) -> tuple[str, ...]:
+        """Where a generated turn ends: at the end-of-turn marker, or where the model starts a line as
+        any of `participants` (`\\nName:`), so it never writes a turn for someone else.
+
+        Sampling passes these as stop strings; `one_turn` cuts a finished text at them.
+        """
+        return (self.end, *(f"\n{p}:" for p in dict.fromkeys(participants)))
+
+    def one_turn(self, text: str, participants: Iterable[str]) -> str:
+        """The turn at the start of generated `text` (decoded with its special tokens): cut at the first
+        of `stops(participants)` or the EOS token, whichever comes first, and stripped."""
+        eos = self.tokenizer.eos_token
+        stops = (*self.stops(participants), *((eos,) if eos else ()))
+        cut = min((i for s in stops if (i := text.find(s)) >= 0), default=len(text))
+        return text[:cut].strip()
 
     def role(self, speaker: str) -> str:
         return "assistant" if speaker in self.speakers else "user"

@@ -420,6 +420,17 @@ def test_the_demo_export_has_three_voices_to_learn(tmp_path):
     assert sum(map(len, beatrice)) / len(beatrice) > 3 * sum(map(len, jonah)) / len(jonah)
 
 
+def test_a_bad_duration_option_names_the_option_and_what_would_do(tmp_path):
+    path = tmp_path / demo.FILENAME
+    path.write_bytes(demo.export_zip())
+    result = runner.invoke(app, ["inspect", str(path), "--session-gap", "soon"])
+    said = " ".join(result.output.replace("│", " ").split())  # the words, out of rich's error box
+    assert result.exit_code == 2
+    assert "Invalid value for '--session-gap': 'soon' is not a duration such as 90s, 30m, 6h or 1d" in said
+    gap = runner.invoke(app, ["inspect", str(path), "--session-gap", "6h"])
+    assert gap.exit_code == 0 and json.loads(gap.output)["format"] == "whatsapp"
+
+
 def dataset_names(addr: str) -> list[str]:
     with IngestClient(addr) as client:
         return sorted(d.name for d in client.list_datasets(ingest_pb2.ListDatasetsRequest()).datasets)

@@ -345,10 +345,9 @@ def test_frame_cut_between_lines_is_still_truncated():
 
 def test_writer_abandoned_by_an_exception_reads_as_truncated():
     out = io.BytesIO()
-    with pytest.raises(RuntimeError):
-        with ConversationWriter(out) as w:
-            w.write(sample()[0])
-            raise RuntimeError("parser failed")
+    with pytest.raises(RuntimeError), ConversationWriter(out) as w:
+        w.write(sample()[0])
+        raise RuntimeError("parser failed")
     with pytest.raises(ParseError, match="truncated"):
         decode(out.getvalue())
 

@@ -122,9 +122,8 @@ def test_typed_errors_become_status_codes_with_readable_messages(server):
 
 
 def test_overloaded_carries_a_retry_hint(server):
-    with IngestClient(server.addr) as ingest:
-        with pytest.raises(grpc.RpcError) as info:
-            ingest.import_export(ingest_pb2.ImportExportRequest(key="raw/x"))
+    with IngestClient(server.addr) as ingest, pytest.raises(grpc.RpcError) as info:
+        ingest.import_export(ingest_pb2.ImportExportRequest(key="raw/x"))
     assert info.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
     assert info.value.details() == "the ingest queue is full"
     assert dict(info.value.trailing_metadata())["retry-after-ms"] == "2500"

@@ -22,10 +22,7 @@ MiB = 1 << 20
 
 @pytest.fixture(params=["file", "s3"])
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
-    if request.param == "file":
-        url = (tmp_path / "store").as_uri()
-    else:
-        url = request.getfixturevalue("s3_store_url")
+    url = (tmp_path / "store").as_uri() if request.param == "file" else request.getfixturevalue("s3_store_url")
     with open_store(url) as s:
         yield s
 
@@ -136,14 +133,12 @@ def test_large_object_in_many_small_writes(store: Store) -> None:
 
 def test_open_write_that_raises_leaves_nothing(store: Store) -> None:
     store.put("keep", b"old")
-    with pytest.raises(RuntimeError):
-        with store.open_write("half") as out:
-            out.write(b"x" * 1000)
-            raise RuntimeError("boom")
-    with pytest.raises(RuntimeError):
-        with store.open_write("keep") as out:
-            out.write(b"new and partial")
-            raise RuntimeError("boom")
+    with pytest.raises(RuntimeError), store.open_write("half") as out:
+        out.write(b"x" * 1000)
+        raise RuntimeError("boom")
+    with pytest.raises(RuntimeError), store.open_write("keep") as out:
+        out.write(b"new and partial")
+        raise RuntimeError("boom")
     assert not store.exists("half")
     assert store.get("keep") == b"old"
     assert keys(store.list()) == ["keep"]
@@ -294,7 +289,7 @@ def test_delete_prefix_beyond_one_page(store: Store) -> None:
 
 def test_unicode_keys(store: Store) -> None:
     names = ["datasets/Zoë 🙂/x.json", "datasets/Zoë 🙂/ü ß.txt", "datasets/日本/a+b=c&d?e#f%20"]
-    for i, k in enumerate(names):
+    for k in names:
         store.put(k, k.encode())
     assert keys(store.list("datasets/")) == sorted(names)
     assert keys(store.list("datasets/Zoë")) == sorted(names[:2])
@@ -460,10 +455,9 @@ def local(tmp_path: Path) -> Store:
 def test_local_staging_is_invisible(local: Store, tmp_path: Path) -> None:
     root = tmp_path / "store"
     local.put("a", b"1")
-    with pytest.raises(RuntimeError):
-        with local.open_write("b") as out:
-            out.write(b"partial")
-            raise RuntimeError("boom")
+    with pytest.raises(RuntimeError), local.open_write("b") as out:
+        out.write(b"partial")
+        raise RuntimeError("boom")
     staging = root / ".doppel-staging"
     assert staging.is_dir() and list(staging.iterdir()) == []
     (staging / "left-over.part").write_bytes(b"from a crash")
@@ -492,9 +486,8 @@ def test_local_file_and_folder_clash(local: Store, tmp_path: Path) -> None:
     local.put("f", b"1")
     with pytest.raises(InvalidArgument, match="'f' is an object"):
         local.put("f/g/h", b"2")
-    with pytest.raises(InvalidArgument):
-        with local.open_write("f/g") as out:
-            out.write(b"3")
+    with pytest.raises(InvalidArgument), local.open_write("f/g") as out:
+        out.write(b"3")
     assert keys(local.list()) == ["a/b", "f"]
     assert list((tmp_path / "store" / ".doppel-staging").iterdir()) == []
 

@@ -8,8 +8,8 @@ from typing import Any
 import pytest
 import torch
 
+from doppel.tiny import tiny_model
 from doppel.transcript import PLAIN_END, Encoded, Transcript, Turn, body, system_prompt
-from services.trainer.basemodels import tiny_model
 
 torch.set_num_threads(1)
 
@@ -149,6 +149,18 @@ def test_chat_end_and_prompt(chat_tokenizer: Any) -> None:
     assert t.prompt(TURNS, PARTICIPANTS, "Bob") == text + "<|im_start|>user\nBob:"
     # no speaker: the assistant's header, and the model writes the name
     assert t.prompt(TURNS, PARTICIPANTS) == text + "<|im_start|>assistant\n"
+
+
+def test_a_turn_stops_at_the_end_marker_or_a_line_opened_as_any_participant(plain_tokenizer: Any, chat_tokenizer: Any) -> None:
+    chat, plain = Transcript(chat_tokenizer, ["Alice"]), Transcript(plain_tokenizer, ["Alice"])
+    assert chat.stops(["Alice", "Bob", "Alice"]) == ("<|im_end|>", "\nAlice:", "\nBob:")
+    assert plain.stops(["Bob"]) == (PLAIN_END, "\nBob:")
+    assert chat.one_turn(" yes totally\nBob: ok\nAlice: no", ["Alice", "Bob"]) == "yes totally"
+    assert chat.one_turn(" two\nlines<|im_end|>\n<|im_start|>user", ["Alice", "Bob"]) == "two\nlines"
+    assert chat.one_turn(" Bob: is not a new line", ["Alice", "Bob"]) == "Bob: is not a new line"
+    assert plain.one_turn(" two\nlines", ["Alice", "Bob"]) == "two"
+    eos = plain_tokenizer.eos_token
+    assert eos and plain.one_turn(f" done{eos}more", ["Bob"]) == "done"
 
 
 def test_chat_encode_turn_head_is_exactly_the_role_header(chat_tokenizer: Any) -> None:

@@ -8,31 +8,20 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
-from datetime import timedelta
 
+from doppel import enums
+from doppel.durations import parse_duration
 from doppel.v1 import common_pb2, ingest_pb2
 from doppel.v1 import trainer_pb2 as tr
 
 AUTO_FORMAT = "auto"
-FORMATS = [AUTO_FORMAT, *(name.removeprefix("EXPORT_FORMAT_").lower() for name in ingest_pb2.ExportFormat.keys()[1:])]
+FORMATS = [AUTO_FORMAT, *enums.names(ingest_pb2.ExportFormat).values()]
 REDACTIONS = {
     "personal data (emails, phones, cards, IBANs)": ingest_pb2.REDACTION_PERSONAL,
     "personal data and URLs": ingest_pb2.REDACTION_PERSONAL_AND_URLS,
     "nothing: store the text as written": ingest_pb2.REDACTION_OFF,
 }
-SCHEDULES = {"cosine": tr.LR_SCHEDULE_COSINE, "linear": tr.LR_SCHEDULE_LINEAR, "constant": tr.LR_SCHEDULE_CONSTANT}
-_DURATION = re.compile(r"(?P<n>\d+(?:\.\d+)?)\s*(?P<unit>s|m|min|h|d)?")
-_UNITS = {None: 1, "s": 1, "m": 60, "min": 60, "h": 3600, "d": 86400}
-
-
-def duration(text: str | None, what: str) -> timedelta | None:
-    """`90s`, `30m`, `6h` or `1d` as a timedelta; blank is None; anything else a ValueError naming `what`."""
-    if not text or not text.strip():
-        return None
-    m = _DURATION.fullmatch(text.strip())
-    if not m:
-        raise ValueError(f"{what}: {text.strip()!r} is not a duration such as 90s, 30m, 6h or 1d")
-    return timedelta(seconds=float(m["n"]) * _UNITS[m["unit"]])
+SCHEDULES = {name: enums.value(tr.LrSchedule, name) for name in ("cosine", "linear", "constant")}  # the usual first
 
 
 def names(text: str | None) -> list[str]:
@@ -56,7 +45,7 @@ def ingest_options(
 ) -> ingest_pb2.IngestOptions:
     """IngestOptions from the Import tab's fields."""
     options = ingest_pb2.IngestOptions(
-        format=ingest_pb2.ExportFormat.Value(f"EXPORT_FORMAT_{format.upper()}") if format != AUTO_FORMAT else 0,
+        format=enums.value(ingest_pb2.ExportFormat, format) if format != AUTO_FORMAT else ingest_pb2.EXPORT_FORMAT_UNSPECIFIED,
         exclude_conversations=names(exclude_conversations),
         exclude_senders=names(exclude_senders),
         scripts=list(scripts),
@@ -69,7 +58,7 @@ def ingest_options(
     if script_min_fraction is not None and scripts:
         options.script_min_fraction = script_min_fraction
     for field, text, what in (("session_gap", session_gap, "session gap"), ("merge_window", merge_window, "merge window")):
-        if (value := duration(text, what)) is not None:
+        if (value := parse_duration(text, what)) is not None:
             getattr(options, field).FromTimedelta(value)
     return options
 

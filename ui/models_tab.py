@@ -22,7 +22,8 @@ class ModelsTab:
     # --- handlers -----------------------------------------------------------------------------
 
     def _models(self) -> list[tr.PersonaModel]:
-        models, token = [], ""
+        models: list[tr.PersonaModel] = []
+        token = ""
         while True:
             page = self.backend.trainer.list_models(tr.ListModelsRequest(page_token=token))
             models += page.models

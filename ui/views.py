@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 import pandas as pd
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from doppel import enums
 from doppel.v1 import common_pb2, inference_pb2, ingest_pb2
 from doppel.v1 import trainer_pb2 as tr
 
@@ -60,15 +61,15 @@ def size(n: int) -> str:
 
 
 def format_name(value: int) -> str:
-    return ingest_pb2.ExportFormat.Name(value).removeprefix("EXPORT_FORMAT_").lower()
+    return enums.name(ingest_pb2.ExportFormat, value)
 
 
 def state_name(value: int) -> str:
-    return tr.RunState.Name(value).removeprefix("RUN_STATE_").lower()
+    return enums.name(tr.RunState, value)
 
 
 def method_name(value: int) -> str:
-    return "full" if value == tr.METHOD_FULL else "lora"
+    return "full" if value == tr.METHOD_FULL else "lora"  # unset is the service's default, LoRA
 
 
 # --- datasets ---------------------------------------------------------------------------------
@@ -286,9 +287,8 @@ def candidates_markdown(prompt: str, candidates: Sequence[inference_pb2.Candidat
     """Completions of a prompt, numbered, each with the prompt in plain and the continuation in italics."""
     if not candidates:
         return "*No samples.*"
-    reasons = {v: k.removeprefix("FINISH_REASON_").lower().replace("_", " ")
-               for k, v in inference_pb2.FinishReason.items()}
     return "\n\n".join(
-        f"**{k}.** {escape(prompt)}*{escape(c.text)}*  \n<small>{c.tokens} tokens, {reasons[c.finish_reason]}</small>"
+        f"**{k}.** {escape(prompt)}*{escape(c.text)}*  \n<small>{c.tokens} tokens, "
+        f"{enums.label(inference_pb2.FinishReason, c.finish_reason)}</small>"
         for k, c in enumerate(candidates, 1)
     )

@@ -10,10 +10,11 @@ times; `simulate` streams a whole conversation among the model's speakers.
 from __future__ import annotations
 
 import sys
-from typing import Annotated, Any
+from typing import Annotated, Any, cast
 
 import typer
 
+from doppel import enums
 from doppel.cli.context import call, fail, settings
 
 HELP = "/reset clears the conversation, /quit (or Ctrl-D) exits"
@@ -43,7 +44,7 @@ def _sampling(
     """SamplingParams with only the fields the user gave; the service's defaults fill the rest."""
     from doppel.v1 import common_pb2
 
-    given = {"temperature": temperature, "top_k": top_k, "top_p": top_p, "repetition_penalty": repetition_penalty,
+    given: dict[str, Any] = {"temperature": temperature, "top_k": top_k, "top_p": top_p, "repetition_penalty": repetition_penalty,
              "max_new_tokens": max_new_tokens, "n": n, "seed": seed}
     return common_pb2.SamplingParams(**{k: v for k, v in given.items() if v is not None}, stop=stop or [])
 
@@ -51,7 +52,7 @@ def _sampling(
 def _finish(value: int) -> str:
     from doppel.v1 import inference_pb2
 
-    return inference_pb2.FinishReason.Name(value).removeprefix("FINISH_REASON_").lower().replace("_", " ")
+    return enums.label(inference_pb2.FinishReason, value)
 
 
 def _served(client: Any, model_id: str) -> Any:
@@ -206,7 +207,8 @@ def chat(
 ) -> None:
     """Chat with a persona model: type your turns, it replies as the persona, streamed.
 
-    On a terminal, /reset clears the conversation, /quit or Ctrl-D exits and Ctrl-C stops a reply. Piped: each line is one of your turns; the command exits at the end.
+    On a terminal, /reset clears the conversation, /quit or Ctrl-D exits and Ctrl-C stops a reply.
+    Piped: each line is one of your turns; the command exits at the end.
     """
     from doppel.clients import InferenceClient
 
@@ -317,7 +319,7 @@ def simulate(
             for r in call:
                 typer.echo(f"{r.turn.speaker}: {r.turn.text}")
         except KeyboardInterrupt:
-            call.cancel()
+            cast(grpc.Call, call).cancel()  # a streaming call is both the iterator and the grpc.Call
             typer.echo("[stopped]", err=True)
             raise typer.Exit(130) from None
         except grpc.RpcError as err:

@@ -7,7 +7,6 @@ defaults (redaction on, at least 2 messages a conversation, dedupe).
 
 from __future__ import annotations
 
-import re
 import sys
 from datetime import timedelta
 from pathlib import Path
@@ -16,25 +15,23 @@ from typing import Annotated, Any
 import orjson
 import typer
 
+from doppel import enums
 from doppel.cli.context import call, fail, settings
-
-_DURATION = re.compile(r"(?P<n>\d+(?:\.\d+)?)\s*(?P<unit>s|m|min|h|d)?")
-_UNITS = {None: 1, "s": 1, "m": 60, "min": 60, "h": 3600, "d": 86400}
+from doppel.durations import parse_duration
 
 
-def _duration(text: str | None) -> timedelta | None:
-    if not text:
-        return None
-    m = _DURATION.fullmatch(text.strip())
-    if not m:
-        raise typer.BadParameter(f"{text!r} is not a duration such as 90s, 30m, 6h or 1d")
-    return timedelta(seconds=float(m["n"]) * _UNITS[m["unit"]])
+def option_duration(text: str | None, option: str) -> timedelta | None:
+    """A duration option's value (`doppel.durations`); a bad one is a usage error naming the option."""
+    try:
+        return parse_duration(text)
+    except ValueError as e:
+        raise typer.BadParameter(str(e), param_hint=f"'{option}'") from None
 
 
 def _format_name(value: int) -> str:
     from doppel.v1 import ingest_pb2
 
-    return ingest_pb2.ExportFormat.Name(value).removeprefix("EXPORT_FORMAT_").lower()
+    return enums.name(ingest_pb2.ExportFormat, value)
 
 
 Format = Annotated[str, typer.Option("--format", help="Export format; default: detect from the content.")]
@@ -71,8 +68,8 @@ def _options(params: dict[str, Any], **extra: Any) -> Any:
     from services.ingest.options import IngestOptions
 
     values = {field: params[name] for name, field in _OPTION_FIELDS.items()}
-    values["session_gap"] = _duration(values["session_gap"])
-    values["merge_window"] = _duration(values["merge_window"])
+    values["session_gap"] = option_duration(values["session_gap"], "--session-gap")
+    values["merge_window"] = option_duration(values["merge_window"], "--merge-window")
     return IngestOptions.build(**values, **extra)
 
 

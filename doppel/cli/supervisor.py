@@ -201,8 +201,10 @@ class Stack:
         return next((c for c in self.children if c.dead()), None)
 
     def _report_death(self, child: Child) -> None:
+        proc = child.proc
+        assert proc is not None  # only a started child can die
         self._say(
-            f"error: {child.name} exited with code {child.proc.returncode}; the end of {child.log_path}:\n"
+            f"error: {child.name} exited with code {proc.returncode}; the end of {child.log_path}:\n"
             f"{child.log_tail()}"
         )
 
@@ -239,16 +241,16 @@ class Stack:
     def stop(self) -> None:
         """Stage by stage, last first: SIGTERM its children, wait for their grace, then SIGKILL what is left."""
         for stage in reversed(self.stages):
-            live = [c for c in stage if c.proc and c.proc.poll() is None]
-            for child in live:
-                child.proc.send_signal(signal.SIGTERM)
+            live = [(c, proc) for c in stage if (proc := c.proc) and proc.poll() is None]
+            for _, proc in live:
+                proc.send_signal(signal.SIGTERM)
             started = time.monotonic()
-            for child in live:
+            for child, proc in live:
                 try:
-                    child.proc.wait(max(0.1, started + child.grace_s - time.monotonic()))
+                    proc.wait(max(0.1, started + child.grace_s - time.monotonic()))
                 except subprocess.TimeoutExpired:
-                    child.proc.kill()
-                    child.proc.wait()
+                    proc.kill()
+                    proc.wait()
 
     def _taken(self) -> str | None:
         """Why this stack cannot start here, when something already answers at its addresses."""
@@ -268,8 +270,10 @@ class Stack:
 
     def _run_after_up(self) -> None:
         """`after_up`, its result or failure said unless the stack is stopping (the services are going away)."""
+        after_up = self.after_up
+        assert after_up is not None  # started only when there is one
         try:
-            message = self.after_up()
+            message = after_up()
         except Exception as e:  # noqa: BLE001 - a failed extra step never stops the stack
             message = f"warning: {type(e).__name__}: {e}"
         if message and not self._stopping.is_set():
@@ -302,6 +306,7 @@ class Stack:
                 return 0 if self._stop_signal is not None else 1
             self._say("Doppel is up:")
             for c in [*ui, *server, *services]:  # the UI first: it is what one opens
+                assert c.proc is not None  # every stage started
                 self._say(f"  {c.name:<10} {c.where}  (pid {c.proc.pid})")
             self._say(f"  store      {self.store_url}")
             self._say("Press Ctrl-C to stop.")

@@ -12,8 +12,9 @@ from typing import Annotated, Any
 
 import typer
 
+from doppel import enums
 from doppel.cli.context import call, fail, settings
-from doppel.cli.ingest import _duration
+from doppel.cli.ingest import option_duration
 
 runs_app = typer.Typer(help="Training runs: list (the default), show, watch, cancel.")
 models_app = typer.Typer(help="Persona models: list (the default), show, delete, and the base models.")
@@ -28,7 +29,7 @@ def _call(method: str, request: Any, **kwargs: Any) -> Any:
 def _state(value: int) -> str:
     from doppel.v1 import trainer_pb2
 
-    return trainer_pb2.RunState.Name(value).removeprefix("RUN_STATE_").lower()
+    return enums.name(trainer_pb2.RunState, value)
 
 
 def train(
@@ -53,7 +54,8 @@ def train(
     sample_every: Annotated[int | None, typer.Option("--sample-every", help="Sample every N steps (0: at the end).")] = None,
     prompt: Annotated[list[str], typer.Option("--prompt", help="A line said to the persona, to sample replies to (repeatable).")] = [],  # noqa: B006
     precision: Annotated[str, typer.Option("--precision", help="auto, fp32, bf16 or fp16.")] = "auto",
-    checkpointing: Annotated[bool | None, typer.Option("--gradient-checkpointing/--no-gradient-checkpointing", help="Trade compute for memory.")] = None,
+    checkpointing: Annotated[bool | None, typer.Option("--gradient-checkpointing/--no-gradient-checkpointing",
+                                                       help="Trade compute for memory.")] = None,
     session_gap: Annotated[str, typer.Option("--session-gap", help="New session after a pause this long, e.g. 6h.")] = "",
     lora_rank: Annotated[int | None, typer.Option("--lora-rank", help="LoRA rank.")] = None,
     lora_alpha: Annotated[float | None, typer.Option("--lora-alpha", help="LoRA alpha.")] = None,
@@ -62,29 +64,30 @@ def train(
 ) -> None:
     """Start a training run and follow it until it ends."""
     from doppel.v1 import trainer_pb2 as tr
-    from services.trainer.convert import METHOD_ENUMS, PRECISIONS, SCHEDULES
 
-    if method not in METHOD_ENUMS:
-        fail(f"--method must be lora or full, not {method!r}", 2)
-    schedules = {v: k for k, v in SCHEDULES.items()}
-    precisions = {"auto": tr.PRECISION_UNSPECIFIED, **{v: k for k, v in PRECISIONS.items()}}
+    methods = enums.values(tr.Method)
+    if method not in methods:
+        fail(f"--method must be {' or '.join(methods)}, not {method!r}", 2)
+    schedules = enums.values(tr.LrSchedule)
+    precisions = {"auto": tr.PRECISION_UNSPECIFIED, **enums.values(tr.Precision)}
     if schedule and schedule not in schedules:
         fail(f"--schedule must be one of {', '.join(schedules)}, not {schedule!r}", 2)
     if precision not in precisions:
         fail(f"--precision must be one of {', '.join(precisions)}, not {precision!r}", 2)
-    optional = {
+    optional: dict[str, Any] = {
         "max_steps": steps, "epochs": epochs, "learning_rate": lr, "warmup_ratio": warmup, "batch_size": batch_size,
         "gradient_accumulation_steps": grad_accum, "block_size": block_size, "weight_decay": weight_decay,
         "seed": seed, "held_out_fraction": held_out, "save_every": save_every, "sample_every": sample_every,
         "gradient_checkpointing": checkpointing,
     }
     hyper = tr.Hyperparameters(**{k: v for k, v in optional.items() if v is not None}, sample_prompts=prompt,
-                               precision=precisions[precision], lr_schedule=schedules.get(schedule, 0))
-    gap = _duration(session_gap)
+                               precision=precisions[precision], lr_schedule=schedules.get(schedule, tr.LR_SCHEDULE_UNSPECIFIED))
+    gap = option_duration(session_gap, "--session-gap")
     if gap is not None:
         hyper.session_gap.FromTimedelta(gap)
-    lora = tr.LoraConfig(**{k: v for k, v in {"rank": lora_rank, "alpha": lora_alpha, "dropout": lora_dropout}.items() if v is not None})
-    spec = tr.TrainingSpec(dataset_id=dataset, speakers=persona, base_model=base_model, method=METHOD_ENUMS[method],
+    lora_given: dict[str, Any] = {"rank": lora_rank, "alpha": lora_alpha, "dropout": lora_dropout}
+    lora = tr.LoraConfig(**{k: v for k, v in lora_given.items() if v is not None})
+    spec = tr.TrainingSpec(dataset_id=dataset, speakers=persona, base_model=base_model, method=methods[method],
                            lora=lora, hyperparameters=hyper, model_name=name, preset=preset)
     run = _call("start_run", tr.StartRunRequest(spec=spec)).run
     typer.echo(f"run {run.run_id}\n  dashboard  {run.dashboard_url}")
@@ -113,7 +116,8 @@ def _follow(run_id: str, *, from_start: bool) -> int:
             for e in client.watch_run(tr.WatchRunRequest(run_id=run_id, from_start=from_start)):
                 last = e
                 figures = "  ".join(
-                    f"{label} {getattr(e, field):.4g}" for label, field in (("loss", "loss"), ("lr", "learning_rate"), ("held-out", "held_out_loss"))
+                    f"{label} {getattr(e, field):.4g}"
+                    for label, field in (("loss", "loss"), ("lr", "learning_rate"), ("held-out", "held_out_loss"))
                     if e.HasField(field)
                 )
                 bar.update(task, description=e.message or _state(e.state), completed=e.step, total=e.total_steps or None,
@@ -193,7 +197,7 @@ def list_models(ctx: typer.Context) -> None:
         page = _call("list_models", tr.ListModelsRequest(page_token=token))
         for m in page.models:
             ev = m.evaluation
-            typer.echo(f"{m.id}  {m.name!r}  {m.base_model}  {tr.Method.Name(m.method).removeprefix('METHOD_').lower()}  "
+            typer.echo(f"{m.id}  {m.name!r}  {m.base_model}  {enums.name(tr.Method, m.method)}  "
                        f"held-out loss {ev.held_out_loss:.3f} (base {ev.base_held_out_loss:.3f})")
         token = page.next_page_token
         if not token:

@@ -39,7 +39,8 @@ def export_zip() -> bytes:
 
 
 def _datasets(client: IngestClient) -> list[ingest_pb2.Dataset]:
-    found, token = [], ""
+    found: list[ingest_pb2.Dataset] = []
+    token = ""
     while True:
         page = client.list_datasets(ingest_pb2.ListDatasetsRequest(page_token=token))
         found += page.datasets

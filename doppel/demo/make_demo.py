@@ -252,7 +252,8 @@ def _chat(rng: random.Random, at: datetime, speakers: list[str], topics: list[st
     topic = rng.choice(topics)
     # each voice says its lines in the bank's order (a small arc), from a random one on
     left = {s: (lambda b, k: b[k:] + b[:k])(BANK[topic][s], rng.randrange(len(BANK[topic][s]))) for s in speakers}
-    out, previous = [], []
+    out: list[tuple[datetime, str, str]] = []
+    previous: list[str] = []
     for _ in range(rng.randint(5, 16)):
         choices = [s for s in speakers if previous[-2:] != [s, s]]
         speaker = rng.choice(choices)

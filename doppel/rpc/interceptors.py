@@ -25,6 +25,8 @@ STATUS_OF: list[tuple[type[Exception], grpc.StatusCode]] = [
     (errors.AlreadyExists, grpc.StatusCode.ALREADY_EXISTS),
     (errors.FailedPrecondition, grpc.StatusCode.FAILED_PRECONDITION),
     (errors.Overloaded, grpc.StatusCode.RESOURCE_EXHAUSTED),
+    (errors.OutOfMemory, grpc.StatusCode.RESOURCE_EXHAUSTED),
+    (errors.Internal, grpc.StatusCode.INTERNAL),
     (errors.Unavailable, grpc.StatusCode.UNAVAILABLE),
     (errors.Cancelled, grpc.StatusCode.CANCELLED),
     (errors.DoppelError, grpc.StatusCode.UNKNOWN),
@@ -45,7 +47,9 @@ def status_of(exc: BaseException) -> grpc.StatusCode:
 async def _abort(context: grpc.aio.ServicerContext, method: str, exc: Exception) -> None:
     code = status_of(exc)
     trailing: tuple[tuple[str, str], ...] = ()
-    if code is grpc.StatusCode.INTERNAL:
+    if isinstance(exc, errors.Internal):  # logged with its traceback where it was caught
+        details = str(exc)
+    elif code is grpc.StatusCode.INTERNAL:
         log.exception("%s failed", method)
         details = f"internal error in {method} ({type(exc).__name__}); the server log has the details"
     elif code is grpc.StatusCode.UNIMPLEMENTED:
@@ -60,7 +64,7 @@ async def _abort(context: grpc.aio.ServicerContext, method: str, exc: Exception)
 class ErrorInterceptor(grpc.aio.ServerInterceptor):
     """Maps exceptions escaping a servicer to status codes with readable messages."""
 
-    async def intercept_service(self, continuation, handler_call_details):
+    async def intercept_service(self, continuation, handler_call_details) -> grpc.RpcMethodHandler | None:
         handler = await continuation(handler_call_details)
         if handler is None:
             return None
@@ -107,7 +111,7 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
                 return hmac.compare_digest(given, self._expected)
         return False
 
-    async def intercept_service(self, continuation, handler_call_details):
+    async def intercept_service(self, continuation, handler_call_details) -> grpc.RpcMethodHandler | None:
         handler = await continuation(handler_call_details)
         if handler is None or self._allowed(handler_call_details):
             return handler

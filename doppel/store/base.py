@@ -189,7 +189,7 @@ class Store(ABC):
         self._check_delete_prefix(prefix)
         return sum(1 for info in self.list(prefix) if self.delete(info.key))
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - most stores hold nothing to close
         """Release connections; the store is not used afterwards."""
 
     def __enter__(self) -> Store:

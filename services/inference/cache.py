@@ -18,7 +18,7 @@ caches them), and again when the store's listing of them changes. Why this shape
   adapter; a full model's engine is stopped. The budget is a target, never a reason to refuse: a
   model bigger than the whole budget still loads (everything idle is evicted first), and busy
   models are not evicted, so `bytes` exceeds the budget while either is the case.
-* **Busy models stay.** A model is busy while a caller holds it (`hold`/`release`, or `serving`)
+* **Busy models stay.** A model is busy while a caller holds it (`hold`/`release`)
   and, for a full model, while its engine has work. The engine cannot tell which adapters its rows
   use, so an adapter fetched only with `get` can be evicted under a running job, and the engine's
   next step then fails every job on that base: whoever submits jobs holds the model meanwhile.
@@ -38,9 +38,8 @@ import math
 import threading
 import time
 from collections import Counter, OrderedDict
-from collections.abc import Collection, Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass, field
+from collections.abc import Collection
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -49,12 +48,12 @@ import torch
 
 from doppel.errors import DoppelError, FailedPrecondition, Overloaded
 from doppel.layout import model_prefix
+from doppel.model import MODELS, ModelManifest
 from doppel.store.base import Store
-from services.trainer import models
-from services.trainer.basemodels import _download, _locked
-from services.trainer.models import ModelManifest
+from doppel.store.mirror import mirror
 
-from .engine import Engine, Stats
+from .engine import Engine
+from .protocol import EngineStats
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +91,7 @@ class ModelCache:
         self.dtype = dtype or (torch.bfloat16 if self.device.type == "cuda" else torch.float32)
         self.max_batch, self.queue_capacity = max_batch, queue_capacity
         self.loads = 0  # loads completed, for tests and metrics
-        self._retired = Stats()  # the counters of engines stopped since
+        self._retired = EngineStats()  # the counters of engines stopped since
         self._served: OrderedDict[str, Served] = OrderedDict()  # least recently used first
         self._tokenizers: dict[str, Any] = {}  # digest of the tokenizer files -> the loaded tokenizer
         self._bases: dict[str, _Base] = {}
@@ -133,15 +132,6 @@ class ModelCache:
             if self._pins[model_id] <= 0:
                 del self._pins[model_id]
 
-    @contextmanager
-    def serving(self, model_id: str) -> Iterator[Served]:
-        """`hold` for the length of a block."""
-        served = self.hold(model_id)
-        try:
-            yield served
-        finally:
-            self.release(model_id)
-
     def unload(self, model_id: str) -> bool:
         """Unload the model; whether it was loaded. FailedPrecondition while it is serving."""
         with self._load_lock:
@@ -154,27 +144,20 @@ class ModelCache:
             self._evict(served)
             return True
 
-    def engine_stats(self) -> Stats:
-        """Every engine's counters added up, those of engines already stopped included; running
-        and queued are those of the loaded engines."""
+    def stats(self) -> EngineStats:
+        """Every engine's counters added up, those of engines already stopped included (running
+        and queued are those of the loaded engines), and the cache's own figures."""
         with self._lock:
             engines = {id(s.engine): s.engine for s in self._served.values()} | {id(b.engine): b.engine for b in self._bases.values()}
-            total = Stats(self._retired.forward_passes, self._retired.tokens_generated, self._retired.requests_completed)
-        for e in engines.values():
-            total.forward_passes += e.stats.forward_passes
-            total.tokens_generated += e.stats.tokens_generated
-            total.requests_completed += e.stats.requests_completed
-            total.running += e.stats.running
-            total.queued += e.stats.queued
-        return total
+            total = replace(self._retired, loaded_models=len(self._served), cache_bytes=self._bytes(),
+                            cache_budget_bytes=self._budget, queue_capacity=self.queue_capacity)
+        return sum((e.stats for e in engines.values()), start=total)
 
     def _stop(self, engine: Engine) -> None:
         """Stop an engine, keeping its counters."""
         engine.stop()
         with self._lock:
-            self._retired.forward_passes += engine.stats.forward_passes
-            self._retired.tokens_generated += engine.stats.tokens_generated
-            self._retired.requests_completed += engine.stats.requests_completed
+            self._retired += replace(engine.stats, running=0, queued=0)
 
     def loaded(self) -> list[Served]:
         """The loaded models, most recently used first."""
@@ -185,7 +168,7 @@ class ModelCache:
         """Every model: the loaded ones first (most recently used first), then the store's, newest first."""
         loaded = self.loaded()
         ids = {s.model_id for s in loaded}
-        rest = sorted((m for m in models.manifests(self.store) if m.id not in ids),
+        rest = sorted((m for m in MODELS.records(self.store) if m.id not in ids),
                       key=lambda m: (m.created_at, m.id), reverse=True)
         return [(s.manifest, s) for s in loaded] + [(m, None) for m in rest]
 
@@ -236,7 +219,7 @@ class ModelCache:
 
     def _load(self, model_id: str) -> Served:
         try:
-            manifest = models.get(self.store, model_id)  # NotFound naming the id
+            manifest = MODELS.get(self.store, model_id)  # NotFound naming the id
             folder = self._fetch(model_prefix(model_id), self.cache_dir / "models" / model_id)
             load = self._load_adapter if manifest.method == "lora" else self._load_full
             return load(manifest, folder)
@@ -244,7 +227,7 @@ class ModelCache:
             raise
         except torch.OutOfMemoryError as e:
             raise Overloaded(f"model {model_id!r} does not fit in the device's memory now: {e}") from e
-        except Exception as e:  # noqa: BLE001 - a damaged manifest or damaged files: say why
+        except Exception as e:
             reason = " ".join(str(e).split())  # one line, whatever the library wrote
             raise FailedPrecondition(f"model {model_id!r} could not be loaded: {type(e).__name__}: {reason}") from e
 
@@ -310,8 +293,7 @@ class ModelCache:
         return self._fetch(prefix, self.cache_dir / "store" / prefix)
 
     def _fetch(self, prefix: str, local: Path) -> Path:
-        with _locked(self.cache_dir, prefix):  # across processes sharing cache_dir
-            return _download(self.store, prefix, local)
+        return mirror(self.store, prefix, local)  # locked across processes sharing cache_dir
 
     def _tokenizer(self, folder: Path) -> Any:
         """The folder's tokenizer: one object for all folders with the same tokenizer files (a
@@ -338,7 +320,7 @@ class ModelCache:
         from transformers import AutoModelForCausalLM
 
         model = AutoModelForCausalLM.from_pretrained(folder, local_files_only=True, dtype=self.dtype)
-        return model.to(self.device).eval()
+        return model.to(self.device).eval()  # type: ignore[arg-type]  # stub: @wraps(Module.to) loses the bound self
 
     # --- eviction ------------------------------------------------------------------------
 

@@ -14,17 +14,20 @@ The stacks copy the adapters' weights; the engine rebuilds them when adapters co
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
+
+if TYPE_CHECKING:
+    from peft.tuners.lora.layer import Linear as LoraLinear
 
 
 class MixedLora:
     """Stacked adapter weights of a PeftModel and the hooks that apply them per row."""
 
-    def __init__(self, model: Any, slots: dict[str, int], layers: list[tuple[torch.nn.Module, torch.Tensor, torch.Tensor]]):
+    def __init__(self, model: Any, slots: dict[str, int], layers: Sequence[tuple[LoraLinear, torch.Tensor, torch.Tensor]]):
         self.model, self.slots = model, slots
         self._device = next(model.parameters()).device
         self._index: torch.Tensor | None = None
@@ -49,14 +52,14 @@ class MixedLora:
             present = [n for n in names if n in module.lora_A]
             if not present or any(module.lora_B[n].bias is not None for n in present):
                 return None
-            first = module.lora_A[present[0]].weight
-            rank = max(module.lora_A[n].weight.shape[0] for n in present)
+            first = _weight(module.lora_A[present[0]])
+            rank = max(_weight(module.lora_A[n]).shape[0] for n in present)
             a = first.new_zeros((len(names) + 1, first.shape[1], rank))
-            b = first.new_zeros((len(names) + 1, rank, module.lora_B[present[0]].weight.shape[0]))
+            b = first.new_zeros((len(names) + 1, rank, _weight(module.lora_B[present[0]]).shape[0]))
             for n in present:
-                r = module.lora_A[n].weight.shape[0]
-                a[slots[n], :, :r] = module.lora_A[n].weight.detach().T
-                b[slots[n], :r, :] = module.lora_B[n].weight.detach().T.to(a.dtype) * module.scaling[n]
+                r = _weight(module.lora_A[n]).shape[0]
+                a[slots[n], :, :r] = _weight(module.lora_A[n]).detach().T
+                b[slots[n], :r, :] = _weight(module.lora_B[n]).detach().T.to(a.dtype) * module.scaling[n]
             layers.append((module, a, b))
         return cls(model, slots, layers)
 
@@ -92,3 +95,8 @@ class MixedLora:
             return output + update.to(output.dtype)
 
         return add_updates
+
+
+def _weight(linear: torch.nn.Module) -> torch.Tensor:
+    """A LoRA factor's weight (an `nn.Linear`'s, which `Module.__getattr__` types as tensor or module)."""
+    return cast(torch.Tensor, linear.weight)

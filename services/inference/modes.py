@@ -1,9 +1,10 @@
 """The ways to ask a persona model for text, as engine jobs: chat, complete, and simulate's turns.
 
 Prompts are rendered by `doppel.transcript.Transcript`, exactly as the model was trained. A
-reply is one turn: it ends at the transcript's end-of-turn marker (a newline for plain models,
-`<|im_end|>` for ChatML) or where the model starts a line as any participant (`\\nName:`), so the
-model never writes a turn for the user; a reply may not open with the user's own tag either.
+reply is one turn: it ends where `Transcript.stops` says (the end-of-turn marker, a newline for
+plain models and `<|im_end|>` for ChatML, or where the model starts a line as any participant,
+`\\nName:`), so the model never writes a turn for the user; a reply may not open with the user's
+own tag either.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from doppel.errors import InvalidArgument
 from doppel.transcript import Transcript, Turn
 
 from .engine import Job, Sink
-from .sampler import Sampling
+from .protocol import Sampling
 
 
 @dataclass
@@ -64,10 +65,6 @@ class Persona:
         return frozenset().union(*(self._openings[n] for n in names))
 
 
-def _boundaries(p: Persona, names: Sequence[str]) -> tuple[str, ...]:
-    return (p.transcript.end, *(f"\n{n}:" for n in names))
-
-
 def _fit(p: Persona, ids: list[int], sampling: Sampling) -> list[int]:
     """Keep the latest tokens so that the prompt and the reply fit the model's context."""
     room = p.max_positions - sampling.max_new_tokens
@@ -87,7 +84,7 @@ def chat_job(p: Persona, history: Sequence[Turn], speaker: str, user: str, sampl
     prompt = p.transcript.prompt(list(history), names, speaker)
     return Job(
         _fit(p, p.transcript.encode(prompt), sampling), sampling, sink, adapter=p.adapter,
-        end_strings=_boundaries(p, names), end_ids=p.end_ids,
+        end_strings=p.transcript.stops(names), end_ids=p.end_ids,
         banned_first=p.openings([user]) if user else frozenset(),
     )
 
@@ -97,7 +94,7 @@ def complete_job(p: Persona, prompt: str, speaker: str, sampling: Sampling, sink
     if speaker:
         p.check_speaker(speaker, "as_speaker")
         text = p.transcript.prompt([], p.participants, speaker) + " " + prompt
-        ends, end_ids = _boundaries(p, p.participants), p.end_ids
+        ends, end_ids = p.transcript.stops(p.participants), p.end_ids
     else:
         text, ends, end_ids = prompt, (), frozenset({p.tokenizer.eos_token_id} - {None})
     ids = p.transcript.encode(text)
@@ -118,7 +115,7 @@ def turn_job(p: Persona, history: Sequence[Turn], names: Sequence[str], speaker:
         allowed = p.openings(names)
     return Job(
         _fit(p, p.transcript.encode(prompt), sampling), sampling, sink, adapter=p.adapter,
-        end_strings=_boundaries(p, everyone), end_ids=p.end_ids, allowed_first=allowed,
+        end_strings=p.transcript.stops(everyone), end_ids=p.end_ids, allowed_first=allowed,
     )
 
 

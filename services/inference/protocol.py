@@ -1,17 +1,18 @@
-"""What crosses between the inference service's gRPC front end and its engine process.
+"""What crosses between the inference service's gRPC front end and its engine.
 
-The engine runs in a process of its own (`worker`) so that its thread and the gRPC event loop
-do not take turns on one GIL: the front end (`remote`, `server`) turns calls into the requests
-below and the worker answers each with events. Nothing here imports torch, so the front end
-stays a light process.
+The front end (`server`) reaches the engine only through an `client.EngineClient`, whose
+methods send the requests below and read the events that answer them: a call's deltas or
+turns, then `Done` with its typed result, or `Failed` with a `DoppelError`. The engine runs in a
+process of its own (`engine_process`) so that its thread and the gRPC event loop do not take
+turns on one GIL; tests run it in-process. Nothing here imports torch, so the front end stays a
+light process.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from datetime import datetime
 from enum import Enum
-from typing import Any
 
 from doppel.errors import DoppelError, InvalidArgument
 from doppel.transcript import Turn
@@ -86,14 +87,35 @@ class SimulateArgs:
 
 
 @dataclass(frozen=True)
-class Query:
-    """A call on the model cache: "listing", "load", "unload" (`model_id`) or "stats"."""
-
-    method: str
-    model_id: str = ""
+class ListModels:
+    """Every model: the loaded ones and the store's. Answered with `Listing`."""
 
 
-Request = ChatArgs | CompleteArgs | SimulateArgs | Query
+@dataclass(frozen=True)
+class LoadModel:
+    """Load a model now. Answered with `Loaded`."""
+
+    model_id: str
+
+
+@dataclass(frozen=True)
+class UnloadModel:
+    """Answered with `Unloaded`."""
+
+    model_id: str
+
+
+@dataclass(frozen=True)
+class GetStats:
+    """Answered with `EngineStats`."""
+
+
+@dataclass(frozen=True)
+class Health:
+    """Whether the engine answers at all. Answered with `Healthy`."""
+
+
+Request = ChatArgs | CompleteArgs | SimulateArgs | ListModels | LoadModel | UnloadModel | GetStats | Health
 
 
 @dataclass(frozen=True)
@@ -107,7 +129,72 @@ class Cancel:
     call: int
 
 
-# --- events (worker -> front end) ---------------------------------------------------------------
+# --- answers ---------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class ServedInfo:
+    model_id: str
+    base_model: str
+    adapter: bool
+    speakers: tuple[str, ...]
+    participants: tuple[str, ...]
+    loaded: bool
+    memory_bytes: int = 0
+    last_used: datetime | None = None
+
+
+@dataclass(frozen=True)
+class Spoke:
+    """How a chat ended: who spoke (the model's first speaker when the request named none)."""
+
+    speaker: str
+
+
+@dataclass(frozen=True)
+class Listing:
+    models: tuple[ServedInfo, ...]
+
+
+@dataclass(frozen=True)
+class Loaded:
+    model: ServedInfo
+    seconds: float  # 0.0 when it was loaded already
+
+
+@dataclass(frozen=True)
+class Unloaded:
+    was_loaded: bool
+
+
+@dataclass(frozen=True)
+class Healthy:
+    pid: int
+    loaded_models: int
+
+
+@dataclass
+class EngineStats:
+    """Counters of the engines (an engine's own, or added up over all of them with `+`), and
+    the model cache's size where the serving core fills it in."""
+
+    forward_passes: int = 0
+    tokens_generated: int = 0
+    requests_completed: int = 0
+    running: int = 0
+    queued: int = 0
+    loaded_models: int = 0
+    cache_bytes: int = 0
+    cache_budget_bytes: int = 0
+    queue_capacity: int = 0
+
+    def __add__(self, other: EngineStats) -> EngineStats:
+        return EngineStats(*(getattr(self, f.name) + getattr(other, f.name) for f in fields(self)))
+
+
+Result = Spoke | Listing | Loaded | Unloaded | Healthy | EngineStats
+
+
+# --- events (engine -> front end) ---------------------------------------------------------------
 
 @dataclass(frozen=True)
 class Delta:
@@ -131,9 +218,9 @@ class TurnDone:
 
 @dataclass(frozen=True)
 class Done:
-    """The call ended; `value` is its result (a chat's speaker, a query's answer)."""
+    """The call ended; `result` answers it (None for completions and simulations)."""
 
-    value: Any = None
+    result: Result | None = None
 
 
 @dataclass(frozen=True)
@@ -142,29 +229,3 @@ class Failed:
 
 
 Event = Delta | TurnDone | Done | Failed
-
-
-# --- answers to queries ------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class ServedInfo:
-    model_id: str
-    base_model: str
-    adapter: bool
-    speakers: tuple[str, ...]
-    participants: tuple[str, ...]
-    loaded: bool
-    memory_bytes: int = 0
-    last_used: datetime | None = None
-
-
-@dataclass(frozen=True)
-class EngineCounts:
-    forward_passes: int
-    tokens_generated: int
-    requests_completed: int
-    running: int
-    queued: int
-    loaded_models: int
-    cache_bytes: int
-    cache_budget_bytes: int

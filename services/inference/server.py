@@ -1,9 +1,9 @@
 """Entry point of the inference service: its gRPC bindings for `doppel serve inference`.
 
-A thin adapter in a light process: requests become `protocol` requests for the engine process
-(`remote.EngineProcess`, which runs the model cache, the modes and the engines), and its
-events become responses. A call that ends early (cancelled, deadline) cancels its work there,
-which frees its rows at the engine's next step.
+A thin adapter in a light process: requests become calls on an `EngineClient` (in the service,
+`remote.EngineProcess`, which runs the model cache, the modes and the engines in a process of
+its own), and their events become responses. A call that ends early (cancelled, deadline)
+aborts its work there, which frees its rows at the engine's next step.
 """
 
 from __future__ import annotations
@@ -11,31 +11,18 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
+from doppel import enums
 from doppel.config import Settings
 from doppel.rpc.server import Service
 from doppel.transcript import Turn
 from doppel.v1 import inference_pb2 as inf
 from doppel.v1 import inference_pb2_grpc
 
-from .protocol import (
-    ChatArgs,
-    CompleteArgs,
-    Delta,
-    Done,
-    Finish,
-    Sampling,
-    ServedInfo,
-    SimulateArgs,
-    TurnDone,
-)
+from .client import EngineClient
+from .protocol import ChatArgs, CompleteArgs, Delta, Finish, Sampling, ServedInfo, SimulateArgs
 from .remote import EngineProcess
 
-FINISH = {
-    Finish.LENGTH: inf.FINISH_REASON_LENGTH,
-    Finish.STOP: inf.FINISH_REASON_STOP,
-    Finish.END_OF_TURN: inf.FINISH_REASON_END_OF_TURN,
-    Finish.CANCELLED: inf.FINISH_REASON_CANCELLED,
-}
+FINISH = {f: enums.value(inf.FinishReason, f.value) for f in Finish}
 
 
 def sampling_from_proto(p: Any, *, n: bool = True) -> Sampling:
@@ -53,12 +40,11 @@ def _chat(r: Any) -> ChatArgs:
     return ChatArgs(r.model_id, _turns(r.history), r.as_speaker, r.user_speaker, sampling_from_proto(r.sampling))
 
 
-def _merged(pile: list[Any]) -> list[Delta]:
+def _merged(pile: list[Delta]) -> list[Delta]:
     """A pile's deltas, one per candidate: its texts joined, its finish if it finished."""
     merged: dict[int, list[Delta]] = {}
     for event in pile:
-        if isinstance(event, Delta):
-            merged.setdefault(event.index, []).append(event)
+        merged.setdefault(event.index, []).append(event)
     return [Delta(k, "".join(d.text for d in ds), ds[-1].finish, ds[-1].tokens) for k, ds in merged.items()]
 
 
@@ -68,32 +54,27 @@ class _Candidates:
     def __init__(self, n: int):
         self.parts: list[list[str]] = [[] for _ in range(n)]
         self.ends: list[Delta | None] = [None] * n
-        self.value: Any = None
 
-    def add(self, pile: list[Any]) -> None:
+    def add(self, pile: list[Delta]) -> None:
         for event in pile:
-            if isinstance(event, Delta):
-                self.parts[event.index].append(event.text)
-                if event.finish is not None:
-                    self.ends[event.index] = event
-            elif isinstance(event, Done):
-                self.value = event.value
+            self.parts[event.index].append(event.text)
+            if event.finish is not None:
+                self.ends[event.index] = event
 
     def protos(self, *, strip: bool) -> list[inf.Candidate]:
         out = []
         for parts, end in zip(self.parts, self.ends, strict=True):
             text = "".join(parts)
             out.append(inf.Candidate(text=text.strip() if strip else text, tokens=end.tokens if end else 0,
-                                     finish_reason=FINISH[end.finish if end else Finish.CANCELLED]))
+                                     finish_reason=FINISH[end.finish if end and end.finish else Finish.CANCELLED]))
         return out
 
 
 class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
-    """Thin adapter from `doppel.v1.InferenceService` to the engine process."""
+    """Thin adapter from `doppel.v1.InferenceService` to an engine."""
 
-    def __init__(self, settings: Settings):
-        self.settings = settings
-        self.engine = EngineProcess(settings)
+    def __init__(self, engine: EngineClient):
+        self.engine = engine
 
     def close(self) -> None:
         self.engine.close()
@@ -101,13 +82,14 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
     async def Chat(self, request, context):
         args = _chat(request)
         out = _Candidates(args.sampling.n)
-        async for pile in self.engine.events(args):
+        call = self.engine.chat(args)
+        async for pile in call:
             out.add(pile)
-        return inf.ChatResponse(speaker=out.value, candidates=out.protos(strip=True))
+        return inf.ChatResponse(speaker=call.result.speaker if call.result else "", candidates=out.protos(strip=True))
 
     async def ChatStream(self, request, context):
         started: set[int] = set()
-        async for pile in self.engine.events(_chat(request.chat)):
+        async for pile in self.engine.chat(_chat(request.chat)):
             for d in _merged(pile):
                 delta = d.text
                 if d.index not in started:  # the reply follows `Name:`: drop the space that opens it
@@ -115,12 +97,13 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
                     if delta or d.finish is not None:
                         started.add(d.index)
                 if delta or d.finish is not None:
-                    yield inf.ChatStreamResponse(index=d.index, delta=delta, finish_reason=FINISH[d.finish] if d.finish else 0)
+                    finish = FINISH[d.finish] if d.finish else inf.FINISH_REASON_UNSPECIFIED
+                    yield inf.ChatStreamResponse(index=d.index, delta=delta, finish_reason=finish)
 
     async def Complete(self, request, context):
         args = CompleteArgs(request.model_id, request.prompt, request.as_speaker, sampling_from_proto(request.sampling))
         out = _Candidates(args.sampling.n)
-        async for pile in self.engine.events(args):
+        async for pile in self.engine.complete(args):
             out.add(pile)
         return inf.CompleteResponse(candidates=out.protos(strip=False))  # raw continuations keep their leading space
 
@@ -128,29 +111,28 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
         args = SimulateArgs(request.model_id, tuple(request.participants), _turns(request.opening), request.first_speaker,
                             request.first_prompt, request.turns, tuple(request.stop),
                             sampling_from_proto(request.sampling, n=False))
-        async for pile in self.engine.events(args):
+        async for pile in self.engine.simulate(args):
             for t in pile:
-                if isinstance(t, TurnDone):
-                    yield inf.SimulateResponse(index=t.index, turn=inf.Turn(speaker=t.speaker, text=t.text, timestamp=_now()),
-                                               finish_reason=FINISH[t.finish])
+                yield inf.SimulateResponse(index=t.index, turn=inf.Turn(speaker=t.speaker, text=t.text, timestamp=_now()),
+                                           finish_reason=FINISH[t.finish])
 
     async def ListServedModels(self, request, context):
-        listing: list[ServedInfo] = await self.engine.query("listing")
+        listing = await self.engine.listing()
         return inf.ListServedModelsResponse(models=[_served_proto(m) for m in listing if m.loaded or not request.loaded_only])
 
     async def LoadModel(self, request, context):
-        served, seconds = await self.engine.query("load", request.model_id)
-        out = inf.LoadModelResponse(model=_served_proto(served))
-        out.load_time.FromMilliseconds(int(seconds * 1000))
+        loaded = await self.engine.load(request.model_id)
+        out = inf.LoadModelResponse(model=_served_proto(loaded.model))
+        out.load_time.FromMilliseconds(int(loaded.seconds * 1000))
         return out
 
     async def UnloadModel(self, request, context):
-        return inf.UnloadModelResponse(was_loaded=await self.engine.query("unload", request.model_id))
+        return inf.UnloadModelResponse(was_loaded=await self.engine.unload(request.model_id))
 
     async def GetEngineStats(self, request, context):
-        s = await self.engine.query("stats")
+        s = await self.engine.stats()
         return inf.GetEngineStatsResponse(
-            queue_capacity=self.settings.inference_queue, loaded_models=s.loaded_models,
+            queue_capacity=s.queue_capacity, loaded_models=s.loaded_models,
             cache_bytes=s.cache_bytes, cache_budget_bytes=s.cache_budget_bytes,
             forward_passes=s.forward_passes, tokens_generated=s.tokens_generated,
             requests_completed=s.requests_completed, running=s.running, queued=s.queued,
@@ -175,5 +157,5 @@ def _served_proto(m: ServedInfo) -> inf.ServedModel:
 
 def build(settings: Settings) -> list[Service]:
     """The services this process serves."""
-    return [Service.of(inf, inference_pb2_grpc, "InferenceService", InferenceServicer(settings))]
+    return [Service.of(inf, inference_pb2_grpc, "InferenceService", InferenceServicer(EngineProcess(settings)))]
 

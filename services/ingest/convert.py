@@ -11,35 +11,18 @@ from datetime import UTC, datetime, timedelta
 from google.protobuf.duration_pb2 import Duration
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from doppel import enums
 from doppel.conversation import Conversation
 from doppel.dataset import DatasetManifest, DatasetStats
 from doppel.v1 import common_pb2, ingest_pb2
 
 from .options import IngestOptions, Redaction
 
-FORMATS = {
-    ingest_pb2.EXPORT_FORMAT_MESSENGER: "messenger",
-    ingest_pb2.EXPORT_FORMAT_INSTAGRAM: "instagram",
-    ingest_pb2.EXPORT_FORMAT_DISCORD_CSV: "discord_csv",
-    ingest_pb2.EXPORT_FORMAT_DISCORD_JSON: "discord_json",
-    ingest_pb2.EXPORT_FORMAT_WHATSAPP: "whatsapp",
-    ingest_pb2.EXPORT_FORMAT_TELEGRAM: "telegram",
-    ingest_pb2.EXPORT_FORMAT_SLACK: "slack",
-    ingest_pb2.EXPORT_FORMAT_REDDIT_PAIRS: "reddit_pairs",
-    ingest_pb2.EXPORT_FORMAT_JSONL: "jsonl",
-}
-FORMAT_ENUMS = {name: value for value, name in FORMATS.items()}
-REDACTIONS = {
-    ingest_pb2.REDACTION_UNSPECIFIED: Redaction.personal,
-    ingest_pb2.REDACTION_OFF: Redaction.off,
-    ingest_pb2.REDACTION_PERSONAL: Redaction.personal,
-    ingest_pb2.REDACTION_PERSONAL_AND_URLS: Redaction.personal_and_urls,
-}
-REDACTION_ENUMS = {
-    Redaction.off: ingest_pb2.REDACTION_OFF,
-    Redaction.personal: ingest_pb2.REDACTION_PERSONAL,
-    Redaction.personal_and_urls: ingest_pb2.REDACTION_PERSONAL_AND_URLS,
-}
+# The parsers' format names and the core's redactions are the enums' short names (`doppel.enums`).
+FORMATS = enums.names(ingest_pb2.ExportFormat)
+FORMAT_ENUMS = enums.values(ingest_pb2.ExportFormat)
+REDACTIONS = {value: Redaction(name) for value, name in enums.names(ingest_pb2.Redaction).items()}
+REDACTION_ENUMS = {redaction: value for value, redaction in REDACTIONS.items()}
 
 
 def _duration(d: Duration, present: bool) -> timedelta | None:

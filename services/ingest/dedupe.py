@@ -36,7 +36,7 @@ class SeenIndex:
         for m in messages:
             # datetime's pickled state is its fields as 10 bytes, 8x cheaper than isoformat();
             # aware timestamps are always UTC here (Message normalises them), so a marker suffices
-            state = m.timestamp.__reduce__()[1]
+            state: tuple[bytes, ...] = m.timestamp.__reduce__()[1]  # type: ignore[assignment]  # typeshed: object's
             key = f"{prefix}{m.sender}\x1f{m.text}".encode("utf-8", "surrogatepass") + state[0]
             fp = digest(key + b"Z" if len(state) > 1 else key)
             if fp in seen:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from datetime import UTC
+from datetime import UTC, datetime, timedelta
 
 import regex
 
@@ -99,7 +99,7 @@ class Filters:
         messages = self.seen.admit(c.id, messages, keep_duplicates=self.options.keep_duplicates)
         self.counts.duplicate_messages += before - len(messages)
         if self.options.merge_window is not None:
-            messages = self._merge(messages)
+            messages = self._merge(messages, self.options.merge_window)
         for session in self._sessions(c, messages):
             if len(session.messages) < self.options.min_messages:
                 self.counts.too_short += 1
@@ -112,10 +112,9 @@ class Filters:
         names = self._names
         return c.title.casefold() in names or any(p.casefold() in names for p in c.participants or ())
 
-    def _merge(self, messages: list[Message]) -> list[Message]:
-        window = self.options.merge_window
+    def _merge(self, messages: list[Message], window: timedelta) -> list[Message]:
         out: list[Message] = []
-        last_time = None
+        last_time = datetime.min.replace(tzinfo=UTC)  # read only once `out` holds a message
         for m in messages:
             prev = out[-1] if out else None
             if prev is not None and prev.sender == m.sender and order_key(m.timestamp) - last_time <= window:

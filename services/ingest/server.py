@@ -13,6 +13,7 @@ import hashlib
 import tempfile
 from pathlib import Path, PurePath
 
+from doppel import dataset
 from doppel.config import Settings
 from doppel.errors import InvalidArgument
 from doppel.rpc.server import Service
@@ -54,6 +55,7 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
                         path = Path(tmp) / _safe_filename(header.filename)
                         out = open(path, "wb")
                     elif part == "chunk":
+                        assert out is not None  # opened with the header, which came first
                         digest.update(request.chunk)
                         out.write(request.chunk)
                     else:
@@ -91,13 +93,11 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
         return ingest_pb2.ImportExportResponse(dataset=dataset_to_proto(manifest))
 
     async def ListDatasets(self, request, context):
-        page = await asyncio.to_thread(datasets.list_page, self.store, request.page_size, request.page_token)
-        return ingest_pb2.ListDatasetsResponse(
-            datasets=[dataset_to_proto(m) for m in page.datasets], next_page_token=page.next_token
-        )
+        page, token = await asyncio.to_thread(dataset.DATASETS.page, self.store, request.page_size, request.page_token)
+        return ingest_pb2.ListDatasetsResponse(datasets=[dataset_to_proto(m) for m in page], next_page_token=token)
 
     async def GetDataset(self, request, context):
-        manifest = await asyncio.to_thread(datasets.get, self.store, request.dataset_id)
+        manifest = await asyncio.to_thread(dataset.DATASETS.get, self.store, request.dataset_id)
         return ingest_pb2.GetDatasetResponse(dataset=dataset_to_proto(manifest))
 
     async def PreviewDataset(self, request, context):

@@ -17,7 +17,7 @@ import zlib
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Any, BinaryIO
+from typing import IO, Any, BinaryIO
 
 from doppel.errors import InvalidArgument, NotFound, ParseError
 
@@ -65,7 +65,7 @@ class Source(ABC):
         with self.open(path) as f:
             return f.read(n)
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - a no-op by default: most sources hold nothing open
         """Release what the source holds open."""
 
     def __enter__(self) -> Source:
@@ -198,7 +198,7 @@ class ZipSource(Source):
             raw = self._zip.open(info)
         except (zipfile.BadZipFile, NotImplementedError, RuntimeError, zlib.error) as e:
             raise ParseError(self.name, f"cannot read entry ({e})", entry=path) from None
-        return io.BufferedReader(_Entry(raw, self.name, path))  # type: ignore[return-value]
+        return io.BufferedReader(_Entry(raw, self.name, path))
 
     def _info(self, path: str) -> zipfile.ZipInfo:
         try:
@@ -217,7 +217,7 @@ class _Entry(io.RawIOBase):
     `ZipLimits` allowed even when its header lies.
     """
 
-    def __init__(self, raw: BinaryIO, zip_name: str, path: str):
+    def __init__(self, raw: IO[bytes], zip_name: str, path: str):
         self._raw, self._zip_name, self._path = raw, zip_name, path
 
     def readable(self) -> bool:

@@ -13,18 +13,15 @@ kinds of name are accepted, tried in this order:
 * a hub id already in the local Hugging Face cache.
 
 The store is the system of record, so a converted or uploaded base model lives there and a
-service's cache folder is only a copy that a marker file says is complete.
+service's cache folder is only a copy that a marker file says is complete (`doppel.store.mirror`).
+The `tiny` model itself is the library's (`doppel.tiny`), so tests of every service share it.
 """
 
 from __future__ import annotations
 
-import fcntl
 import importlib.util
-import json
-import shutil
 import tempfile
-from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -33,15 +30,15 @@ import torch
 
 from doppel.errors import FailedPrecondition, InvalidArgument, InvalidKey
 from doppel.store.base import Store, validate_prefix
+from doppel.store.mirror import locked, mirror
+from doppel.tiny import SPECIAL, tiny_model
 
 if TYPE_CHECKING:
-    from transformers import GPT2Config, PreTrainedModel, PreTrainedTokenizerFast
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 DEFAULT = "smollm2-135m"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 SMOLLM2_PREFIX = "base-models/smollm2-135m/"
-SPECIAL = "<|endoftext|>"  # the tiny tokenizer's bos, eos, pad and unk
-MARKER = ".doppel-complete"  # in a downloaded folder: the listing it was downloaded from
 
 
 @dataclass(frozen=True)
@@ -82,7 +79,7 @@ class LoadedBase:
     """A base model ready to fine-tune, and where it came from."""
 
     model: PreTrainedModel
-    tokenizer: PreTrainedTokenizerFast
+    tokenizer: PreTrainedTokenizerBase  # AutoTokenizer's: the tokenizers or the sentencepiece backend
     name: str  # as asked
     source: str  # for the model manifest: "registry:tiny", "store:<prefix>", "path:/abs/dir", "hub:<id>"
     store_prefix: str | None  # where the weights live in the store, if they do
@@ -157,79 +154,6 @@ def smollm2_gguf_path() -> Path:
     return path
 
 
-def _tiny_config(vocab_size: int, block_size: int, eos_id: int) -> GPT2Config:
-    from transformers import GPT2Config
-
-    return GPT2Config(
-        vocab_size=vocab_size,
-        n_positions=max(block_size, 128),
-        n_layer=2,
-        n_embd=128,
-        n_head=4,
-        bos_token_id=eos_id,
-        eos_token_id=eos_id,
-        pad_token_id=eos_id,
-    )
-
-
-def tiny_model(
-    texts: Iterable[str], *, seed: int = 0, block_size: int = 512, vocab_size: int = 2048
-) -> tuple[PreTrainedModel, PreTrainedTokenizerFast]:
-    """A random 2-layer GPT-2 and a byte-level BPE tokenizer trained on `texts`; deterministic per seed."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import GPT2LMHeadModel, PreTrainedTokenizerFast
-
-    bpe = Tokenizer(models.BPE())
-    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    bpe.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size,
-        special_tokens=[SPECIAL],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),  # every byte, whatever the texts hold
-        show_progress=False,
-    )
-    bpe.train_from_iterator((t for t in texts if t), trainer)
-    tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=bpe,
-        bos_token=SPECIAL,
-        eos_token=SPECIAL,
-        pad_token=SPECIAL,
-        unk_token=SPECIAL,
-        model_max_length=max(block_size, 128),
-        clean_up_tokenization_spaces=False,
-    )
-    config = _tiny_config(len(tokenizer), block_size, tokenizer.eos_token_id)
-    with torch.random.fork_rng(devices=[]):  # seeded without disturbing the caller's generator
-        torch.manual_seed(seed)
-        model = GPT2LMHeadModel(config)
-    return model, tokenizer
-
-
-@contextmanager
-def _locked(cache_dir: Path, what: str) -> Iterator[None]:
-    """An exclusive lock, across processes sharing `cache_dir`, for work on `what`."""
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    with open(cache_dir / f".lock-{what.strip('/').replace('/', '--')}", "a") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
-
-
-def _download(store: Store, prefix: str, local: Path) -> Path:
-    """Copy every object under `prefix` into `local`, unless the marker shows it already holds them."""
-    listing = sorted([i.key[len(prefix) :], i.size, i.etag] for i in store.list(prefix))
-    marker = local / MARKER
-    if marker.is_file() and json.loads(marker.read_text()) == listing:
-        return local
-    shutil.rmtree(local, ignore_errors=True)  # a partial or outdated copy
-    for rel, _, _ in listing:
-        store.get_file(prefix + rel, local / rel)
-    marker.write_text(json.dumps(listing))
-    return local
-
-
 def _convert_smollm2(store: Store, cache_dir: Path) -> None:
     """Read the GGUF, dequantise, save bf16 safetensors and upload them, config.json last."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -237,10 +161,11 @@ def _convert_smollm2(store: Store, cache_dir: Path) -> None:
     gguf = smollm2_gguf_path()
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    if getattr(model, "hf_quantizer", None) is not None:
-        model.hf_quantizer.remove_quantization_config(model)
+    quantizer = getattr(model, "hf_quantizer", None)
+    if quantizer is not None:
+        quantizer.remove_quantization_config(model)
     with tempfile.TemporaryDirectory(dir=cache_dir, prefix=".convert-") as tmp:
-        model.to(torch.bfloat16).save_pretrained(tmp)
+        model.to(torch.bfloat16).save_pretrained(tmp)  # type: ignore[arg-type]  # stub: @wraps(Module.to) loses the bound self
         tokenizer.save_pretrained(tmp)
         files = [p for p in Path(tmp).rglob("*") if p.is_file()]
         files.sort(key=lambda p: (p.name == "config.json", str(p)))  # config.json last: it marks completeness
@@ -248,7 +173,7 @@ def _convert_smollm2(store: Store, cache_dir: Path) -> None:
             store.put_file(SMOLLM2_PREFIX + path.relative_to(tmp).as_posix(), path)
 
 
-def _from_pretrained(where: str, dtype: torch.dtype) -> tuple[PreTrainedModel, PreTrainedTokenizerFast]:
+def _from_pretrained(where: str, dtype: torch.dtype) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(where, local_files_only=True)
@@ -256,7 +181,7 @@ def _from_pretrained(where: str, dtype: torch.dtype) -> tuple[PreTrainedModel, P
     return model, tokenizer
 
 
-def _ensure_pad(model: PreTrainedModel, tokenizer: PreTrainedTokenizerFast) -> None:
+def _ensure_pad(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> None:
     """Give the tokenizer a pad token (its eos, else a new one) and tell the model its id."""
     if tokenizer.pad_token is None:
         if tokenizer.eos_token is not None:
@@ -281,21 +206,22 @@ def load_base_model(
     kind, where = _resolve(name, store)
     cache_dir = Path(cache_dir)
     prefix: str | None = None
+    model: PreTrainedModel
+    tokenizer: PreTrainedTokenizerBase
     if kind == "registry" and where == "tiny":
         model, tokenizer = tiny_model(texts, seed=seed, block_size=block_size)
-        model = model.to(dtype)
+        model = model.to(dtype)  # type: ignore[arg-type]  # stub: @wraps(Module.to) loses the bound self
         source = "registry:tiny"
     else:
         if kind == "registry":  # smollm2-135m: converted once into the store
             prefix = SMOLLM2_PREFIX
-            with _locked(cache_dir, prefix):
+            with locked(cache_dir / ".lock-convert-smollm2-135m"):  # one conversion across processes
                 if not store.exists(prefix + "config.json"):
                     _convert_smollm2(store, cache_dir)
-                where = str(_download(store, prefix, cache_dir / prefix))
+            where = str(mirror(store, prefix, cache_dir / prefix))
         elif kind == "store":
             prefix = where
-            with _locked(cache_dir, prefix):
-                where = str(_download(store, prefix, cache_dir / "store" / prefix))
+            where = str(mirror(store, prefix, cache_dir / "store" / prefix))
         model, tokenizer = _from_pretrained(where, dtype)
         source = f"store:{prefix}" if prefix else f"{kind}:{where}"
     _ensure_pad(model, tokenizer)

@@ -9,10 +9,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from doppel import dataset
 from doppel.dataset import DatasetManifest
 from doppel.errors import FailedPrecondition, InvalidArgument
 from doppel.store.base import Store
-from services.ingest import datasets
 
 from . import basemodels
 from .recipe import MIN_MESSAGES, Recipe, TrainRequest, parse_request, resolve
@@ -33,7 +33,7 @@ def check_request(store: Store, data: dict[str, Any] | TrainRequest, *, min_mess
     """The request, its resolved recipe and its dataset; raises on the first thing wrong."""
     request = parse_request(data)
     recipe = resolve(request)
-    manifest = datasets.get(store, request.dataset_id)
+    manifest = dataset.DATASETS.get(store, request.dataset_id)
     participants = manifest.stats.participants
     unknown = [s for s in request.speakers if s not in participants]
     if unknown:

@@ -4,38 +4,40 @@ from __future__ import annotations
 
 import math
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, overload
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from doppel import enums
+from doppel.model import ModelManifest, SampleText
 from doppel.v1 import common_pb2, trainer_pb2
 
 from . import basemodels
-from .models import ModelManifest
 from .recipe import TrainRequest
-from .runs import Event, RunRecord, SampleText
+from .runs import Event, RunRecord
 
-METHODS = {trainer_pb2.METHOD_UNSPECIFIED: "lora", trainer_pb2.METHOD_LORA: "lora", trainer_pb2.METHOD_FULL: "full"}
-METHOD_ENUMS = {"lora": trainer_pb2.METHOD_LORA, "full": trainer_pb2.METHOD_FULL}
-SCHEDULES = {
-    trainer_pb2.LR_SCHEDULE_CONSTANT: "constant",
-    trainer_pb2.LR_SCHEDULE_LINEAR: "linear",
-    trainer_pb2.LR_SCHEDULE_COSINE: "cosine",
-}
-PRECISIONS = {trainer_pb2.PRECISION_FP32: "fp32", trainer_pb2.PRECISION_BF16: "bf16", trainer_pb2.PRECISION_FP16: "fp16"}
-STATES = {
-    "pending": trainer_pb2.RUN_STATE_PENDING,
-    "running": trainer_pb2.RUN_STATE_RUNNING,
-    "completed": trainer_pb2.RUN_STATE_COMPLETED,
-    "failed": trainer_pb2.RUN_STATE_FAILED,
-    "cancelling": trainer_pb2.RUN_STATE_CANCELLING,
-    "cancelled": trainer_pb2.RUN_STATE_CANCELLED,
-}
-STATE_NAMES = {v: k for k, v in STATES.items()}
+# The recipe's and the run record's names are the enums' short names (`doppel.enums`); unset
+# method, schedule and precision are left to the recipe's defaults.
+METHODS = enums.names(trainer_pb2.Method)
+METHOD_ENUMS = enums.values(trainer_pb2.Method)
+SCHEDULES = enums.names(trainer_pb2.LrSchedule)
+SCHEDULE_ENUMS = enums.values(trainer_pb2.LrSchedule)
+PRECISIONS = enums.names(trainer_pb2.Precision)
+PRECISION_ENUMS = enums.values(trainer_pb2.Precision)
+STATES = enums.values(trainer_pb2.RunState)
+STATE_NAMES = enums.names(trainer_pb2.RunState)
 _HYPER_OPTIONAL = (
     "learning_rate", "warmup_ratio", "epochs", "max_steps", "batch_size", "gradient_accumulation_steps",
     "block_size", "weight_decay", "seed", "held_out_fraction", "save_every", "sample_every", "gradient_checkpointing",
 )
+
+
+@overload
+def _ts(dt: datetime) -> Timestamp: ...
+
+
+@overload
+def _ts(dt: datetime | None) -> Timestamp | None: ...
 
 
 def _ts(dt: datetime | None) -> Timestamp | None:
@@ -83,9 +85,9 @@ def spec_from_request(r: TrainRequest) -> trainer_pb2.TrainingSpec:
         sample_prompts=h.sample_prompts,
     )
     if h.lr_schedule:
-        hyper.lr_schedule = {v: k for k, v in SCHEDULES.items()}[h.lr_schedule]
+        hyper.lr_schedule = SCHEDULE_ENUMS[h.lr_schedule]
     if h.precision and h.precision != "auto":
-        hyper.precision = {v: k for k, v in PRECISIONS.items()}[h.precision]
+        hyper.precision = PRECISION_ENUMS[h.precision]
     if h.session_gap_s is not None:
         hyper.session_gap.FromSeconds(int(h.session_gap_s))
     lora = trainer_pb2.LoraConfig(

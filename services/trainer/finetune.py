@@ -96,7 +96,7 @@ def prepare_model(model: Any, recipe: Recipe) -> Any:
 
     config = LoraConfig(
         r=recipe.lora_rank,
-        lora_alpha=recipe.lora_alpha,
+        lora_alpha=recipe.lora_alpha,  # type: ignore[arg-type]  # peft annotates int, but takes a float (scaling = alpha / r)
         lora_dropout=recipe.lora_dropout,
         target_modules=recipe.lora_target_modules or "all-linear",
         task_type="CAUSAL_LM",
@@ -229,7 +229,7 @@ def _train(model: Any, samples: Sequence[Sample], recipe: Recipe, pad_id: int, c
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         torch.set_rng_state(state["rng"])
-        result.step, result.losses = state["step"], [tuple(x) for x in state["losses"]]  # type: ignore[misc]
+        result.step, result.losses = state["step"], [tuple(x) for x in state["losses"]]
 
     def save() -> None:
         buf = io.BytesIO()

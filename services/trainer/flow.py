@@ -1,6 +1,6 @@
 """The `train-persona` Prefect flow: dataset -> samples -> tokens -> training -> evaluation -> model.
 
-The trainer process serves it as the `train-persona/train-persona` deployment (see `worker.py`);
+The trainer process serves it as the `train-persona/train-persona` deployment (see `runner.py`);
 every run, whoever started it, is a flow run of that deployment, executed in a process of its
 own. The flow writes its record and progress events to the store (`runs.py`), a checkpoint every
 `save_every` steps, and Prefect artifacts: a progress bar and, at the end, a markdown report
@@ -28,15 +28,16 @@ from prefect.artifacts import create_markdown_artifact, create_progress_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 
+from doppel import dataset
 from doppel.config import Settings
 from doppel.conversation import Conversation
 from doppel.layout import new_id
+from doppel.model import Evaluation, ModelManifest, SampleText
 from doppel.store import open_store
 from doppel.store.base import Store
 from doppel.transcript import Transcript
-from services.ingest import datasets
 
-from . import basemodels, finetune, models, runs, sampling
+from . import basemodels, finetune, models, previews, runs
 from .checks import check_request
 from .recipe import Recipe, TrainRequest
 from .runs import Event, RunLog, RunRecord
@@ -46,12 +47,12 @@ FLOW = "train-persona"
 DEPLOYMENT = f"{FLOW}/{FLOW}"
 EVAL_DURING = 64  # held-out windows scored at each sampling point (all of them at the end)
 RETRIES = 1  # a failed attempt is retried once, resuming from its checkpoint
-STORE_RETRIES = dict(retries=3, retry_delay_seconds=2, cache_policy=NO_CACHE)
+STORE_RETRIES: dict[str, Any] = dict(retries=3, retry_delay_seconds=2, cache_policy=NO_CACHE)
 
 
 @task(**STORE_RETRIES)
 def load_dataset(store: Store, dataset_id: str) -> list[Conversation]:
-    return list(datasets.conversations(store, datasets.get(store, dataset_id)))
+    return list(dataset.conversations(store, dataset.DATASETS.get(store, dataset_id)))
 
 
 @task(cache_policy=NO_CACHE)
@@ -81,23 +82,24 @@ def tokenise_samples(split: Split, transcript: Transcript, block_size: int) -> t
 
 
 @task(cache_policy=NO_CACHE)
-def train_model(model: Any, train: list[Sample], recipe: Recipe, pad_id: int, callbacks: finetune.Callbacks, checkpoint: bytes | None) -> finetune.Result:
+def train_model(model: Any, train: list[Sample], recipe: Recipe, pad_id: int, callbacks: finetune.Callbacks,
+                checkpoint: bytes | None) -> finetune.Result:
     return finetune.train(model, train, recipe, pad_id=pad_id, callbacks=callbacks, checkpoint=checkpoint)
 
 
 @task(cache_policy=NO_CACHE)
-def evaluate(model: Any, held_out: list[Sample], pad_id: int, base_loss: float) -> models.Evaluation:
+def evaluate(model: Any, held_out: list[Sample], pad_id: int, base_loss: float) -> Evaluation:
     loss, tokens = finetune.held_out_loss(model, held_out, pad_id=pad_id)
-    return models.Evaluation.of(loss, base_loss, tokens)
+    return Evaluation.of(loss, base_loss, tokens)
 
 
 @task(cache_policy=NO_CACHE)
-def sample(model: Any, tokenizer: Any, transcript: Transcript, found: list[sampling.Opening], step: int, seed: int) -> list[runs.SampleText]:
-    return sampling.generate(model, tokenizer, transcript, found, step=step, seed=seed)
+def sample(model: Any, tokenizer: Any, transcript: Transcript, found: list[previews.Opening], step: int, seed: int) -> list[SampleText]:
+    return previews.generate(model, tokenizer, transcript, found, step=step, seed=seed)
 
 
 @task(**STORE_RETRIES)
-def publish(store: Store, manifest: models.ModelManifest, model: Any, tokenizer: Any, base_folder: Path | None) -> models.ModelManifest:
+def publish(store: Store, manifest: ModelManifest, model: Any, tokenizer: Any, base_folder: Path | None) -> ModelManifest:
     return models.publish(store, manifest, model, tokenizer, base_folder)
 
 
@@ -127,7 +129,7 @@ class _Progress:
         get_run_logger().info("checkpoint at step %d (%.1f MB)", step, len(blob) / 1e6)
 
 
-def _report(record: RunRecord, evaluation: models.Evaluation, samples: list[runs.SampleText], losses: list[tuple[int, float]]) -> str:
+def _report(record: RunRecord, evaluation: Evaluation, samples: list[SampleText], losses: list[tuple[int, float]]) -> str:
     every = max(1, len(losses) // 20)
     rows = [f"| {s} | {loss:.4f} |" for s, loss in losses[::every]]
     if losses and losses[-1] not in losses[::every]:
@@ -193,7 +195,7 @@ def _train(settings: Settings, store: Store, log: RunLog) -> str:
     train, held_out = tokenise_samples(split, transcript, recipe.block_size)
     pad_id = base.tokenizer.pad_token_id
     device = finetune.device_for()
-    base.model.to(device)
+    base.model.to(device)  # type: ignore[arg-type]  # stub: @wraps(Module.to) loses the bound self
     base_loss, _ = finetune.held_out_loss(base.model, held_out, pad_id=pad_id)
     with tempfile.TemporaryDirectory(prefix="doppel-run-") as tmp:
         base_folder = None
@@ -202,10 +204,10 @@ def _train(settings: Settings, store: Store, log: RunLog) -> str:
             base.model.save_pretrained(base_folder)
             base.tokenizer.save_pretrained(base_folder)
         model = finetune.prepare_model(base.model, recipe)
-        found = sampling.openings(split.held_out or split.train, recipe.speakers, recipe.sample_prompts)
+        found = previews.openings(split.held_out or split.train, recipe.speakers, recipe.sample_prompts)
 
         def sample_at(m: Any, step: int) -> None:
-            texts = sampling.generate(m, base.tokenizer, transcript, found, step=step, seed=recipe.seed)
+            texts = previews.generate(m, base.tokenizer, transcript, found, step=step, seed=recipe.seed)
             loss, _ = finetune.held_out_loss(m, held_out[:EVAL_DURING], pad_id=pad_id)
             log.emit(Event(step=step, total=record.total, samples=texts, held_out_loss=None if math.isnan(loss) else loss))
 
@@ -224,7 +226,7 @@ def _train(settings: Settings, store: Store, log: RunLog) -> str:
         log.say("sampling")
         samples = sample(model, base.tokenizer, transcript, found, result.step, recipe.seed)
         log.say("publishing")
-        manifest = models.ModelManifest(
+        manifest = ModelManifest(
             id=models.new_model_id(), name=recipe.model_name, base_model=recipe.base_model, base_source=base.source,
             base_store_prefix=base.store_prefix, method=recipe.method, transcript=transcript.kind,
             speakers=recipe.speakers, participants=participants, dataset_id=recipe.dataset_id, run_id=record.id,

@@ -16,6 +16,7 @@ from uuid import UUID
 from prefect.client.orchestration import PrefectClient
 from prefect.client.schemas.filters import FlowFilter, FlowFilterName
 from prefect.client.schemas.objects import FlowRun, StateType
+from prefect.client.schemas.objects import State as PrefectState
 from prefect.client.schemas.sorting import FlowRunSort
 from prefect.exceptions import ObjectNotFound
 from prefect.states import Cancelled, Cancelling, Scheduled
@@ -72,7 +73,7 @@ def merge(record: RunRecord | None, view: FlowRunView) -> RunRecord:
     if record is None:
         try:
             request = TrainRequest.model_validate(view.parameters.get("request") or {})
-        except Exception:  # a run created with a bad form: show it, it will fail at once
+        except Exception:  # noqa: BLE001 - a run created with a bad form: show it, it will fail at once
             request = TrainRequest.model_construct(dataset_id="", speakers=[])
         record = RunRecord(id=view.id, request=request, created_at=view.created_at or datetime.now(UTC))
     flow_says_more = view.state in ("completed", "failed", "cancelled", "cancelling") or record.state == "pending"
@@ -155,7 +156,9 @@ class Orchestrator:
             raise NotFound(f"run {run_id!r} not found")
 
         async def go(client: PrefectClient) -> None:
-            state = Cancelled(message="cancelled") if view.state == "pending" else Cancelling(message="cancel requested")
+            state: PrefectState[Any] = (
+                Cancelled(message="cancelled") if view.state == "pending" else Cancelling(message="cancel requested")
+            )
             await client.set_flow_run_state(UUID(run_id), state, force=True)
 
         if view.state not in ("completed", "failed", "cancelled"):

@@ -2,21 +2,21 @@
 
 A request leaves any hyperparameter unset; a named preset fills what is unset, and the class
 defaults fill the rest. The resolved recipe is stored with the run and the model, so a model
-always says how it was made. Bounds are checked here, so a bad value is refused before a run
-starts, whoever started it (gRPC, CLI or the Prefect dashboard's form).
+always says how it was made; being stored, its schema is the library's (`doppel.model`), while
+presets, resolving and checking requests are the trainer's, here. Bounds are checked here, so a
+bad value is refused before a run starts, whoever started it (gRPC, CLI or the Prefect
+dashboard's form).
 """
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from doppel.errors import InvalidArgument
+from doppel.model import Method, Precision, Recipe, Schedule
 
-Method = Literal["lora", "full"]
-Schedule = Literal["constant", "linear", "cosine"]
-Precision = Literal["auto", "fp32", "bf16", "fp16"]
 DEFAULT_BASE = "smollm2-135m"
 MIN_MESSAGES = 20  # a speaker with fewer messages than this gives nothing to learn from
 
@@ -76,38 +76,6 @@ class TrainRequest(BaseModel):
         if not v:
             raise ValueError("name at least one speaker")
         return v
-
-
-class Recipe(BaseModel):
-    """A fully resolved recipe: every value set."""
-
-    dataset_id: str
-    speakers: list[str]
-    base_model: str
-    method: Method
-    preset: str
-    model_name: str
-    lora_rank: int = 16
-    lora_alpha: float = 32.0
-    lora_dropout: float = 0.05
-    lora_target_modules: list[str] = Field(default_factory=list)
-    learning_rate: float = 2e-4
-    lr_schedule: Schedule = "cosine"
-    warmup_ratio: float = 0.05
-    epochs: float = 1.0
-    max_steps: int | None = None
-    batch_size: int = 8
-    gradient_accumulation_steps: int = 1
-    block_size: int = 512
-    weight_decay: float = 0.0
-    seed: int = 0
-    held_out_fraction: float = 0.1
-    save_every: int = 100
-    sample_every: int = 0
-    sample_prompts: list[str] = Field(default_factory=list)
-    gradient_checkpointing: bool = False
-    precision: Precision = "auto"
-    session_gap_s: float = 6 * 3600.0
 
 
 PRESETS: dict[str, dict[str, Any]] = {

@@ -3,7 +3,8 @@
 A flow run trains in a process the Prefect runner starts, possibly on another machine than the
 servicer asked about it, so what it has done lives in the store:
 
-    runs/<id>/run.json                the record: request, resolved recipe, state, step, model id
+    runs/<id>/run.json                the record (the `RUNS` catalog's index): request, resolved recipe,
+                                      state, step, model id
     runs/<id>/events/00000.jsonl      progress events, CHUNK per file, in order (seq 0, 1, ...)
     runs/<id>/checkpoints/<step>.pt   the latest checkpoint (older ones are removed)
 
@@ -22,22 +23,17 @@ from typing import Any, Literal
 import orjson
 from pydantic import BaseModel, Field
 
+from doppel.catalog import Catalog
 from doppel.errors import NotFound
 from doppel.layout import run_prefix
+from doppel.model import Recipe, SampleText
 from doppel.store.base import Store
 
-from .recipe import Recipe, TrainRequest
+from .recipe import TrainRequest
 
 State = Literal["pending", "running", "completed", "failed", "cancelling", "cancelled"]
 TERMINAL = frozenset({"completed", "failed", "cancelled"})
 CHUNK = 200  # events per chunk object
-
-
-class SampleText(BaseModel):
-    prompt: str
-    text: str
-    step: int = 0
-    speaker: str = ""
 
 
 class Event(BaseModel):
@@ -75,8 +71,11 @@ class RunRecord(BaseModel):
     resumed_from: int = 0  # the checkpoint step the latest attempt started from
 
 
+RUNS: Catalog[RunRecord] = Catalog(RunRecord, kind="run", root="runs/", record="run.json")
+
+
 def record_key(run_id: str) -> str:
-    return run_prefix(run_id) + "run.json"
+    return RUNS.key(run_id)
 
 
 def events_prefix(run_id: str) -> str:
@@ -96,18 +95,17 @@ def checkpoint_key(run_id: str, step: int) -> str:
 
 
 def save_record(store: Store, record: RunRecord) -> None:
-    store.put(record_key(record.id), record.model_dump_json(indent=1).encode(), content_type="application/json")
+    RUNS.put(store, record)
 
 
 def load_record(store: Store, run_id: str) -> RunRecord:
-    return RunRecord.model_validate_json(store.get(record_key(run_id), missing=f"run {run_id!r} not found"))
+    """The run's record; NotFound if the store has none."""
+    return RUNS.get(store, run_id)
 
 
 def find_record(store: Store, run_id: str) -> RunRecord | None:
-    try:
-        return load_record(store, run_id)
-    except NotFound:
-        return None
+    """The run's record, or None if the store has none."""
+    return RUNS.find(store, run_id)
 
 
 def read_events(store: Store, run_id: str, after: int = -1) -> list[Event]:
@@ -164,7 +162,8 @@ class RunLog:
 
     def say(self, message: str, **fields: Any) -> Event:
         """An event that says what the run is doing now, with the current step."""
-        return self.emit(Event(state=self.record.state, step=self.record.step, total=self.record.total, message=message, **fields), now=True)
+        event = Event(state=self.record.state, step=self.record.step, total=self.record.total, message=message, **fields)
+        return self.emit(event, now=True)
 
     def flush(self) -> None:
         if self._dirty:

@@ -2,7 +2,7 @@
 
 A thin adapter: requests are checked by `checks`, runs are created, read and cancelled through
 `orchestrator` (Prefect), progress and models are read from the store (`runs`, `models`). The
-process also serves the `train-persona` deployment (`worker`), so a run started here, from the
+process also serves the `train-persona` deployment (`runner`), so a run started here, from the
 CLI or from the Prefect dashboard is picked up by the same runner.
 """
 
@@ -12,8 +12,8 @@ import asyncio
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 
+from doppel import model, paging
 from doppel.config import Settings
-from doppel import paging
 from doppel.errors import NotFound
 from doppel.rpc.server import Service
 from doppel.store import Store, open_store
@@ -23,8 +23,8 @@ from . import models, runs
 from .checks import check_request
 from .convert import STATE_NAMES, base_models_to_proto, event_to_proto, model_to_proto, request_from_spec, run_to_proto
 from .orchestrator import FlowRunView, Orchestrator, dashboard_url, merge
+from .runner import DeploymentRunner
 from .runs import TERMINAL, Event, RunRecord
-from .worker import Worker
 
 POLL_S = 0.5  # how often a watch looks for new events
 
@@ -36,13 +36,13 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
         self.settings = settings
         self.store = store or open_store(settings.store_url)
         self.prefect = Orchestrator(settings.prefect_api_url)
-        self.worker = Worker(settings) if serve_runs else None
-        if self.worker:
-            self.worker.start()
+        self.runner = DeploymentRunner(settings) if serve_runs else None
+        if self.runner:
+            self.runner.start()
 
     def close(self) -> None:
-        if self.worker:
-            self.worker.stop()
+        if self.runner:
+            self.runner.stop()
 
     def _run(self, record: RunRecord) -> trainer_pb2.Run:
         return run_to_proto(record, dashboard_url(self.settings.dashboard_url(), record.id))
@@ -121,11 +121,11 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
         return base_models_to_proto()
 
     async def ListModels(self, request, context):
-        page, token = await asyncio.to_thread(models.list_page, self.store, request.page_size, request.page_token)
+        page, token = await asyncio.to_thread(model.MODELS.page, self.store, request.page_size, request.page_token)
         return trainer_pb2.ListModelsResponse(models=[model_to_proto(m) for m in page], next_page_token=token)
 
     async def GetModel(self, request, context):
-        return trainer_pb2.GetModelResponse(model=model_to_proto(await asyncio.to_thread(models.get, self.store, request.model_id)))
+        return trainer_pb2.GetModelResponse(model=model_to_proto(await asyncio.to_thread(model.MODELS.get, self.store, request.model_id)))
 
     async def DeleteModel(self, request, context):
         n = await asyncio.to_thread(models.delete, self.store, request.model_id)

@@ -97,7 +97,7 @@ def _parse(argv: list[str]) -> list[str]:
     assert not hasattr(command, "commands"), f"`doppel {' '.join(argv)}` names a group, not a command"
     try:
         command.make_context(" ".join(["doppel", *path]), rest)
-    except Exception as e:  # noqa: BLE001 - typer's UsageError and kin; anything else is a failure too
+    except Exception as e:
         if not hasattr(e, "format_message"):
             raise
         pytest.fail(f"`doppel {' '.join(argv)}`: {e.format_message()}")

@@ -13,6 +13,7 @@ flow run of `train-persona` the way the dashboard's Run form does, and Inference
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -155,10 +156,8 @@ def topology(tmp_path: Path, seaweed, prefect_server) -> Iterator[Topology]:
         yield topo
     finally:
         topo.stop()
-        try:
+        with contextlib.suppress(Exception):  # cleanup is best effort
             seaweed.client().remove_bucket(bucket)
-        except Exception:  # noqa: BLE001 - cleanup is best effort
-            pass
 
 
 def _client(topo: Topology, argv: list[str], extra: dict[str, str] | None = None, timeout: float = 120,

@@ -14,16 +14,15 @@ import torch
 from peft import LoraConfig, get_peft_model
 
 from doppel.errors import FailedPrecondition, NotFound
+from doppel.model import ModelManifest, Recipe
 from doppel.store import open_store
 from doppel.store.base import Store
+from doppel.tiny import tiny_model
 from services.inference import cache as cache_module
 from services.inference.cache import ModelCache
 from services.inference.engine import BASE, Finish, Job
-from services.inference.sampler import Sampling
-from services.trainer import models
-from services.trainer.basemodels import tiny_model
-from services.trainer.models import ModelManifest
-from services.trainer.recipe import TrainRequest, resolve
+from services.inference.protocol import Sampling
+from support.personas import publish
 
 torch.set_num_threads(1)
 TEXTS = [f"Alice: message number {i} about things\nBob: reply {i} ok" for i in range(200)]
@@ -52,7 +51,8 @@ def manifest(model_id: str, method: str, base_prefix: str | None = BASE_PREFIX) 
         base_source=f"store:{base_prefix}" if base_prefix else "registry:tiny", base_store_prefix=base_prefix,
         method=method, transcript="plain", speakers=["Alice"],
         participants=["Alice", "Bob"], dataset_id="d", run_id="r",
-        recipe=resolve(TrainRequest(dataset_id="d", speakers=["Alice"], method=method)),
+        recipe=Recipe(dataset_id="d", speakers=["Alice"], base_model="tiny", method=method, preset="default",
+                      model_name=model_id),
     )
 
 
@@ -67,9 +67,9 @@ def store(tmp_path: Path, made) -> Store:
         for path in sorted(Path(tmp).iterdir()):
             store.put_file(BASE_PREFIX + path.name, path)
         for name, model in adapters.items():
-            models.publish(store, manifest(name, "lora"), model, tok)
-        models.publish(store, manifest("own-base", "lora", None), adapters["alice-1"], tok, base_folder=Path(tmp))
-    models.publish(store, manifest("full", "full", None), full, tok)
+            publish(store, manifest(name, "lora"), model, tok)
+        publish(store, manifest("own-base", "lora", None), adapters["alice-1"], tok, base_folder=Path(tmp))
+    publish(store, manifest("full", "full", None), full, tok)
     return store
 
 
@@ -221,16 +221,17 @@ def test_a_model_bigger_than_the_budget_still_loads_alone(make_cache):
 def test_a_model_being_served_is_not_evicted_or_unloaded(make_cache, made):
     base, _, adapters, _ = made
     cache = make_cache(size(base) + adapter_size(adapters["alice-1"]) * 3 // 2)
-    with cache.serving("alice-1") as held:
-        cache.get("alice-2")
-        assert sorted(ids(cache)) == ["alice-1", "alice-2"] and cache.bytes > cache.budget_bytes
-        with pytest.raises(FailedPrecondition, match="alice-1"):
-            cache.unload("alice-1")
-        assert generate(held)
+    held = cache.hold("alice-1")
+    cache.get("alice-2")
+    assert sorted(ids(cache)) == ["alice-1", "alice-2"] and cache.bytes > cache.budget_bytes
+    with pytest.raises(FailedPrecondition, match="alice-1"):
+        cache.unload("alice-1")
+    assert generate(held)
+    cache.release("alice-1")
     cache.get("alice-3")  # now alice-1 can go too
     assert ids(cache) == ["alice-3"] and cache.bytes <= cache.budget_bytes
 
-    full = cache.hold("full")  # hold/release: the same from async code (hold in a thread)
+    full = cache.hold("full")
     cache.get("alice-1")
     assert "full" in ids(cache) and generate(full)
     cache.release("full")
@@ -352,7 +353,7 @@ def test_unload_and_listing(make_cache, store):
 
 def test_models_with_the_same_tokenizer_files_share_one_tokenizer(make_cache, store):
     other, other_tok = tiny_model([t.upper() for t in TEXTS], seed=3, block_size=128)
-    models.publish(store, manifest("other", "full", None), other, other_tok)
+    publish(store, manifest("other", "full", None), other, other_tok)
     cache = make_cache()
     one, two = cache.get("alice-1"), cache.get("alice-2")
     assert one.tokenizer is two.tokenizer, "the second adapter did not parse the tokenizer again"

@@ -10,9 +10,9 @@ import torch
 from peft import LoraConfig, get_peft_model
 
 from doppel.errors import InvalidArgument, Overloaded
+from doppel.tiny import tiny_model
 from services.inference.engine import Engine, Finish, Job
-from services.inference.sampler import Sampling
-from services.trainer.basemodels import tiny_model
+from services.inference.protocol import Sampling
 
 torch.set_num_threads(1)
 TEXTS = [f"Alice: message number {i} about things\nBob: reply {i} ok" for i in range(200)]
@@ -272,7 +272,7 @@ def test_prefills_group_prompts_of_similar_length():
 
 
 def test_the_roomy_cache_holds_what_concatenation_would():
-    from services.inference.engine import RoomyLayer
+    from services.inference.kvcache import RoomyLayer
 
     layer, expected, rows = RoomyLayer(), None, 3
     torch.manual_seed(0)
@@ -301,7 +301,7 @@ def test_done_rows_ride_along_until_dropping_them_pays(engine, tiny):
     jobs = [c.job(tok, p, short if k == 0 else long) for k, p in enumerate(prompts)]
     sinks = [jobs[0].sink, jobs[1].sink]
     jobs[0].sink = lambda i, d, f: (f and finished_at.append(engine.stats.forward_passes), sinks[0](i, d, f))
-    jobs[1].sink = lambda *a: (seen.append((engine.stats.forward_passes, len(engine._rows))), sinks[1](*a))
+    jobs[1].sink = lambda *a: (seen.append((engine.stats.forward_passes, len(engine._batch))), sinks[1](*a))
     for j in jobs:
         engine.submit(j)
     deadline = time.monotonic() + 10
@@ -319,7 +319,7 @@ def test_done_rows_ride_along_until_dropping_them_pays(engine, tiny):
 
 
 def test_stacking_roomy_layers_left_pads_each_with_zeros():
-    from services.inference.engine import RoomyLayer
+    from services.inference.kvcache import RoomyLayer
 
     torch.manual_seed(0)
     layers, parts = [], []

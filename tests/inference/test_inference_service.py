@@ -15,6 +15,7 @@ from doppel.rpc.server import Service
 from doppel.store import open_store
 from doppel.v1 import common_pb2, inference_pb2_grpc
 from doppel.v1 import inference_pb2 as inf
+from services.inference.remote import EngineProcess
 from services.inference.server import InferenceServicer
 from support.grpcserver import BackgroundServer
 from support.personas import publish_personas
@@ -30,7 +31,7 @@ class Running:
     """An inference service on a real gRPC server over a store of persona models."""
 
     def __init__(self, store, home, **settings):
-        self.servicer = InferenceServicer(Settings(home=home, store_url=store.url, **settings))
+        self.servicer = InferenceServicer(EngineProcess(Settings(home=home, store_url=store.url, **settings)))
         self.server = BackgroundServer([Service.of(inf, inference_pb2_grpc, "InferenceService", self.servicer)])
         self.client = InferenceClient(self.server.addr, timeout=120)
 
@@ -98,7 +99,8 @@ def test_the_model_never_speaks_as_the_users_participant(served):
 
 def test_complete_continues_a_raw_prompt(served):
     client, ids, _ = served
-    r = client.complete(inf.CompleteRequest(model_id=ids["full"], prompt="I love to eat", sampling=sampling(n=3, seed=1, max_new_tokens=10)))
+    s = sampling(n=3, seed=1, max_new_tokens=10)
+    r = client.complete(inf.CompleteRequest(model_id=ids["full"], prompt="I love to eat", sampling=s))
     assert len(r.candidates) == 3 and all(c.tokens > 0 for c in r.candidates)
     assert len({c.text for c in r.candidates}) > 1
 

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
+import io
 from datetime import UTC, datetime
+from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
-import io
-from pathlib import Path
 
 from doppel.errors import ParseError
 from services.ingest.parsers import detect, parser_for

@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from doppel.errors import ParseError
-from services.ingest.parsers import detect, parser_for, telegram, telegram_stream
+from services.ingest.parsers import detect, parser_for, telegram_stream
 from services.ingest.parsers.telegram import detect as telegram_detect
 from services.ingest.source import open_source
 from support.parsing import MemorySource, mutations, parse_all, parse_or_parse_error, write_zip

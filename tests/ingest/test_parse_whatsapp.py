@@ -286,7 +286,7 @@ def test_placeholders_and_deleted_messages_do_not_count(body):
         ("a <b>", "a <b>"),
         ("<attached: but with\na second line>", "<attached: but with\na second line>"),
         ("This message was deleted, he said", "This message was deleted, he said"),
-        (f"\u200fمرحبا", "مرحبا"),  # a bidi mark at the start of an Android body is dropped
+        ("\u200fمرحبا", "مرحبا"),  # a bidi mark at the start of an Android body is dropped
         (f"x{LRM}y", f"x{LRM}y"),  # ... but nowhere else
         (".", "."),
     ],
@@ -419,7 +419,7 @@ def test_truncated_inside_a_header_fails_naming_the_line():
 
 
 def test_bad_utf8_names_file_and_line():
-    e = error({"_chat.txt": IOS.replace("Sounds good".encode(), b"Sounds \xff good")})
+    e = error({"_chat.txt": IOS.replace(b"Sounds good", b"Sounds \xff good")})
     assert (e.file, e.line) == ("export:_chat.txt", 9)
     assert "not UTF-8" in str(e)
     for bad in (b"1/13/24, 10:00 - a: \xc3(\n", b"1/13/24, 10:00 - \xff: x\n", b"1/13/24, 10:00 - a left \xe2\x80\n"):

@@ -7,6 +7,7 @@ from datetime import datetime
 
 import pytest
 
+from doppel import dataset
 from doppel.errors import InvalidArgument, NotFound, ParseError
 from doppel.layout import raw_export_key
 from services.ingest import datasets
@@ -36,7 +37,7 @@ def export(tmp_path, data: bytes, name: str = "chat.jsonl"):
 
 
 def all_messages(store, manifest):
-    return [(c.id, m.sender, m.text) for c in datasets.conversations(store, manifest) for m in c.messages]
+    return [(c.id, m.sender, m.text) for c in dataset.conversations(store, manifest) for m in c.messages]
 
 
 def test_an_export_becomes_a_dataset_with_stats_and_the_raw_file_once(store, tmp_path):
@@ -149,10 +150,10 @@ def test_list_preview_and_zip_input(store, tmp_path):
     z = write_zip(tmp_path / "export.zip", {"chats/all.jsonl": FIRST})
     a = ingest_file(store, z, filename="export.zip")
     b = ingest_file(store, export(tmp_path, OVERLAP), filename="chat.jsonl")
-    page = datasets.list_page(store, page_size=1)
-    assert [d.id for d in page.datasets] == [max(a, b, key=lambda m: (m.created_at, m.id)).id]
-    rest = datasets.list_page(store, page_size=1, token=page.next_token)
-    assert len(rest.datasets) == 1 and rest.next_token == ""
+    page, token = dataset.DATASETS.page(store, page_size=1)
+    assert [d.id for d in page] == [max(a, b, key=lambda m: (m.created_at, m.id)).id]
+    rest, last = dataset.DATASETS.page(store, page_size=1, token=token)
+    assert len(rest) == 1 and last == ""
     preview = datasets.preview(store, a.id, max_conversations=1, max_messages=1)
     assert len(preview) == 1 and len(preview[0].messages) == 1
     assert preview[0].messages[0].timestamp == datetime.fromisoformat("2024-01-01T10:00:00+00:00")

@@ -19,8 +19,8 @@ from hypothesis import strategies as st
 
 from doppel.conversation import Conversation
 from doppel.errors import NotFound, ParseError
-from services.ingest.parsers import detect, parser_for
 from doppel.store import Store
+from services.ingest.parsers import detect, parser_for
 from services.ingest.source import Source
 
 

@@ -1,4 +1,8 @@
-"""Persona models made on the spot: a tiny random base in the store, LoRA adapters on it, a full model."""
+"""Persona models made on the spot: a tiny random base in the store, LoRA adapters on it, a full model.
+
+Models are published the way the trainer publishes them (`publish`), so the tests of the services
+that read models (inference, the UI) check what the trainer really writes.
+"""
 
 from __future__ import annotations
 
@@ -7,19 +11,20 @@ from pathlib import Path
 import torch
 from peft import LoraConfig, get_peft_model
 
+from doppel.model import ModelManifest, Recipe
 from doppel.store.base import Store
-from services.trainer import models
-from services.trainer.basemodels import tiny_model
-from services.trainer.recipe import TrainRequest, resolve
+from doppel.tiny import tiny_model
+from services.trainer.models import publish
 
 TEXTS = [f"Alice: message number {i} about things\nBob: reply {i} ok\nCarol: and {i}" for i in range(200)]
 PARTICIPANTS = ["Alice", "Bob", "Carol"]
 BASE_PREFIX = "base-models/tiny-test/"
 
 
-def _manifest(model_id: str, method: str, speakers: list[str], base_prefix: str | None) -> models.ModelManifest:
-    recipe = resolve(TrainRequest(dataset_id="d", speakers=speakers, base_model="tiny", method=method))
-    return models.ModelManifest(
+def _manifest(model_id: str, method: str, speakers: list[str], base_prefix: str | None) -> ModelManifest:
+    recipe = Recipe(dataset_id="d", speakers=speakers, base_model="tiny", method=method, preset="default",
+                    model_name="-".join(speakers))
+    return ModelManifest(
         id=model_id, name="-".join(speakers), base_model="tiny", base_source="registry:tiny",
         base_store_prefix=base_prefix, method=method, transcript="plain", speakers=speakers,
         participants=PARTICIPANTS, dataset_id="d", run_id="r", recipe=recipe,
@@ -41,7 +46,7 @@ def publish_personas(store: Store, tmp: Path, adapters: int = 2) -> dict[str, st
         fresh, _ = tiny_model(TEXTS, seed=0, block_size=1024)
         torch.manual_seed(100 + k)
         peft = get_peft_model(fresh, LoraConfig(r=4, target_modules=["c_attn"], init_lora_weights=False))
-        ids[kind] = models.publish(store, _manifest(f"model-{kind}", "lora", speakers, BASE_PREFIX), peft, tok).id
+        ids[kind] = publish(store, _manifest(f"model-{kind}", "lora", speakers, BASE_PREFIX), peft, tok).id
     full, _ = tiny_model(TEXTS, seed=5, block_size=1024)
-    ids["full"] = models.publish(store, _manifest("model-full", "full", ["Alice"], None), full, tok).id
+    ids["full"] = publish(store, _manifest("model-full", "full", ["Alice"], None), full, tok).id
     return ids

@@ -81,7 +81,7 @@ def _pick_ports() -> dict[str, int]:
         base = random.randrange(15000, 22000 - len(PORTS))
         ports = [base + i for i in range(len(PORTS))]
         if all(port_free(p) and port_free(p + GRPC_OFFSET) for p in ports):
-            return dict(zip(PORTS, ports))
+            return dict(zip(PORTS, ports, strict=True))
     raise RuntimeError("no free loopback ports for SeaweedFS")
 
 

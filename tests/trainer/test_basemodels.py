@@ -10,6 +10,7 @@ import torch
 
 from doppel.errors import FailedPrecondition, InvalidArgument
 from doppel.store import Store, open_store
+from doppel.tiny import tiny_config, tiny_model
 from services.trainer import basemodels
 from services.trainer.basemodels import (
     DEFAULT,
@@ -17,7 +18,6 @@ from services.trainer.basemodels import (
     check_base_model,
     list_base_models,
     load_base_model,
-    tiny_model,
 )
 
 torch.set_num_threads(1)
@@ -74,7 +74,7 @@ def test_tiny_parameter_count_is_the_default_configs() -> None:
     with torch.device("meta"):
         from transformers import GPT2LMHeadModel
 
-        model = GPT2LMHeadModel(basemodels._tiny_config(2048, 512, 0))
+        model = GPT2LMHeadModel(tiny_config(2048, 512, 0))
     assert sum(p.numel() for p in model.parameters()) == REGISTRY["tiny"].parameters
 
 

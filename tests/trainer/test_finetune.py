@@ -17,9 +17,9 @@ import torch
 from torch.nn import functional as F
 
 from doppel.errors import DoppelError
+from doppel.tiny import tiny_model
 from doppel.transcript import Transcript
 from services.trainer import finetune
-from services.trainer.basemodels import tiny_model
 from services.trainer.finetune import GROUP, Callbacks, batch_order, collate, held_out_loss, total_steps
 from services.trainer.recipe import Hyperparameters, LoraSettings, Recipe, TrainRequest, resolve
 from services.trainer.samples import IGNORE, Sample, split_sessions, tokenise
@@ -218,7 +218,7 @@ def test_resuming_from_a_checkpoint_reproduces_the_uninterrupted_run(
     # warmup, a cosine schedule, dropout and more than one epoch: every piece of state matters
     r = recipe(method, max_steps=12, save_every=4, batch_size=16, learning_rate=3e-3, warmup_ratio=0.25,
                lr_schedule="cosine", lora={"dropout": 0.1})
-    assert 12 * 16 > len(train)
+    assert len(train) < 12 * 16
     saved: dict[int, bytes] = {}
     model = fresh(texts, r)
     whole = finetune.train(model, train, r, pad_id=pad, callbacks=Callbacks(on_checkpoint=saved.__setitem__))
@@ -295,7 +295,7 @@ OOM_SCRIPT = textwrap.dedent(
     import torch
     torch.set_num_threads(1)
     from services.trainer import finetune
-    from services.trainer.basemodels import tiny_model
+    from doppel.tiny import tiny_model
     from services.trainer.recipe import Hyperparameters, TrainRequest, resolve
     from services.trainer.samples import Sample
 

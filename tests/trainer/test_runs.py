@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from doppel.errors import NotFound
+from doppel.model import SampleText
 from doppel.store import Store, open_store
 from services.trainer.recipe import TrainRequest, resolve
 from services.trainer.runs import (
@@ -15,7 +16,6 @@ from services.trainer.runs import (
     Event,
     RunLog,
     RunRecord,
-    SampleText,
     checkpoint_key,
     chunk_key,
     find_record,
@@ -155,11 +155,10 @@ def test_latest_checkpoint_is_the_highest_step(store: Store) -> None:
 def test_a_model_manifest_without_held_out_figures_reads_back(tmp_path):
     import math
 
-    from services.trainer import models
-    from services.trainer.recipe import TrainRequest, resolve
+    from doppel.model import ModelManifest
 
-    m = models.ModelManifest(id="model-x", name="x", base_model="tiny", base_source="registry:tiny", method="full",
-                             transcript="plain", speakers=["A"], participants=["A"], dataset_id="d", run_id="r",
-                             recipe=resolve(TrainRequest(dataset_id="d", speakers=["A"])))
-    again = models.ModelManifest.model_validate_json(m.model_dump_json())
+    m = ModelManifest(id="model-x", name="x", base_model="tiny", base_source="registry:tiny", method="full",
+                      transcript="plain", speakers=["A"], participants=["A"], dataset_id="d", run_id="r",
+                      recipe=resolve(TrainRequest(dataset_id="d", speakers=["A"])))
+    again = ModelManifest.model_validate_json(m.model_dump_json())
     assert math.isnan(again.evaluation.held_out_loss) and again.evaluation.held_out_tokens == 0

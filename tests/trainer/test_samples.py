@@ -11,8 +11,8 @@ import pytest
 
 from doppel.conversation import Conversation, Message
 from doppel.errors import InvalidArgument
+from doppel.tiny import tiny_model
 from doppel.transcript import Transcript, Turn
-from services.trainer.basemodels import tiny_model
 from services.trainer.samples import IGNORE, Sample, Session, split_sessions, tokenise
 from support.chats import chat
 

@@ -10,6 +10,7 @@ import torch
 from peft import PeftModel
 from transformers import AutoModelForCausalLM
 
+from doppel.model import ModelManifest
 from doppel.store import open_store
 from doppel.transcript import Transcript
 from services.trainer import basemodels, finetune, models
@@ -39,7 +40,7 @@ def test_lora_steps_on_smollm2_publish_a_loadable_adapter(tmp_path):
     assert result.step == 4 and checkpoints == [2, 4] and all(math.isfinite(loss) for _, loss in result.losses)
     loss, _ = finetune.held_out_loss(model, held_out, pad_id=pad)
     assert tokens > 0 and loss < base_loss  # the repertoire is easy to learn, even in 4 steps
-    manifest = models.ModelManifest(
+    manifest = ModelManifest(
         id="model-smol", name="Alice", base_model=recipe.base_model, base_source=base.source,
         base_store_prefix=base.store_prefix, method="lora", transcript=transcript.kind, speakers=["Alice"],
         participants=["Alice", "Bob"], dataset_id="d", run_id="r", recipe=recipe,

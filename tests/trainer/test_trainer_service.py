@@ -30,9 +30,8 @@ from services.trainer import runs
 from services.trainer.flow import DEPLOYMENT
 from services.trainer.orchestrator import Orchestrator
 from services.trainer.server import TrainerServicer
-from support.grpcserver import BackgroundServer
-
 from support.chats import chat, ingest_chat
+from support.grpcserver import BackgroundServer
 
 QUICK = dict(max_steps=30, batch_size=8, block_size=128, learning_rate=1e-2, save_every=10, sample_every=15, seed=1)
 

@@ -20,6 +20,7 @@ from doppel.store import open_store
 from doppel.v1 import common_pb2, inference_pb2_grpc, ingest_pb2, ingest_pb2_grpc, trainer_pb2_grpc
 from doppel.v1 import inference_pb2 as inf
 from doppel.v1 import trainer_pb2 as tr
+from services.inference.remote import EngineProcess
 from services.inference.server import InferenceServicer
 from services.ingest.server import IngestServicer
 from services.trainer.server import TrainerServicer
@@ -57,7 +58,7 @@ def stack(prefect_api_url, tmp_path_factory):
     saved = dict(os.environ)
     ingest = IngestServicer(settings)
     trainer = TrainerServicer(settings, store)
-    inference = InferenceServicer(settings)
+    inference = InferenceServicer(EngineProcess(settings))
     servers = {
         "ingest": BackgroundServer([Service.of(ingest_pb2, ingest_pb2_grpc, "IngestService", ingest)]),
         "trainer": BackgroundServer([Service.of(tr, trainer_pb2_grpc, "TrainerService", trainer)]),

@@ -46,7 +46,7 @@ def peek(source: Source, path: str) -> bytes:
     """`source.head(path)` for a detector, which never raises: b"" when the file cannot be read."""
     try:
         return source.head(path)
-    except Exception:  # parse reports a file it cannot read
+    except Exception:  # noqa: BLE001 - parse reports a file it cannot read
         return b""
 
 

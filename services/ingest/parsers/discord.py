@@ -53,7 +53,7 @@ _MESSAGES_OPEN = b'\n  "messages": ['
 _MESSAGES_CLOSE = b"\n  ]"
 _ITEM_END = b"\n    },"
 _USER_KINDS = frozenset({"Default", "Reply"})
-_MONTHS = {m: i for i, m in enumerate("jan feb mar apr may jun jul aug sep oct nov dec".split(), 1)}
+_MONTHS = {m: i for i, m in enumerate(["jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec"], 1)}
 
 # DCE's GetFallbackContent texts, the only trace of a system notification in CSV
 _SYSTEM_TEXTS = frozenset(
@@ -97,7 +97,7 @@ def _detect_csv(source: Source) -> bool:
     try:
         paths = candidates(source, ".csv")[:DETECT_HEADS]
         return any(_csv_delimiter(peek(source, p)) for p in paths)
-    except Exception:
+    except Exception:  # noqa: BLE001 - detect never raises; parse reports damage
         return False
 
 
@@ -105,7 +105,7 @@ def _detect_json(source: Source) -> bool:
     try:
         paths = candidates(source, ".json")[:DETECT_HEADS]
         return any(_is_json_head(peek(source, p)) for p in paths)
-    except Exception:
+    except Exception:  # noqa: BLE001 - detect never raises; parse reports damage
         return False
 
 

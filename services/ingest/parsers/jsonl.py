@@ -69,7 +69,7 @@ def detect(source: Source) -> bool:
     """The first non-empty line of some file is a JSON object with the four required keys."""
     try:
         return any(_is_jsonl_head(source.head(path)) for path in source.files())
-    except Exception:  # detect never raises; parse reports damage
+    except Exception:  # noqa: BLE001 - detect never raises; parse reports damage
         return False
 
 

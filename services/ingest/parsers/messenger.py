@@ -377,10 +377,7 @@ def _is_instagram(source: Source, files: set[str], root: str) -> bool:
         return True
     if root.endswith(("your_facebook_activity/", "your_activity_across_facebook/")):
         return False
-    for marker in _IG_MARKERS:
-        if root + marker in files and b'"profile_user"' in source.head(root + marker, SNIFF_BYTES):
-            return True
-    return False
+    return any(root + marker in files and b'"profile_user"' in source.head(root + marker, SNIFF_BYTES) for marker in _IG_MARKERS)
 
 
 def _detect(source: Source, instagram: bool) -> bool:
@@ -398,7 +395,7 @@ def _detect(source: Source, instagram: bool) -> bool:
             return False
         loose = sorted(_loose(files, False), key=lambda p: (p.count("/"), p))[:DETECT_HEADS]
         return any(_sniff(source.head(p, SNIFF_BYTES)) for p in loose)
-    except Exception:  # detect never raises: parse reports what is wrong
+    except Exception:  # noqa: BLE001 - detect never raises: parse reports what is wrong
         return False
 
 

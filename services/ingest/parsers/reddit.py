@@ -62,7 +62,7 @@ def detect(source: Source) -> bool:
     """A CSV whose header names `title` and `body` columns."""
     try:
         return any(_is_pairs_header(peek(source, p)) for p in candidates(source, ".csv")[:DETECT_HEADS])
-    except Exception:  # detect never raises; parse reports damage
+    except Exception:  # noqa: BLE001 - detect never raises; parse reports damage
         return False
 
 

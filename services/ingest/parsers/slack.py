@@ -73,7 +73,7 @@ def detect(source: Source) -> bool:
             return False
         users = _users_files(root, files)
         return _json_array_head(source.head(root + "channels.json")) and _json_array_head(source.head(users[0]))
-    except Exception:  # detect never raises; parse reports damage
+    except Exception:  # noqa: BLE001 - detect never raises; parse reports damage
         return False
 
 
@@ -145,9 +145,10 @@ def _title(c: Any, by_members: bool, names: dict[str, str]) -> tuple[str, str, s
     folder = name or cid  # DMs have no name: their folder is the DM id
     members = c.get("members")
     if by_members and type(members) is list and members:
-        if any(type(m) is not str for m in members):
+        ids: list[str] = members
+        if any(type(m) is not str for m in ids):
             raise ValueError("'members' must be a list of user ids")
-        return cid, folder, ", ".join(dict.fromkeys(names.get(m, m) for m in members))
+        return cid, folder, ", ".join(dict.fromkeys(names.get(m, m) for m in ids))
     return cid, folder, folder
 
 

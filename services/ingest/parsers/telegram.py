@@ -88,7 +88,7 @@ def _candidates(source: Source) -> list[str]:
 def _head_is_telegram(source: Source, path: str) -> bool:
     try:
         return _looks_telegram(source.head(path))
-    except Exception:  # detect never raises; parse reports damage
+    except Exception:  # noqa: BLE001 - detect never raises; parse reports damage
         return False
 
 
@@ -103,7 +103,7 @@ def detect(source: Source) -> bool:
     """True when a result.json-like file (whatever its name) holds a Telegram export."""
     try:
         candidates = _candidates(source)
-    except Exception:
+    except Exception:  # noqa: BLE001 - detect never raises; parse reports damage
         return False
     return any(_head_is_telegram(source, p) for p in candidates[:DETECT_HEADS])
 
@@ -170,7 +170,7 @@ def _full_export(source: Source, path: str, where: str) -> Iterator[Conversation
     watched: set[bytes] = set()
     left_at: tuple[int, int] | None = None
     empty = []  # sections whose key occurred in the file but which gave no dialog
-    for key, watch in zip(SECTIONS, WATCHED):
+    for key, watch in zip(SECTIONS, WATCHED, strict=True):
         first = key == SECTIONS[0]
         if not first and watch not in watched:
             continue  # no `"left_chats"` anywhere: no such section
@@ -233,7 +233,7 @@ def _dialog(d: Any, where: str, entry: str) -> Conversation | None:
         raise ParseError(where, f"the chat's 'type' must be a string, not {_kind(dtype)}", entry=f"{entry}type")
     if type(messages) is not list:
         raise ParseError(where, f"'messages' must be an array, not {_kind(messages)}", entry=f"{entry}messages")
-    name = d["name"] if "name" in d else dtype  # absent for saved_messages, replies
+    name = d.get("name", dtype)  # absent for saved_messages, replies
     if name is None or name == "":
         name = _NO_NAME
     elif type(name) is not str:

@@ -256,7 +256,8 @@ class _Chat:
 
     def _messages(self) -> list[Message]:
         data, ios = self.data, self.ios
-        dates, times, senders = self.dates, self.times, {}
+        dates, times = self.dates, self.times
+        senders: dict[bytes, str] = {}
         out: list[Message] = []
         append = out.append
         first = self.first_rx.match(data, self.start)
@@ -359,7 +360,7 @@ def _chat_probe(head: str) -> tuple[int, re.Match[str]] | None:
     if first is None or probe is None:
         return None
     rx, others = re.compile(_header(probe, False)), 0
-    for others, line in enumerate(lines, 1):
+    for others, line in enumerate(lines, 1):  # noqa: B007 - the count is read after the loop
         if rx.match(line[0]):
             break
     else:
@@ -387,7 +388,7 @@ def detect(source: Source) -> bool:
     """True when a .txt file (or the single file given) starts with WhatsApp message headers."""
     try:
         return any(_looks_like_chat(source, p) for p in _candidates(source)[:DETECT_PEEKS])
-    except Exception:  # detect never raises; parse reports damage
+    except Exception:  # noqa: BLE001 - detect never raises; parse reports damage
         return False
 
 

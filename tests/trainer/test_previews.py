@@ -1,19 +1,13 @@
-"""Openings to sample from, and one generated turn cut out of what the model writes."""
+"""Preview samples during training: openings to sample from, one turn each, and the caller's RNG untouched."""
 
 from __future__ import annotations
 
 import torch
 
+from doppel.tiny import tiny_model
 from doppel.transcript import Transcript, Turn
-from services.trainer.basemodels import tiny_model
-from services.trainer.sampling import _one_turn, generate, openings
+from services.trainer.previews import generate, openings
 from services.trainer.samples import Session
-
-
-def test_a_generated_turn_stops_where_another_participant_speaks():
-    assert _one_turn(" yes totally\nBob: ok\nAlice: no", ["Alice", "Bob"]) == "yes totally"
-    assert _one_turn(" two\nlines", ["Alice", "Bob"]) == "two\nlines"
-    assert _one_turn(" Bob: is not a new line", ["Alice", "Bob"]) == "Bob: is not a new line"
 
 
 def test_openings_are_prompts_said_to_the_persona_or_held_out_starts():
@@ -29,7 +23,21 @@ def test_generate_gives_one_sample_per_opening_shown_with_its_prompt():
     model, tok = tiny_model(["Bob: how was work", "Alice: haha yes"], seed=0, block_size=128)
     transcript = Transcript(tok, ["Alice"])
     found = openings([], ["Alice"], ["how was work"])
-    torch.manual_seed(0)
     [s] = generate(model, tok, transcript, found, step=3, max_new_tokens=8)
     assert s.prompt == "User: how was work" and s.speaker == "Alice" and s.step == 3
     assert "\n" not in s.text  # plain turns end at a newline: the sample is cut there
+
+
+def test_generate_is_seeded_and_leaves_the_global_rng_as_it_was():
+    model, tok = tiny_model(["Bob: how was work", "Alice: haha yes"], seed=0, block_size=128)
+    transcript = Transcript(tok, ["Alice"])
+    found = openings([], ["Alice"], ["how was work", "and you?"])
+    torch.manual_seed(1234)
+    cpu = torch.get_rng_state()
+    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []
+    first = generate(model, tok, transcript, found, step=2, seed=7, max_new_tokens=8)
+    assert torch.equal(torch.get_rng_state(), cpu)
+    if torch.cuda.is_available():
+        assert all(torch.equal(a, b) for a, b in zip(torch.cuda.get_rng_state_all(), cuda, strict=True))
+    torch.manual_seed(99)  # another caller state: the samples depend only on seed + step
+    assert generate(model, tok, transcript, found, step=2, seed=7, max_new_tokens=8) == first

@@ -14,21 +14,25 @@ import logging
 import os
 import socket
 import threading
+from typing import TYPE_CHECKING
 
 from doppel.config import Settings
 from doppel.errors import FailedPrecondition
 
+if TYPE_CHECKING:
+    from prefect.runner import Runner
+
 log = logging.getLogger(__name__)
 
 
-class Worker:
+class DeploymentRunner:
     """Serves the deployment until `stop`; `limit` runs at a time."""
 
     def __init__(self, settings: Settings, *, limit: int = 1, poll_s: float = 1.0):
         self.settings, self.limit, self.poll_s = settings, limit, poll_s
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._runner = None
+        self._runner: Runner | None = None
         self._ready = threading.Event()
         self._error: BaseException | None = None
 
@@ -50,7 +54,7 @@ class Worker:
         with temporary_settings(updates=updates):
             try:
                 asyncio.run(self._serve())
-            except BaseException as e:  # noqa: BLE001 - reported to start() or logged
+            except BaseException as e:
                 self._error = e
                 self._ready.set()
                 log.exception("the Prefect runner stopped")
@@ -79,7 +83,7 @@ class Worker:
             future = asyncio.run_coroutine_threadsafe(self._runner.astop(), self._loop)
             try:
                 future.result(timeout)
-            except Exception:  # noqa: BLE001 - shutting down regardless
+            except Exception:
                 log.exception("stopping the Prefect runner")
         if self._thread is not None:
             self._thread.join(timeout)

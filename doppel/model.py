@@ -1,0 +1,125 @@
+"""A persona model's manifest, the schemas it embeds, and the reads of models in the store.
+
+A published persona model is a folder in the store that plain transformers/peft can load:
+
+    models/<id>/adapter_config.json, adapter_model.safetensors   (LoRA)  or
+    models/<id>/config.json, model.safetensors                   (full)
+    models/<id>/tokenizer.json, tokenizer_config.json, ...
+    models/<id>/base/...            the base weights, when they live nowhere else (`tiny`)
+    models/<id>/manifest.json       written last: no manifest, no model
+
+A LoRA model names its base in the manifest (`base_store_prefix`: `base-models/smollm2-135m/`
+or `models/<id>/base/`); load the base from there, then `PeftModel.from_pretrained` on the
+model folder. The manifest also says how its transcripts are rendered, so inference prompts
+the model the way it was trained, and how the model was made: the resolved `Recipe`, the
+held-out `Evaluation` and the `SampleText`s written at the end of training.
+
+The trainer writes models (`services/trainer/models.py`); anyone reads them here, through the
+manifest-indexed `MODELS` catalog (`get`, `records`, `page`).
+"""
+
+from __future__ import annotations
+
+import math
+from datetime import UTC, datetime
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from doppel.catalog import Catalog
+
+Method = Literal["lora", "full"]
+Schedule = Literal["constant", "linear", "cosine"]
+Precision = Literal["auto", "fp32", "bf16", "fp16"]
+MANIFEST = "manifest.json"
+
+
+class Recipe(BaseModel):
+    """A fully resolved training recipe: every value set (the trainer resolves a request into one)."""
+
+    dataset_id: str
+    speakers: list[str]
+    base_model: str
+    method: Method
+    preset: str
+    model_name: str
+    lora_rank: int = 16
+    lora_alpha: float = 32.0
+    lora_dropout: float = 0.05
+    lora_target_modules: list[str] = Field(default_factory=list)
+    learning_rate: float = 2e-4
+    lr_schedule: Schedule = "cosine"
+    warmup_ratio: float = 0.05
+    epochs: float = 1.0
+    max_steps: int | None = None
+    batch_size: int = 8
+    gradient_accumulation_steps: int = 1
+    block_size: int = 512
+    weight_decay: float = 0.0
+    seed: int = 0
+    held_out_fraction: float = 0.1
+    save_every: int = 100
+    sample_every: int = 0
+    sample_prompts: list[str] = Field(default_factory=list)
+    gradient_checkpointing: bool = False
+    precision: Precision = "auto"
+    session_gap_s: float = 6 * 3600.0
+
+
+class SampleText(BaseModel):
+    """A text the model wrote from `prompt` at training step `step`, as `speaker` if one was asked."""
+
+    prompt: str
+    text: str
+    step: int = 0
+    speaker: str = ""
+
+
+class Evaluation(BaseModel):
+    """Held-out figures; NaN (stored as "NaN") when there was nothing held out."""
+
+    model_config = ConfigDict(ser_json_inf_nan="strings")
+    held_out_loss: float = math.nan
+    perplexity: float = math.nan
+    base_held_out_loss: float = math.nan
+    base_perplexity: float = math.nan
+    held_out_tokens: int = 0
+
+    @classmethod
+    def of(cls, loss: float, base_loss: float, tokens: int) -> Evaluation:
+        return cls(
+            held_out_loss=loss,
+            perplexity=_exp(loss),
+            base_held_out_loss=base_loss,
+            base_perplexity=_exp(base_loss),
+            held_out_tokens=tokens,
+        )
+
+
+def _exp(x: float) -> float:
+    return math.exp(min(x, 700.0)) if not math.isnan(x) else math.nan
+
+
+class ModelManifest(BaseModel):
+    """`models/<id>/manifest.json`: written last, so a model without one does not exist."""
+
+    id: str
+    name: str
+    base_model: str  # as asked
+    base_source: str  # where its weights came from
+    base_store_prefix: str | None = None  # where to load the base of an adapter from
+    method: Method
+    transcript: Literal["chat", "plain"]
+    speakers: list[str]
+    participants: list[str]
+    dataset_id: str
+    run_id: str
+    recipe: Recipe
+    evaluation: Evaluation = Field(default_factory=Evaluation)
+    samples: list[SampleText] = Field(default_factory=list)
+    created_at: datetime = Field(default_factory=lambda: datetime.now(UTC))
+    size_bytes: int = 0
+    files: list[str] = Field(default_factory=list)
+
+
+MODELS: Catalog[ModelManifest] = Catalog(ModelManifest, kind="model", root="models/", record=MANIFEST)
