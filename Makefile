@@ -18,6 +18,9 @@ BUF := $(VENV)/bin/buf
 RELEASED := proto/released/doppel-v1.binpb
 # The UI tests drive Debian's headless Chromium.
 BROWSER := /usr/bin/chromium
+# The live container test (tests/deploy/test_live_stack.py) starts Debian's dockerd and builds
+# its base image with mmdebstrap; without apt-get it is skipped.
+DOCKERD := /usr/sbin/dockerd
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 export HF_HUB_OFFLINE := 1
 export HF_HUB_DISABLE_TELEMETRY := 1
@@ -28,7 +31,7 @@ export GRADIO_ANALYTICS_ENABLED := False
 up: setup
 	$(VENV)/bin/doppel up
 
-test: setup check $(BROWSER)
+test: setup check $(BROWSER) $(DOCKERD)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 # ruff (lint), mypy (types; settings in pyproject.toml), buf lint and buf breaking against the
@@ -69,3 +72,8 @@ $(BROWSER):
 $(STUBS): $(PROTOS) $(INSTALLED)
 	$(PY) -m doppel.codegen
 	touch $@
+
+$(DOCKERD):
+	@command -v apt-get >/dev/null || { echo "no apt-get: tests/deploy/test_live_stack.py will be skipped"; exit 0; }
+	$(SUDO) apt-get update -qq
+	DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq docker.io mmdebstrap

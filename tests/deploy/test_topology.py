@@ -20,7 +20,6 @@ import re
 import secrets
 import subprocess
 import sys
-import textwrap
 import time
 import uuid
 from collections.abc import Iterator
@@ -28,9 +27,9 @@ from pathlib import Path
 
 import pytest
 
-from support.chats import chat
 from support.compose import EXAMPLE_ENV, Service, dockerfile_env, read_env_file, services
 from support.processes import die_with_parent, free_port, log_tail, stop
+from support.stack import CHAT, CREATE_AND_WATCH, whatsapp_export
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -40,15 +39,6 @@ HEALTHY_TIMEOUT_S = 180.0
 CPU_OVERRIDES = {"DOPPEL_TRAIN_THREADS": "1", "DOPPEL_INFERENCE_THREADS": "1", "DOPPEL_GRACE_S": "2"}
 IMAGE_PATHS = {"PATH", "DOPPEL_HOME", "PREFECT_HOME", "HF_HOME"}  # image folders: a tmp folder each here
 DOPPEL_SERVICES = ("ingest", "trainer", "inference")
-
-
-def whatsapp_export(path: Path) -> Path:
-    """An Android WhatsApp export of the learnable Alice-and-Bob chat (as the UI browser test makes it)."""
-    messages = sorted((m for c in chat(conversations=2, messages=80, extra={"Carol": 3}) for m in c.messages),
-                      key=lambda m: m.timestamp)
-    path.write_text("\n".join(f"{m.timestamp:%d/%m/%Y, %H:%M} - {m.sender}: {m.text}" for m in messages) + "\n",
-                    encoding="utf-8")
-    return path
 
 
 class Topology:
@@ -168,40 +158,6 @@ def _client(topo: Topology, argv: list[str], extra: dict[str, str] | None = None
                 "DOPPEL_INFERENCE_ADDR": topo.addr("inference", 50053), "DOPPEL_HOME": str(topo.tmp / "client")})
     env.update(extra if extra is not None else {"DOPPEL_API_TOKEN": topo.token})
     return subprocess.run(argv, env=env, capture_output=True, text=True, timeout=timeout, **kwargs)
-
-
-CREATE_AND_WATCH = textwrap.dedent("""
-    import asyncio, json, sys, time
-    from prefect.client.orchestration import PrefectClient
-
-    async def main(api_url, request):
-        async with PrefectClient(api_url) as c:
-            deployment = await c.read_deployment_by_name("train-persona/train-persona")
-            assert "request" in deployment.parameter_openapi_schema["properties"], "no parameter form"
-            run = await c.create_flow_run_from_deployment(deployment.id, parameters={"request": request})
-            deadline = time.monotonic() + 400
-            while not run.state.is_final() and time.monotonic() < deadline:
-                await asyncio.sleep(1)
-                run = await c.read_flow_run(run.id)
-            print(json.dumps({"id": str(run.id), "state": run.state.type.value, "message": run.state.message}))
-
-    asyncio.run(main(sys.argv[1], json.loads(sys.argv[2])))
-""")
-
-CHAT = textwrap.dedent("""
-    import json, sys
-    from doppel.clients import InferenceClient
-    from doppel.config import Settings
-    from doppel.v1 import common_pb2, inference_pb2 as inf
-
-    settings = Settings()
-    with InferenceClient.from_settings(settings) as client:
-        served = [m.model_id for m in client.list_served_models(inf.ListServedModelsRequest()).models]
-        reply = client.chat(inf.ChatRequest(
-            model_id=sys.argv[1], history=[inf.Turn(speaker="Bob", text="how was work")], user_speaker="Bob",
-            sampling=common_pb2.SamplingParams(n=2, max_new_tokens=12, seed=1)), timeout=120)
-        print(json.dumps({"served": served, "speaker": reply.speaker, "texts": [c.text for c in reply.candidates]}))
-""")
 
 
 def test_compose_topology_imports_trains_from_the_prefect_api_and_chats(topology: Topology, tmp_path: Path):

