@@ -1,0 +1,7 @@
+"""Persona fidelity: whether a model's replies read like its person, and never leak them.
+
+The measures, each a module with no gRPC, no store and no model in it (they take texts):
+`style` (a style profile per speaker and the distance between two, distinctive words),
+`copying` (regurgitation of the training text), `conduct` (speaking for others, leaked personal
+data, repetition). Sampling the replies and the classifiers are still to come (issue 15).
+"""

@@ -1,0 +1,118 @@
+"""The fidelity measures on hand-made texts whose figures are known."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from doppel import personal
+from services.trainer.fidelity import conduct, style
+from services.trainer.fidelity.copying import TrainingIndex
+
+
+def stats(messages, turn_sizes=()):
+    return {s.name: s.value for s in style.profile(messages, turn_sizes)}
+
+
+def test_a_profile_holds_the_distributions_and_shares_it_was_given():
+    got = stats(["hi", "hello there!", "what? why?", "ok...", "See https://x.org 😀😀"], turn_sizes=[1, 3, 2])
+    assert got["characters mean"] == pytest.approx((2 + 12 + 10 + 5 + 20) / 5)
+    assert got["words p50"] == 2  # 1, 2, 2, 1 and 4 words ("see", "https", "x", "org"; emoji are none)
+    assert got["words p90"] == pytest.approx(2 + 0.6 * (4 - 2))
+    assert got["emoji mean"] == pytest.approx(2 / 5) and got["emoji p90"] == pytest.approx(1.2)
+    assert got["! per message"] == pytest.approx(1 / 5)
+    assert got["? per message"] == pytest.approx(2 / 5)
+    assert got["... per message"] == pytest.approx(1 / 5)
+    assert got["starts lowercase"] == pytest.approx(4 / 5)
+    assert got["all lowercase"] == pytest.approx(4 / 5)
+    assert got["with a link"] == pytest.approx(1 / 5)
+    assert got["with a placeholder"] == 0
+    assert got["messages per turn"] == 2
+
+
+def test_placeholders_and_empty_input():
+    assert stats(["call me on <PHONE>", "ok"])["with a placeholder"] == 0.5
+    empty = stats([])
+    assert empty["characters mean"] == 0 and empty["starts lowercase"] == 0 and "messages per turn" not in empty
+
+
+def test_the_distance_is_zero_for_the_same_style_and_grows_with_the_difference():
+    person = style.profile(["lol yeah", "omg no way!!", "haha ok", "see u soon"])
+    same = style.profile(["haha ok", "lol yeah", "see u soon", "omg no way!!"])
+    close = style.profile(["lol ok", "omg yes!!", "haha sure", "see you soon"])
+    far = style.profile(["Dear colleague, I hope this message finds you well. Kind regards.",
+                         "Thank you for your patience; I will reply by Monday."])
+    d_same, d_close, d_far = (style.distance(style.compare(person, p)) for p in (same, close, far))
+    assert d_same == 0
+    assert 0 < d_close < d_far <= 1
+    row = next(r for r in style.compare(person, far) if r.name == "starts lowercase")
+    assert (row.person, row.model, row.difference) == (1.0, 0.0, 1.0)
+
+
+def test_distinctive_words_are_the_persons_own():
+    person = ["honestly the train was late again", "honestly cannot wait", "honestly no idea"] * 3 + ["the train"]
+    others = ["the train is here", "the meeting is at ten", "see you at the train"] * 3
+    top = style.distinctive(person, others, top=3)
+    assert top[0].term == "honestly" and top[0].count == 9
+    assert "the" not in [d.term for d in top] and "train" not in [d.term for d in top]
+    assert all(a.z >= b.z for a, b in zip(top, top[1:], strict=False))
+
+
+def _tokens(text: str) -> list[int]:
+    return [ord(c) for c in text]  # a byte-ish tokenizer: one token a character
+
+
+def test_a_model_that_copies_training_messages_is_caught():
+    training = ["i will be there around six, the bus was late again today", "ok", "see you at the station tonight"]
+    index = TrainingIndex(training, _tokens)
+    parrot = ["I will be there around six, the bus was late again today", "ok"]
+    original = ["running late, start without me", "pizza?"]
+    stitched = ["yes i will be there around six, the bus was late, sorry"]  # 8+ copied words, 20+ copied characters
+    assert index.measure(parrot).exact == 1.0
+    assert index.measure(original).exact == 0 and index.measure(original).token_span == 0
+    assert index.measure(original).word_span == 0
+    copied = index.measure(stitched)
+    assert copied.exact == 0 and copied.token_span == 1.0 and copied.word_span == 1.0
+    short = index.measure(["the bus was late"])  # 4 words, 16 characters: below both spans
+    assert (short.token_span, short.word_span) == (0, 0)
+
+
+def test_the_copy_index_stays_fast_on_many_messages():
+    vocabulary = [f"w{k}" for k in range(5000)]
+    messages = [" ".join(vocabulary[(k * 7 + j * 13) % 5000] for j in range(10)) for k in range(100_000)]
+    t0 = time.monotonic()
+    index = TrainingIndex(messages, lambda t: [hash(w) for w in t.split()])
+    built = time.monotonic() - t0
+    assert index.copies_words(messages[99_999]) and index.is_exact_copy(messages[12_345])
+    assert not index.copies_words(" ".join(vocabulary[:10]) + " zzz")
+    print(f"\nindexed 100k messages in {built:.1f} s")  # ~1M messages stays in tens of seconds
+
+
+def test_a_model_that_writes_the_users_turn_is_caught():
+    others = ["Bob", "Carol Ann"]
+    assert conduct.speaks_for("sure thing\nBob: and then what", others) == "Bob"
+    assert conduct.speaks_for("carol ann: hi", others) == "Carol Ann"
+    assert conduct.speaks_for("I told Bob: no way", others) is None  # a colon mid-line is speech, not a turn
+    assert conduct.speaks_for("see you Bobby", others) is None
+    measured = conduct.measure([["hi", "Bob: hey"], ["ok"]], others)
+    assert measured.speaking_for_others == 1 and measured.replies == 3
+
+
+def test_leaks_use_the_redaction_rule():
+    assert conduct.leaks("mail me at ann@example.com or call +44 20 7946 0958") == ["email", "phone"]
+    assert conduct.leaks("card 4111 1111 1111 1111 and DE89 3704 0044 0532 0130 00") == ["card", "iban"]
+    assert conduct.leaks("see https://example.com/123456789 on 2024-01-05 at 10:30") == []
+    assert [k for k, _ in personal.find("https://x.org/a")] == ["url"]
+    assert conduct.measure([["ann@example.com", "x@y.org and b@c.org"]], []).leaks == {"email": 2}
+
+
+def test_repetition_counts_loops_and_variety():
+    loop = ["i'll strim tomorrow", "I'll strim tomorrow ", "sure", "i'll strim tomorrow", "ok", "fine", "sure"]
+    assert conduct.repeats(loop, window=3) == 2  # the 2nd and the 4th; the last "sure" is 4 back
+    assert conduct.repeats(loop, window=4) == 3
+    assert conduct.distinct(["a b c", "d e f"], 1) == 1.0
+    assert conduct.distinct(["a a a a"], 1) == 0.25
+    assert conduct.distinct(["a b a b"], 2) == pytest.approx(2 / 3)
+    measured = conduct.measure([loop], ["Jonah"])
+    assert measured.repeated == pytest.approx(2 / 7) and measured.distinct_1 < 1
