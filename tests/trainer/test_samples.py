@@ -13,7 +13,7 @@ from doppel.conversation import Conversation, Message
 from doppel.errors import InvalidArgument
 from doppel.tiny import tiny_model
 from doppel.transcript import Transcript, Turn
-from services.trainer.samples import IGNORE, Sample, Session, split_sessions, tokenise
+from services.trainer.samples import IGNORE, Sample, Session, Split, split_sessions, tokenise
 from support.chats import chat
 
 CHATML = (
@@ -167,6 +167,109 @@ def test_split_counts_turns_by_speaker() -> None:
     assert split.turns(["Alice"]) == (7, 3)  # Alice sends the odd ones: 1..13 train, 15, 17, 19 held out
     assert split.turns(["Bob"]) == (8, 2)
     assert split.turns(["Alice", "Bob"]) == (15, 5)
+
+
+
+def pairs(n: int, *, prefix: str = "p", start: datetime = T0) -> list[Conversation]:
+    """`n` two-message conversations (Bob asks, Alice answers), an hour apart: p0 is the earliest."""
+    return [
+        conv(f"{prefix}{i}", [("Bob", f"{prefix}{i} ask", start + timedelta(hours=i)),
+                              ("Alice", f"{prefix}{i} answer", start + timedelta(hours=i, minutes=1))])
+        for i in range(n)
+    ]
+
+
+def ids(sessions: list[Session]) -> set[str]:
+    return {s.conversation_id for s in sessions}
+
+
+def assert_whole(split: Split, conversations: list[Conversation]) -> None:
+    """Each of `conversations` lies whole in exactly one part."""
+    for c in conversations:
+        assert (c.id in ids(split.train)) != (c.id in ids(split.held_out)), c.id
+        part = split.held_out if c.id in ids(split.held_out) else split.train
+        assert turns_of(part, c.id) == as_turns(c.messages)
+
+
+@pytest.mark.parametrize(("fraction", "held"), [(0.01, 1), (0.1, 3), (0.25, 8), (0.3, 9), (0.5, 15), (0.9, 27)])
+def test_two_message_conversations_hold_out_the_latest_whole(fraction: float, held: int) -> None:
+    conversations = pairs(30)
+    split = split_sessions(conversations, ["Alice"], session_gap=GAP, held_out_fraction=fraction)
+    # about `fraction` of the 60 messages, whole conversations, the latest ones; at least one
+    assert ids(split.held_out) == {f"p{i}" for i in range(30 - held, 30)}
+    assert ids(split.train) == {f"p{i}" for i in range(30 - held)}
+    assert_whole(split, conversations)
+    assert split.turns(["Alice"]) == (30 - held, held)
+
+
+def test_short_conversations_are_held_out_by_time_not_by_position_in_the_export() -> None:
+    conversations = pairs(30)
+    shuffled = conversations[::2] + conversations[1::2][::-1]
+    split = split_sessions(shuffled, ["Alice"], session_gap=GAP, held_out_fraction=0.1)
+    assert ids(split.held_out) == {"p27", "p28", "p29"}
+    assert_whole(split, conversations)
+
+
+def test_long_conversations_keep_the_tail_split_and_short_ones_go_whole() -> None:
+    long = chat(conversations=2, messages=120)
+    short = pairs(20, start=datetime(2024, 2, 1, tzinfo=UTC))  # before the long ones: still their latest go
+    split = split_sessions(long + short, ["Alice"], session_gap=GAP, held_out_fraction=0.1)
+    for c in long:
+        train = [t for t in as_turns(c.messages[:108]) if t.speaker == "Alice"]
+        held = [t for t in as_turns(c.messages[108:]) if t.speaker == "Alice"]
+        assert [t for t in turns_of(split.train, c.id) if t.speaker == "Alice"] == train
+        assert [t for t in turns_of(split.held_out, c.id) if t.speaker == "Alice"] == held
+    assert ids(split.held_out) - {c.id for c in long} == {"p18", "p19"}  # 4 of the 40 short messages
+    assert_whole(split, short)
+
+
+def test_a_conversation_whose_tail_would_take_every_chosen_turn_is_short() -> None:
+    # at 0.5 a pair spares one message: the answer, Alice's only turn there; train would keep none of hers
+    split = split_sessions(pairs(30), ["Alice"], session_gap=GAP, held_out_fraction=0.5)
+    assert split.turns(["Alice"]) == (15, 15)
+    assert_whole(split, pairs(30))
+
+
+@pytest.mark.parametrize("fraction", [0.5, 0.9, 0.99])
+def test_train_keeps_a_chosen_turn(fraction: float) -> None:
+    one_each = [conv(f"s{i}", [("Alice", f"s{i}", T0 + timedelta(hours=i))]) for i in range(3)]
+    for conversations in (one_each, pairs(2), pairs(25), [numbered("a", 4), numbered("b", 2)]):
+        split = split_sessions(conversations, ["Alice"], session_gap=GAP, held_out_fraction=fraction)
+        train, held = split.turns(["Alice"])
+        assert train > 0, (fraction, [c.id for c in conversations])
+        assert held > 0, (fraction, [c.id for c in conversations])
+
+
+def test_fraction_zero_holds_out_nothing_even_where_a_little_holds_out_some() -> None:
+    conversations = chat(conversations=2, messages=40) + pairs(30) + [numbered("a", 41)]
+    split = split_sessions(conversations, ["Alice"], session_gap=GAP, held_out_fraction=0)
+    assert split.held_out == []
+    assert split.turns(["Alice"]) == (2 * 20 + 30 + 20, 0)
+    split = split_sessions(conversations, ["Alice"], session_gap=GAP, held_out_fraction=0.001)
+    assert split.turns(["Alice"])[1] > 0
+
+
+def test_the_split_is_deterministic() -> None:
+    # every pair at the same time: ties broken by conversation id, not by the order given
+    same_time = [conv(c.id, [(m.sender, m.text, T0) for m in c.messages]) for c in pairs(30)]
+    shuffled = same_time[1::2] + same_time[::2][::-1]
+
+    def held(conversations: list[Conversation]) -> list[tuple[str, list[Turn]]]:
+        split = split_sessions(conversations, ["Alice"], session_gap=GAP, held_out_fraction=0.1)
+        return sorted((s.conversation_id, s.turns) for s in split.held_out)
+
+    first = held(same_time)
+    assert [cid for cid, _ in first] == ["p7", "p8", "p9"]  # the greatest ids: "p9" > "p8" > "p7" > "p29"
+    assert held(same_time) == first
+    assert held(shuffled) == first
+
+
+@pytest.mark.parametrize(("n", "held"), [(39, []), (40, ["a message 39"]), (41, ["a message 39", "a message 40"])])
+def test_a_single_conversation_with_20_chosen_turns_holds_out_from_the_last(n: int, held: list[str]) -> None:
+    # floor(n * 0.02) = 0: nothing to spare, but Alice (the odd messages) has 19, 20, 20 turns
+    split = split_sessions([numbered("a", n)], ["Alice"], session_gap=GAP, held_out_fraction=0.02)
+    assert [t.text for t in turns_of(split.held_out, "a")] == held
+    assert [t.text for t in turns_of(split.train, "a")] == [f"a message {i}" for i in range(n - len(held))]
 
 
 # --- tokenise ------------------------------------------------------------------------------
