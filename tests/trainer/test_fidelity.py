@@ -116,3 +116,37 @@ def test_repetition_counts_loops_and_variety():
     assert conduct.distinct(["a b a b"], 2) == pytest.approx(2 / 3)
     measured = conduct.measure([loop], ["Jonah"])
     assert measured.repeated == pytest.approx(2 / 7) and measured.distinct_1 < 1
+
+
+def _voices(seed: int, n: int) -> tuple[list[str], list[str]]:
+    """A person who writes lowercase with "lol" and no full stops, and others who write formally."""
+    import random
+
+    rng = random.Random(seed)
+    topics = ["train", "dinner", "movie", "work", "weekend", "party", "coffee", "game", "trip", "call"]
+    person = [f"lol the {rng.choice(topics)} was {rng.choice(['wild', 'so good', 'meh', 'a mess'])} haha" for _ in range(n)]
+    others = [f"The {rng.choice(topics)} is at {rng.randint(1, 12)} o'clock. Please confirm." for _ in range(n)]
+    return person, others
+
+
+def test_who_said_it_tells_the_persons_voice_from_the_others():
+    from services.trainer.fidelity.attribution import WhoSaidIt
+
+    person, others = _voices(0, 60)
+    clf = WhoSaidIt(person, others)
+    held_person, held_others = _voices(1, 20)
+    assert clf.attributed(held_person) >= 0.9
+    assert clf.attributed(held_others) <= 0.1
+    assert clf.attributed(["The coffee is at 3 o'clock. Please confirm."]) == 0
+    with pytest.raises(ValueError, match="someone else"):
+        WhoSaidIt(person, [])
+
+
+def test_real_or_generated_is_a_coin_toss_only_when_they_read_alike():
+    from services.trainer.fidelity.attribution import real_or_generated
+
+    person_a, formal = _voices(2, 40)
+    person_b, _ = _voices(3, 40)
+    assert real_or_generated(person_a, formal) >= 0.9  # a "model" that writes like someone else
+    alike = real_or_generated(person_a, person_b)  # the same voice, other samples
+    assert 0.2 <= alike <= 0.8, alike

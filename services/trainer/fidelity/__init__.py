@@ -2,6 +2,7 @@
 
 The measures, each a module with no gRPC, no store and no model in it (they take texts):
 `style` (a style profile per speaker and the distance between two, distinctive words),
-`copying` (regurgitation of the training text), `conduct` (speaking for others, leaked personal
-data, repetition). Sampling the replies and the classifiers are still to come (issue 15).
+`attribution` (who said it; real or generated), `copying` (regurgitation of the training text),
+`conduct` (speaking for others, leaked personal data, repetition). Sampling the replies to
+measure, and reporting the figures, are still to come (issue 15).
 """
