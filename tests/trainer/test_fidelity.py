@@ -150,3 +150,23 @@ def test_real_or_generated_is_a_coin_toss_only_when_they_read_alike():
     assert real_or_generated(person_a, formal) >= 0.9  # a "model" that writes like someone else
     alike = real_or_generated(person_a, person_b)  # the same voice, other samples
     assert 0.2 <= alike <= 0.8, alike
+
+
+def test_the_report_puts_every_figure_in_its_table():
+    from services.trainer.fidelity import report
+
+    person, others = _voices(4, 40)
+    real, _ = _voices(5, 10)
+    parrot = [[person[0], person[1]], [person[2], "Bob: my turn now", "mail me at ann@example.com", *person[3:8]]]
+    f = report.measure("Ann", train_person=person, train_others=others, real=real, generated=parrot,
+                       others=["Bob"], tokenize=_tokens)
+    assert f.replies == 10 and f.copying.exact == pytest.approx(8 / 10)
+    assert f.conduct.speaking_for_others == 1 and f.conduct.leaks == {"email": 1}
+    assert f.who_said_it_real == 1.0 and f.who_said_it_model >= 0.8  # 8 are the person's own lines
+    table = report.markdown(f)
+    assert "| exact copies of training messages | 80% |" in table
+    assert "| replies speaking for another participant | 1 |" in table
+    assert "| style distance (0 = same) |" in table and "| characters mean |" in table
+    with pytest.raises(ValueError, match="9 generated replies for 10"):
+        report.measure("Ann", train_person=person, train_others=others, real=real, generated=[person[:9]],
+                       others=["Bob"], tokenize=_tokens)
