@@ -1,10 +1,11 @@
-"""The fidelity measures on hand-made texts whose figures are known."""
+"""The fidelity measures on hand-made texts whose figures are known, and the replies they measure."""
 
 from __future__ import annotations
 
 import time
 
 import pytest
+import torch
 
 from doppel import personal
 from services.trainer.fidelity import conduct, style
@@ -170,3 +171,43 @@ def test_the_report_puts_every_figure_in_its_table():
     with pytest.raises(ValueError, match="9 generated replies for 10"):
         report.measure("Ann", train_person=person, train_others=others, real=real, generated=[person[:9]],
                        others=["Bob"], tokenize=_tokens)
+
+
+def _sessions(n: int):
+    from doppel.transcript import Turn
+    from services.trainer.samples import Session
+
+    lines = ["how was work", "long day, the train was late again", "pizza tonight?", "yes please, with olives"]
+    return [Session(f"c{k}", ["Ann", "Bob"], [Turn("Bob" if j % 2 == 0 else "Ann", lines[(j + k) % 4]) for j in range(6)])
+            for k in range(n)]
+
+
+def test_targets_are_the_persons_held_out_turns_with_what_came_before():
+    from services.trainer.fidelity.replies import targets
+
+    found = targets(_sessions(3), "Ann", limit=100)
+    assert len(found) == 9 and {t.conversation for t in found} == {0, 1, 2}
+    first = found[0]
+    assert first.real == _sessions(3)[0].turns[1].text and [t.speaker for t in first.context] == ["Bob"]
+    assert len(found[2].context) == 5 and found[2].context[-1].speaker == "Bob"
+    assert len(targets(_sessions(3), "Ann", limit=4)) == 4
+
+
+def test_the_model_answers_each_target_as_one_turn_without_touching_the_callers_rng():
+    from doppel.tiny import tiny_model
+    from doppel.transcript import Transcript
+    from services.trainer.fidelity.replies import sample, targets
+
+    sessions = _sessions(8)
+    model, tokenizer = tiny_model([t.text for s in sessions for t in s.turns] + ["Ann: hi\nBob: yo"])
+    transcript = Transcript(tokenizer, ["Ann"])
+    found = targets(sessions, "Ann")
+    state = torch.random.get_rng_state()
+    t0 = time.monotonic()
+    replies = sample(model, tokenizer, transcript, found, seed=3, max_new_tokens=24)
+    took = time.monotonic() - t0
+    assert torch.equal(state, torch.random.get_rng_state())
+    assert len(replies) == len(found) == 24
+    assert all("\nBob:" not in r and "\nAnn:" not in r for r in replies)
+    assert replies == sample(model, tokenizer, transcript, found, seed=3, max_new_tokens=24)
+    print(f"\n{len(replies)} replies in {took:.1f} s on the tiny model")

@@ -1,8 +1,8 @@
 """Persona fidelity: whether a model's replies read like its person, and never leak them.
 
-The measures, each a module with no gRPC, no store and no model in it (they take texts):
-`style` (a style profile per speaker and the distance between two, distinctive words),
-`attribution` (who said it; real or generated), `copying` (regurgitation of the training text),
-`conduct` (speaking for others, leaked personal data, repetition). Sampling the replies to
-measure, and reporting the figures, are still to come (issue 15).
+`replies` has the model answer its person's held-out turns in their real context; the measures
+take texts only (no gRPC, no store, no model): `style` (a style profile per speaker and the
+distance between two, distinctive words), `attribution` (who said it; real or generated),
+`copying` (regurgitation of the training text), `conduct` (speaking for others, leaked personal
+data, repetition); `report` puts them together in one `Fidelity` and a markdown table.
 """
