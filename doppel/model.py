@@ -96,6 +96,27 @@ class Evaluation(BaseModel):
         )
 
 
+class FidelityFigures(BaseModel):
+    """How much one speaker's model sounds like them, on held-out turns (services/trainer/fidelity);
+    NaN (stored as "NaN") where a figure could not be had."""
+
+    model_config = ConfigDict(ser_json_inf_nan="strings")
+    speaker: str
+    replies: int = 0
+    style_distance: float = math.nan  # 0: the same style profile; 1: nothing alike
+    who_said_it_real: float = math.nan  # share of the person's real held-out replies attributed to them
+    who_said_it_model: float = math.nan  # share of the model's replies attributed to the person
+    real_or_generated: float = math.nan  # cross-validated accuracy; 0.5: indistinguishable
+    exact_copies: float = 0.0  # share of replies that are a training message
+    token_span_copies: float = 0.0  # share copying >= 20 tokens of one
+    word_span_copies: float = 0.0  # share copying >= 8 words of one
+    speaking_for_others: int = 0  # replies holding another participant's turn (must be 0)
+    leaks: int = 0  # replies holding an email address, phone, card or IBAN number
+    distinct_1: float = 0.0
+    distinct_2: float = 0.0
+    repeated: float = 0.0  # share of replies repeating one of the few before them
+
+
 def _exp(x: float) -> float:
     return math.exp(min(x, 700.0)) if not math.isnan(x) else math.nan
 
@@ -117,6 +138,7 @@ class ModelManifest(BaseModel):
     recipe: Recipe
     evaluation: Evaluation = Field(default_factory=Evaluation)
     samples: list[SampleText] = Field(default_factory=list)
+    fidelity: list[FidelityFigures] = Field(default_factory=list)  # one per speaker
     created_at: datetime = Field(default_factory=lambda: datetime.now(UTC))
     size_bytes: int = 0
     files: list[str] = Field(default_factory=list)

@@ -32,12 +32,12 @@ from doppel import dataset
 from doppel.config import Settings
 from doppel.conversation import Conversation
 from doppel.layout import new_id
-from doppel.model import Evaluation, ModelManifest, SampleText
+from doppel.model import Evaluation, FidelityFigures, ModelManifest, SampleText
 from doppel.store import open_store
 from doppel.store.base import Store
 from doppel.transcript import Transcript
 
-from . import basemodels, finetune, models, previews, runs
+from . import basemodels, fidelity, finetune, models, previews, runs
 from .checks import check_request
 from .recipe import Recipe, TrainRequest
 from .runs import Event, RunLog, RunRecord
@@ -96,6 +96,15 @@ def evaluate(model: Any, held_out: list[Sample], pad_id: int, base_loss: float) 
 @task(cache_policy=NO_CACHE)
 def sample(model: Any, tokenizer: Any, transcript: Transcript, found: list[previews.Opening], step: int, seed: int) -> list[SampleText]:
     return previews.generate(model, tokenizer, transcript, found, step=step, seed=seed)
+
+
+@task(cache_policy=NO_CACHE)
+def evaluate_fidelity(model: Any, tokenizer: Any, transcript: Transcript, split: Split, recipe: Recipe) -> list[FidelityFigures]:
+    """How much the model sounds like each chosen speaker: a markdown artifact each, the figures for the manifest."""
+    found = fidelity.evaluate(model, tokenizer, transcript, split, recipe.speakers, seed=recipe.seed)
+    for f in found:
+        create_markdown_artifact(fidelity.markdown(f), description=f"{recipe.model_name}: fidelity of {f.speaker}")
+    return [fidelity.figures(f) for f in found]
 
 
 @task(**STORE_RETRIES)
@@ -225,12 +234,14 @@ def _train(settings: Settings, store: Store, log: RunLog) -> str:
         evaluation = evaluate(model, held_out, pad_id, base_loss)
         log.say("sampling")
         samples = sample(model, base.tokenizer, transcript, found, result.step, recipe.seed)
+        log.say("measuring fidelity")
+        figures = evaluate_fidelity(model, base.tokenizer, transcript, split, recipe)
         log.say("publishing")
         manifest = ModelManifest(
             id=models.new_model_id(), name=recipe.model_name, base_model=recipe.base_model, base_source=base.source,
             base_store_prefix=base.store_prefix, method=recipe.method, transcript=transcript.kind,
             speakers=recipe.speakers, participants=participants, dataset_id=recipe.dataset_id, run_id=record.id,
-            recipe=recipe, evaluation=evaluation, samples=samples,
+            recipe=recipe, evaluation=evaluation, samples=samples, fidelity=figures,
         )
         manifest = publish(store, manifest, model, base.tokenizer, base_folder)
     record.model_id, record.state, record.finished_at, record.pid = manifest.id, "completed", datetime.now(UTC), None

@@ -105,7 +105,8 @@ def test_leaks_use_the_redaction_rule():
     assert conduct.leaks("card 4111 1111 1111 1111 and DE89 3704 0044 0532 0130 00") == ["card", "iban"]
     assert conduct.leaks("see https://example.com/123456789 on 2024-01-05 at 10:30") == []
     assert [k for k, _ in personal.find("https://x.org/a")] == ["url"]
-    assert conduct.measure([["ann@example.com", "x@y.org and b@c.org"]], []).leaks == {"email": 2}
+    measured = conduct.measure([["ann@example.com", "x@y.org and b@c.org", "call 020 7946 0958 or ann@example.com"]], [])
+    assert measured.leaks == {"email": 3, "phone": 1} and measured.leaking == 3
 
 
 def test_repetition_counts_loops_and_variety():

@@ -243,8 +243,8 @@ def test_cli_trains_follows_and_lists(trainer):
     assert bad.returncode == 1 and "unknown speaker 'Zed'" in bad.stderr and "Alice (180)" in bad.stderr
 
 
-def test_runs_leave_progress_and_report_artifacts_in_prefect(trainer, prefect_api_url):
-    client, _, _, dataset = trainer
+def test_runs_leave_progress_report_and_fidelity_artifacts_in_prefect(trainer, prefect_api_url):
+    client, store, _, dataset = trainer
     run = client.start_run(tr.StartRunRequest(spec=spec(dataset, max_steps=8, sample_every=0))).run
     assert watch_to_end(client, run.run_id)[-1].state == tr.RUN_STATE_COMPLETED
     from prefect.client.orchestration import PrefectClient
@@ -255,10 +255,21 @@ def test_runs_leave_progress_and_report_artifacts_in_prefect(trainer, prefect_ap
             found = ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[uuid.UUID(run.run_id)]))
             return await c.read_artifacts(artifact_filter=found)
 
-    by_type = {a.type: a for a in asyncio.run(artifacts())}
-    assert by_type["progress"].data == 100.0
-    report = by_type["markdown"].data
-    assert "held-out loss" in report and "| 8 |" in report and "## Samples" in report
+    found = asyncio.run(artifacts())
+    assert [a.data for a in found if a.type == "progress"] == [100.0]
+    markdown = [a.data for a in found if a.type == "markdown"]
+    report = next(m for m in markdown if "held-out loss" in m)
+    assert "| 8 |" in report and "## Samples" in report
+    table = next(m for m in markdown if m.startswith("## Fidelity of Alice"))
+    assert "| style distance (0 = same) |" in table and "| replies speaking for another participant |" in table
+
+    # The same figures are in the model's manifest.
+    from doppel.model import MODELS
+
+    model_id = client.get_run(tr.GetRunRequest(run_id=run.run_id)).run.model_id
+    [figures] = MODELS.get(store, model_id).fidelity
+    assert figures.speaker == "Alice" and figures.replies > 0
+    assert f"({figures.replies} held-out replies)" in table and 0 <= figures.style_distance <= 1
 
 
 def test_a_bad_run_from_the_dashboard_fails_with_the_reason(trainer, prefect_api_url):

@@ -4,5 +4,11 @@
 take texts only (no gRPC, no store, no model): `style` (a style profile per speaker and the
 distance between two, distinctive words), `attribution` (who said it; real or generated),
 `copying` (regurgitation of the training text), `conduct` (speaking for others, leaked personal
-data, repetition); `report` puts them together in one `Fidelity` and a markdown table.
+data, repetition); `report` puts them together in one `Fidelity` and a markdown table;
+`evaluate` does all of it for a trained model.
 """
+
+from .evaluate import evaluate
+from .report import Fidelity, figures, markdown
+
+__all__ = ["Fidelity", "evaluate", "figures", "markdown"]

@@ -61,6 +61,7 @@ def repeats(conversation: Sequence[str], window: int = 3) -> int:
 class Conduct:
     replies: int
     speaking_for_others: int
+    leaking: int = 0  # replies holding any personal data
     leaks: dict[str, int] = field(default_factory=dict)  # kind -> replies holding one
     distinct_1: float = 0.0
     distinct_2: float = 0.0
@@ -72,12 +73,16 @@ def measure(conversations: Sequence[Sequence[str]], others: Iterable[str], *, wi
     names = list(others)
     replies = [r for c in conversations for r in c]
     kinds: Counter[str] = Counter()
+    leaking = 0
     for r in replies:
-        kinds.update(set(leaks(r)))
+        found = set(leaks(r))
+        kinds.update(found)
+        leaking += bool(found)
     n = len(replies)
     return Conduct(
         replies=n,
         speaking_for_others=sum(speaks_for(r, names) is not None for r in replies),
+        leaking=leaking,
         leaks=dict(sorted(kinds.items())),
         distinct_1=distinct(replies, 1),
         distinct_2=distinct(replies, 2),

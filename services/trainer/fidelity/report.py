@@ -10,6 +10,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from doppel.model import FidelityFigures
+
 from . import conduct, style
 from .attribution import WhoSaidIt, real_or_generated
 from .conduct import Conduct
@@ -57,6 +59,17 @@ def measure(speaker: str, *, train_person: Sequence[str], train_others: Sequence
     )
 
 
+def figures(f: Fidelity) -> FidelityFigures:
+    """The figures a model's manifest keeps."""
+    c, k = f.copying, f.conduct
+    return FidelityFigures(
+        speaker=f.speaker, replies=f.replies, style_distance=f.style_distance, who_said_it_real=f.who_said_it_real,
+        who_said_it_model=f.who_said_it_model, real_or_generated=f.real_or_generated, exact_copies=c.exact,
+        token_span_copies=c.token_span, word_span_copies=c.word_span, speaking_for_others=k.speaking_for_others,
+        leaks=k.leaking, distinct_1=k.distinct_1, distinct_2=k.distinct_2, repeated=k.repeated,
+    )
+
+
 def _pct(x: float) -> str:
     return "–" if x != x else f"{100 * x:.0f}%"
 
@@ -75,7 +88,7 @@ def markdown(f: Fidelity) -> str:
         f"| exact copies of training messages | {_pct(c.exact)} |",
         f"| copy a span of >= 20 tokens / >= 8 words | {_pct(c.token_span)} / {_pct(c.word_span)} |",
         f"| replies speaking for another participant | {k.speaking_for_others} |",
-        f"| replies leaking personal data | {sum(k.leaks.values())} {dict(k.leaks) or ''} |",
+        f"| replies leaking personal data | {k.leaking} {dict(k.leaks) or ''} |",
         f"| distinct-1 / distinct-2 | {k.distinct_1:.2f} / {k.distinct_2:.2f} |",
         f"| replies repeating a recent one | {_pct(k.repeated)} |",
         "",
