@@ -23,6 +23,7 @@ def evaluate(model: Any, tokenizer: Any, transcript: Transcript, split: Split, s
              limit: int = LIMIT, seed: int = 0, max_new_tokens: int = MAX_NEW_TOKENS) -> list[Fidelity]:
     """One `Fidelity` per chosen speaker with held-out turns (none without)."""
     out = []
+    train = [t for s in split.train for t in s.turns]
     for speaker in speakers:
         found = replies.targets(split.held_out, speaker, limit=limit)
         if not found:
@@ -31,7 +32,6 @@ def evaluate(model: Any, tokenizer: Any, transcript: Transcript, split: Split, s
         grouped: dict[int, list[str]] = {}
         for target, reply in zip(found, generated, strict=True):
             grouped.setdefault(target.conversation, []).append(reply)
-        train = [t for s in split.train for t in s.turns]
         out.append(measure(
             speaker,
             train_person=[t.text for t in train if t.speaker == speaker],
