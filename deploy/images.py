@@ -117,6 +117,13 @@ def local_base() -> str:
     return tag
 
 
+def _build(dockerfile: str, tag: str, context: str, **build_args: str) -> None:
+    """`docker build` with the legacy builder (no buildx here; BuildKit would pull a frontend)."""
+    args = [a for k, v in build_args.items() for a in ("--build-arg", f"{k}={v}")]
+    run("docker", "build", "--force-rm", "-f", str(ROOT / dockerfile), "-t", tag, *args, context,
+        env={**os.environ, "DOCKER_BUILDKIT": "0"})
+
+
 def build_standin(tag: str, dockerfile: str, files: tuple[str, ...], base: str) -> None:
     """A stand-in's image, from a context holding only `files` (globs), at their paths in the tree."""
     with tempfile.TemporaryDirectory(prefix="doppel-context-") as context:
@@ -128,17 +135,13 @@ def build_standin(tag: str, dockerfile: str, files: tuple[str, ...], base: str) 
                 target = Path(context) / path.relative_to(ROOT)
                 target.parent.mkdir(parents=True, exist_ok=True)
                 shutil.copy2(path, target)
-        run("docker", "build", "--force-rm", "-f", str(ROOT / dockerfile), "-t", tag, "--build-arg", f"BASE_IMAGE={base}",
-            context, env={**os.environ, "DOCKER_BUILDKIT": "0"})
+        _build(dockerfile, tag, context, BASE_IMAGE=base)
 
 
 def image(tag: str, base: str | None) -> None:
     """Doppel's image from the wheelhouse alone, on `base` (the Dockerfile's own default when None)."""
     wheelhouse()
-    args = ["docker", "build", "--force-rm", "-f", str(ROOT / "deploy" / "Dockerfile"), "-t", tag, "--build-arg", "PIP_OFFLINE=1"]
-    if base:
-        args += ["--build-arg", f"BASE_IMAGE={base}"]
-    run(*args, str(ROOT), env={**os.environ, "DOCKER_BUILDKIT": "0"})
+    _build("deploy/Dockerfile", tag, str(ROOT), PIP_OFFLINE="1", **({"BASE_IMAGE": base} if base else {}))
 
 
 def local(tag: str) -> dict[str, str]:
