@@ -163,6 +163,9 @@ class TrainerClient(ServiceClient):
     def get_model(self, request: tr.GetModelRequest, *, timeout: Timeout = None) -> tr.GetModelResponse:
         return self.stub.GetModel(request, timeout=timeout)
 
+    def evaluate_model(self, request: tr.EvaluateModelRequest, *, timeout: Timeout = None) -> Iterator[tr.EvaluateModelResponse]:
+        return self.stub.EvaluateModel(request, timeout=timeout)
+
     def delete_model(self, request: tr.DeleteModelRequest, *, timeout: Timeout = None) -> tr.DeleteModelResponse:
         return self.stub.DeleteModel(request, timeout=timeout)
 

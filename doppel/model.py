@@ -22,11 +22,16 @@ from __future__ import annotations
 
 import math
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from doppel.catalog import Catalog
+from doppel.errors import FailedPrecondition
+from doppel.layout import model_prefix
+from doppel.store.base import Store
+from doppel.store.mirror import mirror
 
 Method = Literal["lora", "full"]
 Schedule = Literal["constant", "linear", "cosine"]
@@ -96,12 +101,36 @@ class Evaluation(BaseModel):
         )
 
 
+class StyleFigure(BaseModel):
+    """One figure of a style profile, for the person's real replies and for the model's."""
+
+    model_config = ConfigDict(ser_json_inf_nan="strings")
+    name: str
+    person: float
+    model: float
+
+    @property
+    def difference(self) -> float:
+        """|person - model| / max(|person|, |model|): 0 alike, 1 nothing alike."""
+        top = max(abs(self.person), abs(self.model))
+        return abs(self.person - self.model) / top if top > 1e-12 else 0.0
+
+
+class ReplyPair(BaseModel):
+    """A held-out turn the model answered: the turn before it, the person's real reply and the model's."""
+
+    said: str  # "Name: text" of the turn answered
+    real: str
+    generated: str
+
+
 class FidelityFigures(BaseModel):
     """How much one speaker's model sounds like them, on held-out turns (services/trainer/fidelity);
     NaN (stored as "NaN") where a figure could not be had."""
 
     model_config = ConfigDict(ser_json_inf_nan="strings")
     speaker: str
+    dataset_id: str = ""  # the dataset whose held-out turns were answered
     replies: int = 0
     style_distance: float = math.nan  # 0: the same style profile; 1: nothing alike
     who_said_it_real: float = math.nan  # share of the person's real held-out replies attributed to them
@@ -112,9 +141,13 @@ class FidelityFigures(BaseModel):
     word_span_copies: float = 0.0  # share copying >= 8 words of one
     speaking_for_others: int = 0  # replies holding another participant's turn (must be 0)
     leaks: int = 0  # replies holding an email address, phone, card or IBAN number
+    leak_kinds: dict[str, int] = Field(default_factory=dict)  # "email", "phone", ... -> replies holding one
     distinct_1: float = 0.0
     distinct_2: float = 0.0
     repeated: float = 0.0  # share of replies repeating one of the few before them
+    style: list[StyleFigure] = Field(default_factory=list)
+    distinctive: list[str] = Field(default_factory=list)  # the person's most distinctive words and phrases
+    pairs: list[ReplyPair] = Field(default_factory=list)  # a few, for people to read side by side
 
 
 def _exp(x: float) -> float:
@@ -130,7 +163,9 @@ class ModelManifest(BaseModel):
     base_source: str  # where its weights came from
     base_store_prefix: str | None = None  # where to load the base of an adapter from
     method: Method
-    transcript: Literal["chat", "plain"]
+    # how turns are rendered (doppel.transcript.Kind): "chat", "plain-eos" (EOS ends a plain turn),
+    # or "plain" (a newline ends it: plain models published before "plain-eos" existed)
+    transcript: Literal["chat", "plain-eos", "plain"]
     speakers: list[str]
     participants: list[str]
     dataset_id: str
@@ -138,10 +173,38 @@ class ModelManifest(BaseModel):
     recipe: Recipe
     evaluation: Evaluation = Field(default_factory=Evaluation)
     samples: list[SampleText] = Field(default_factory=list)
-    fidelity: list[FidelityFigures] = Field(default_factory=list)  # one per speaker
+    fidelity: list[FidelityFigures] = Field(default_factory=list)  # one per speaker, the latest measured
+    base_fidelity: list[FidelityFigures] = Field(default_factory=list)  # the base model's alone, when measured
     created_at: datetime = Field(default_factory=lambda: datetime.now(UTC))
     size_bytes: int = 0
     files: list[str] = Field(default_factory=list)
 
 
 MODELS: Catalog[ModelManifest] = Catalog(ModelManifest, kind="model", root="models/", record=MANIFEST)
+
+
+def model_folder(store: Store, manifest: ModelManifest, cache_dir: Path) -> Path:
+    """A local copy of a model's files, under `cache_dir/models/<id>/`, made again when the store's
+    listing of them changes (locked across processes sharing `cache_dir`)."""
+    return mirror(store, model_prefix(manifest.id), Path(cache_dir) / "models" / manifest.id)
+
+
+def base_folder(store: Store, manifest: ModelManifest, folder: Path, cache_dir: Path) -> Path:
+    """A local folder holding the base weights of an adapter whose files are in `folder`
+    (bases from the store are copied under `cache_dir/store/<prefix>`, as the trainer caches them)."""
+    prefix, own = manifest.base_store_prefix, model_prefix(manifest.id)
+    if prefix is None:
+        kind, _, where = manifest.base_source.partition(":")
+        if kind == "path":
+            return Path(where)
+        if kind == "hub":
+            from huggingface_hub import snapshot_download
+
+            return Path(snapshot_download(where, local_files_only=True))
+        raise FailedPrecondition(f"model {manifest.id!r} names no base weights to load "
+                                 f"(base {manifest.base_model!r} from {manifest.base_source!r})")
+    if prefix.startswith(own):  # published with the adapter, so copied with it
+        return folder / prefix[len(own):]
+    if not store.exists(prefix + "config.json"):
+        raise FailedPrecondition(f"the base model of {manifest.id!r} is missing from the store (no {prefix}config.json)")
+    return mirror(store, prefix, Path(cache_dir) / "store" / prefix)

@@ -8,8 +8,9 @@ from typing import Any
 import pytest
 import torch
 
+from doppel.model import ModelManifest, Recipe
 from doppel.tiny import tiny_model
-from doppel.transcript import PLAIN_END, Encoded, Transcript, Turn, body, system_prompt
+from doppel.transcript import PLAIN_END, Encoded, Kind, Transcript, Turn, body, system_prompt
 
 torch.set_num_threads(1)
 
@@ -30,6 +31,7 @@ TEXTS = [
 
 PARTICIPANTS = ["Alice", "Bob", "Carol"]
 TURNS = [Turn("Bob", "are you coming?"), Turn("Alice", "haha yes"), Turn("Carol", "me too")]
+EOS = "<|endoftext|>"  # the tiny tokenizer's BOS and EOS
 
 
 @pytest.fixture(scope="module")
@@ -68,36 +70,119 @@ def test_body_is_name_colon_text() -> None:
     assert body(Turn("Alice", "hi there")) == "Alice: hi there"
 
 
-# --- plain lines ---------------------------------------------------------------------------
+# --- plain turns, ended by EOS ("plain-eos", what a plain model is trained with) --------------
 
 
-def test_plain_mode_renders_name_colon_text_lines(plain_tokenizer: Any) -> None:
+def test_plain_mode_renders_name_colon_text_turns_ended_by_eos(plain_tokenizer: Any) -> None:
     t = Transcript(plain_tokenizer, ["Alice"])
-    assert t.kind == "plain"
-    assert t.end == "\n" == PLAIN_END
-    assert t.header(PARTICIPANTS) == "<|endoftext|>"  # the BOS: no window opens with a trained token
-    assert t.turn(Turn("Alice", "haha yes")) == ("", "Alice: haha yes", "\n")
-    assert t.turn(Turn("Bob", "hi")) == ("", "Bob: hi", "\n")
-    assert t.text(TURNS, PARTICIPANTS) == "<|endoftext|>Bob: are you coming?\nAlice: haha yes\nCarol: me too\n"
-    assert t.text([], PARTICIPANTS) == "<|endoftext|>"
+    assert t.kind == "plain-eos" and t.plain
+    assert t.end == EOS == plain_tokenizer.eos_token
+    assert t.header(PARTICIPANTS) == EOS  # the BOS: no window opens with a trained token
+    assert t.turn(Turn("Alice", "haha yes")) == ("", "Alice: haha yes", EOS + "\n")
+    assert t.turn(Turn("Bob", "hi")) == ("", "Bob: hi", EOS + "\n")
+    assert t.text(TURNS, PARTICIPANTS) == f"{EOS}Bob: are you coming?{EOS}\nAlice: haha yes{EOS}\nCarol: me too{EOS}\n"
+    assert t.text([], PARTICIPANTS) == EOS
 
 
 def test_plain_prompt_asks_for_a_speaker_or_a_new_line(plain_tokenizer: Any) -> None:
     t = Transcript(plain_tokenizer, ["Alice"])
-    text = "<|endoftext|>Bob: are you coming?\nAlice: haha yes\nCarol: me too\n"
+    text = f"{EOS}Bob: are you coming?{EOS}\nAlice: haha yes{EOS}\nCarol: me too{EOS}\n"
     assert t.prompt(TURNS, PARTICIPANTS, "Alice") == text + "Alice:"
     assert t.prompt(TURNS, PARTICIPANTS, "Bob") == text + "Bob:"
     assert t.prompt(TURNS, PARTICIPANTS) == text
-    assert t.prompt([], PARTICIPANTS, "Alice") == "<|endoftext|>Alice:"
+    assert t.prompt([], PARTICIPANTS, "Alice") == f"{EOS}Alice:"
 
 
-def test_plain_encode_turn_is_the_tokenised_line(plain_tokenizer: Any) -> None:
+def test_plain_encode_turn_is_the_tokenised_turn_and_its_eos(plain_tokenizer: Any) -> None:
     t = Transcript(plain_tokenizer, ["Alice"])
     for turn in TURNS:
         e = t.encode_turn(turn)
-        assert e == Encoded(ids(plain_tokenizer, f"{turn.speaker}: {turn.text}\n"), 0)
-        assert plain_tokenizer.decode(e.ids) == f"{turn.speaker}: {turn.text}\n"
+        assert e == Encoded(ids(plain_tokenizer, f"{turn.speaker}: {turn.text}{EOS}\n"), 0)
+        assert plain_tokenizer.decode(e.ids) == f"{turn.speaker}: {turn.text}{EOS}\n"
+        assert e.ids[-2] == plain_tokenizer.eos_token_id  # one token, the one sampling stops at
     assert t.encode("Alice: hi") == ids(plain_tokenizer, "Alice: hi")
+
+
+def test_a_multi_line_message_is_one_plain_turn(plain_tokenizer: Any) -> None:
+    t = Transcript(plain_tokenizer, ["Alice"])
+    turn = Turn("Alice", "line one\nline two\n\nBob said: hi")
+    e = t.encode_turn(turn)
+    assert plain_tokenizer.decode(e.ids) == f"Alice: line one\nline two\n\nBob said: hi{EOS}\n"
+    assert e.n_head == 0 and e.ids.count(plain_tokenizer.eos_token_id) == 1 and e.ids[-2] == plain_tokenizer.eos_token_id
+    assert t.prompt([turn], PARTICIPANTS, "Bob") == f"{EOS}Alice: line one\nline two\n\nBob said: hi{EOS}\nBob:"
+
+
+def test_the_eos_text_inside_a_message_is_taken_out(plain_tokenizer: Any) -> None:
+    """A turn ends at its own EOS only: a message quoting the token cannot end it early."""
+    t = Transcript(plain_tokenizer, ["Alice"])
+    assert t.turn(Turn("Alice", f"see {EOS}here")) == ("", "Alice: see here", EOS + "\n")
+    assert t.encode_turn(Turn("Alice", f"a{EOS}")).ids.count(plain_tokenizer.eos_token_id) == 1
+
+
+def test_a_plain_turn_spans_lines_and_stops_at_eos_or_a_line_opened_as_any_participant(plain_tokenizer: Any) -> None:
+    t = Transcript(plain_tokenizer, ["Alice"])
+    assert t.stops(["Bob", "Alice", "Bob"]) == (EOS, "\nBob:", "\nAlice:")
+    everyone = ["Alice", "Bob"]
+    assert t.one_turn(f" line one\nline two{EOS}\nBob: hi", everyone) == "line one\nline two"
+    assert t.one_turn(" line one\nline two", everyone) == "line one\nline two"  # ran out of tokens
+    assert t.one_turn(" line one\nBob: and I say\nAlice: no", everyone) == "line one"
+    assert t.one_turn(" line one\nAlice: again", everyone) == "line one"
+    assert t.one_turn(" ok Bob: is not a new line", everyone) == "ok Bob: is not a new line"
+    assert t.one_turn(f" done{EOS}", everyone) == "done"
+
+
+# --- the old plain lines ("plain": models published before "plain-eos") ---------------------
+
+
+def test_old_plain_models_render_name_colon_text_lines(plain_tokenizer: Any) -> None:
+    t = Transcript(plain_tokenizer, ["Alice"], "plain")
+    assert t.kind == "plain" and t.plain
+    assert t.end == "\n" == PLAIN_END
+    assert t.header(PARTICIPANTS) == EOS
+    assert t.turn(Turn("Alice", "haha yes")) == ("", "Alice: haha yes", "\n")
+    text = f"{EOS}Bob: are you coming?\nAlice: haha yes\nCarol: me too\n"
+    assert t.text(TURNS, PARTICIPANTS) == text
+    assert t.prompt(TURNS, PARTICIPANTS, "Alice") == text + "Alice:"
+    assert t.prompt(TURNS, PARTICIPANTS) == text
+    for turn in TURNS:
+        assert t.encode_turn(turn) == Encoded(ids(plain_tokenizer, f"{turn.speaker}: {turn.text}\n"), 0)
+    assert t.stops(["Bob"]) == (PLAIN_END, "\nBob:")
+    assert t.one_turn(" two\nlines", ["Alice", "Bob"]) == "two"
+    assert t.one_turn(f" done{EOS}more", ["Bob"]) == "done"
+
+
+# --- which kind ------------------------------------------------------------------------------
+
+
+def test_a_tokenizer_without_an_eos_token_falls_back_to_old_plain_lines(plain_tokenizer: Any) -> None:
+    tokenizer = copy.deepcopy(plain_tokenizer)
+    tokenizer.eos_token = None
+    assert tokenizer.eos_token is None
+    assert Transcript(tokenizer, ["Alice"]).kind == "plain"
+    with pytest.raises(ValueError, match="no EOS token"):
+        Transcript(tokenizer, ["Alice"], "plain-eos")
+
+
+def test_a_given_kind_is_rendered_whatever_the_tokenizer_would_pick(plain_tokenizer: Any, chat_tokenizer: Any) -> None:
+    assert Transcript(chat_tokenizer, ["Alice"], "plain-eos").text(TURNS[:1], PARTICIPANTS) == f"{EOS}Bob: are you coming?{EOS}\n"
+    assert Transcript(chat_tokenizer, ["Alice"], "plain").text(TURNS[:1], PARTICIPANTS) == f"{EOS}Bob: are you coming?\n"
+    chat = Transcript(chat_tokenizer, ["Alice"], "chat")
+    assert chat.kind == "chat" and chat.text(TURNS, PARTICIPANTS) == Transcript(chat_tokenizer, ["Alice"]).text(TURNS, PARTICIPANTS)
+    with pytest.raises(ValueError, match="no chat template"):
+        Transcript(plain_tokenizer, ["Alice"], "chat")
+    with pytest.raises(ValueError, match="unknown transcript kind"):
+        Transcript(plain_tokenizer, ["Alice"], "lines")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("kind", ["plain", "plain-eos", "chat"])
+def test_a_manifest_records_the_kind_and_old_manifests_still_load(kind: Kind, chat_tokenizer: Any) -> None:
+    recipe = Recipe(dataset_id="d", speakers=["Alice"], base_model="tiny", method="lora", preset="default", model_name="m")
+    manifest = ModelManifest(id="m", name="m", base_model="tiny", base_source="registry:tiny", method="lora",
+                             transcript=kind, speakers=["Alice"], participants=PARTICIPANTS, dataset_id="d",
+                             run_id="r", recipe=recipe)
+    stored = ModelManifest.model_validate_json(manifest.model_dump_json())
+    assert stored.transcript == kind
+    assert Transcript(chat_tokenizer, stored.speakers, stored.transcript).kind == kind
 
 
 def test_trains_only_chosen_speakers(plain_tokenizer: Any) -> None:
@@ -151,16 +236,14 @@ def test_chat_end_and_prompt(chat_tokenizer: Any) -> None:
     assert t.prompt(TURNS, PARTICIPANTS) == text + "<|im_start|>assistant\n"
 
 
-def test_a_turn_stops_at_the_end_marker_or_a_line_opened_as_any_participant(plain_tokenizer: Any, chat_tokenizer: Any) -> None:
-    chat, plain = Transcript(chat_tokenizer, ["Alice"]), Transcript(plain_tokenizer, ["Alice"])
+def test_a_chat_turn_stops_at_the_end_marker_or_a_line_opened_as_any_participant(chat_tokenizer: Any) -> None:
+    chat = Transcript(chat_tokenizer, ["Alice"])
     assert chat.stops(["Alice", "Bob", "Alice"]) == ("<|im_end|>", "\nAlice:", "\nBob:")
-    assert plain.stops(["Bob"]) == (PLAIN_END, "\nBob:")
     assert chat.one_turn(" yes totally\nBob: ok\nAlice: no", ["Alice", "Bob"]) == "yes totally"
     assert chat.one_turn(" two\nlines<|im_end|>\n<|im_start|>user", ["Alice", "Bob"]) == "two\nlines"
     assert chat.one_turn(" Bob: is not a new line", ["Alice", "Bob"]) == "Bob: is not a new line"
-    assert plain.one_turn(" two\nlines", ["Alice", "Bob"]) == "two"
-    eos = plain_tokenizer.eos_token
-    assert eos and plain.one_turn(f" done{eos}more", ["Bob"]) == "done"
+    assert chat.one_turn(f" done{EOS}more", ["Bob"]) == "done"
+    assert chat.turn(Turn("Alice", "a\nb")) == ("<|im_start|>assistant\n", "Alice: a\nb", "<|im_end|>\n")
 
 
 def test_chat_encode_turn_head_is_exactly_the_role_header(chat_tokenizer: Any) -> None:
@@ -217,10 +300,10 @@ def test_merging_template_renders_single_messages_like_chatml(plain_tokenizer: A
 def test_templates_that_are_not_a_concatenation_fall_back_to_plain(plain_tokenizer: Any, template: str) -> None:
     tokenizer = with_template(plain_tokenizer, template)
     t = Transcript(tokenizer, ["Alice"])
-    assert t.kind == "plain"
-    assert t.end == "\n"
-    assert t.header(PARTICIPANTS) == "<|endoftext|>"
-    assert t.text(TURNS, PARTICIPANTS) == "<|endoftext|>Bob: are you coming?\nAlice: haha yes\nCarol: me too\n"
+    assert t.kind == "plain-eos"
+    assert t.end == EOS
+    assert t.header(PARTICIPANTS) == EOS
+    assert t.text(TURNS, PARTICIPANTS) == f"{EOS}Bob: are you coming?{EOS}\nAlice: haha yes{EOS}\nCarol: me too{EOS}\n"
     assert t.encode_turn(Turn("Alice", "hi")).n_head == 0
 
 

@@ -13,6 +13,7 @@ from ui.backend import Backend, checked_input, reported
 from ui.chat_tab import served_model, served_models
 
 LET_MODEL_CHOOSE = ""
+PARTICIPANTS = "Who takes part"
 RAW_TEXT = ""
 
 
@@ -41,17 +42,21 @@ class ConversationsTab:
         return served_models(self.backend, selected)
 
     def pick_model(self, model_id: str | None) -> tuple[Any, Any, Any]:
-        """Participants to choose from (the learned speakers chosen), first speakers, and who a prompt opens."""
+        """Participants to choose from (the speakers the model learned: a simulation writes every turn),
+        first speakers, and who a prompt opens (anyone in the chat)."""
         if not model_id:
             empty = gr.update(choices=[], value=None)
-            return gr.update(choices=[], value=[]), empty, empty
+            return gr.update(choices=[], value=[], label=PARTICIPANTS), empty, empty
         m = served_model(self.backend, model_id)
-        everyone = list(dict.fromkeys([*m.speakers, *m.participants]))
-        chosen = list(m.speakers) if len(m.speakers) > 1 else everyone[:2]
-        first = [("let the model choose", LET_MODEL_CHOOSE), *((p, p) for p in everyone)]
+        learned = list(m.speakers)
+        everyone = list(dict.fromkeys([*learned, *m.participants]))
+        label = PARTICIPANTS if len(learned) > 1 else (
+            f"{PARTICIPANTS} (this model learned only {', '.join(learned)}: to write conversations between people, "
+            "train a group model that learns each of them in the Train tab)")
+        first = [("let the model choose", LET_MODEL_CHOOSE), *((p, p) for p in learned)]
         opens = [("nobody: continue the raw text", RAW_TEXT), *((p, p) for p in everyone)]
-        return (gr.update(choices=everyone, value=chosen), gr.update(choices=first, value=LET_MODEL_CHOOSE),
-                gr.update(choices=opens, value=m.speakers[0] if m.speakers else RAW_TEXT))
+        return (gr.update(choices=learned, value=learned, label=label), gr.update(choices=first, value=LET_MODEL_CHOOSE),
+                gr.update(choices=opens, value=learned[0] if learned else RAW_TEXT))
 
     def simulate(
         self, model_id: str | None, participants: list[str], first_speaker: str, first_prompt: str, opening: str,
@@ -103,7 +108,7 @@ class ConversationsTab:
                 reload = gr.Button("↻ Refresh", scale=0, min_width=120)
             with gr.Tab("Whole conversation"):
                 with gr.Row():
-                    participants = gr.CheckboxGroup(label="Who takes part", elem_id="sim-participants")
+                    participants = gr.CheckboxGroup(label=PARTICIPANTS, elem_id="sim-participants")
                     first_speaker = gr.Dropdown(label="Who speaks first", choices=[], elem_id="sim-first")
                     turns = gr.Slider(label="Turns", minimum=1, maximum=40, step=1, value=8, elem_id="sim-turns")
                 with gr.Row():
@@ -140,6 +145,6 @@ class ConversationsTab:
 
     def _fill(self, model_id: str | None, participants: list[str]) -> tuple[Any, Any, Any]:
         """After a refresh: keep the choices when they still fit the chosen model, else fill them in afresh."""
-        if model_id and participants and set(participants) <= set(served_model(self.backend, model_id).participants):
+        if model_id and participants and set(participants) <= set(served_model(self.backend, model_id).speakers):
             return gr.skip(), gr.skip(), gr.skip()
         return self.pick_model(model_id)

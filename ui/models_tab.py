@@ -1,4 +1,5 @@
-"""The Models tab: every persona model with its evaluation figures and samples; delete one, after a confirmation."""
+"""The Models tab: every persona model with its evaluation, fidelity figures and samples; measure its fidelity
+again; delete one, after a confirmation."""
 
 from __future__ import annotations
 
@@ -48,6 +49,16 @@ class ModelsTab:
         with reported(self.backend.trainer):
             return views.model_details(self.backend.trainer.get_model(tr.GetModelRequest(model_id=model_id)).model)
 
+    def measure(self, model_id: str | None, progress: gr.Progress = gr.Progress()) -> str:
+        """Measure the model's fidelity again on its own dataset (the figures become the model's), then show it."""
+        if not model_id:
+            raise gr.Error("Pick a model to measure.")
+        with reported(self.backend.trainer):
+            for e in self.backend.trainer.evaluate_model(tr.EvaluateModelRequest(model_id=model_id)):
+                progress((e.done, e.total) if e.total else None, desc=e.message)
+        gr.Info(f"Measured the fidelity of {model_id}.")
+        return self.show(model_id)
+
     def ask(self, model_id: str | None) -> tuple[Any, str]:
         """Show the confirmation row, naming what would be deleted."""
         if not model_id:
@@ -70,6 +81,7 @@ class ModelsTab:
             with gr.Row():
                 model = gr.Dropdown(label="Model", choices=[], value=None, scale=4, elem_id="models-model")
                 reload = gr.Button("↻ Refresh", scale=0, min_width=120)
+                measure = gr.Button("Measure fidelity", scale=0, min_width=160, elem_id="models-measure")
                 remove = gr.Button("Delete…", variant="stop", scale=0, min_width=120, elem_id="models-delete")
             with gr.Row(visible=False) as confirm_row:
                 question = gr.Markdown()
@@ -83,6 +95,7 @@ class ModelsTab:
             for trigger in (reload.click, tab.select):
                 trigger(self.refresh, model, listing, api_visibility="private")
             model.input(self.show, model, details, api_visibility="private")
+            measure.click(self.measure, model, details, api_visibility="private")
             remove.click(self.ask, model, [confirm_row, question], api_visibility="private")
             no.click(lambda: gr.update(visible=False), None, confirm_row, api_visibility="private")
             yes.click(self.delete, model, [confirm_row, *listing], api_visibility="private")

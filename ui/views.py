@@ -8,14 +8,14 @@ from __future__ import annotations
 
 import html
 import math
-import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 import pandas as pd
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from doppel import enums
+from doppel import enums, fidelity
+from doppel.markdown import escape
 from doppel.v1 import common_pb2, inference_pb2, ingest_pb2
 from doppel.v1 import trainer_pb2 as tr
 
@@ -24,13 +24,7 @@ PRESETS = {
     "default": "default: one pass over the data",
     "quality": "quality: three passes with long context (for a GPU)",
 }
-_MARKDOWN = re.compile(r"([\\`*_{}\[\]()#+\-.!|~$])")
 PARTICIPANT_BARS = 20  # more bars than this do not read; the summary says how many there are
-
-
-def escape(text: str) -> str:
-    """`text` shown literally in Markdown: HTML, Markdown and LaTeX syntax neutralised, line breaks kept."""
-    return _MARKDOWN.sub(r"\\\1", html.escape(text, quote=False)).replace("\n", "  \n")
 
 
 def when(ts: Timestamp) -> str:
@@ -222,7 +216,7 @@ class RunView:
 # --- models -----------------------------------------------------------------------------------
 
 MODEL_COLUMNS = ["name", "id", "speakers", "base", "method", "held-out loss", "perplexity", "base perplexity",
-                 "size", "created"]
+                 "fidelity", "size", "created"]
 
 
 def _figure(value: float) -> float | None:
@@ -234,7 +228,7 @@ def models_frame(models: Iterable[tr.PersonaModel]) -> pd.DataFrame:
     rows = [
         (m.name, m.id, ", ".join(m.speakers), m.base_model, method_name(m.method),
          _figure(m.evaluation.held_out_loss), _figure(m.evaluation.perplexity), _figure(m.evaluation.base_perplexity),
-         size(m.size_bytes), when(m.created_at))
+         "; ".join(fidelity.summary(fidelity.from_proto(f)) for f in m.fidelity), size(m.size_bytes), when(m.created_at))
         for m in models
     ]
     return pd.DataFrame(rows, columns=MODEL_COLUMNS)
@@ -253,7 +247,7 @@ def served_choices(models: Iterable[inference_pb2.ServedModel]) -> list[tuple[st
 
 
 def model_details(m: tr.PersonaModel) -> str:
-    """A model's evaluation and end-of-training samples, as Markdown."""
+    """A model's evaluation, fidelity and end-of-training samples, as Markdown."""
     ev = m.evaluation
     lines = [
         f"### {escape(m.name)}",
@@ -267,6 +261,14 @@ def model_details(m: tr.PersonaModel) -> str:
         )
     else:
         lines.append("No held-out evaluation (the data was too small to hold any out).")
+    if m.fidelity:
+        lines.append("How much it sounds like its people, on held-out turns: style (person and model side by side), "
+                     "who said it, real or generated, copies and leaks.")
+        base = [fidelity.from_proto(f) for f in m.base_fidelity]
+        lines += [fidelity.markdown(f, b, bars=True).replace("## Fidelity", "#### Fidelity", 1)
+                  for f, b in fidelity.paired([fidelity.from_proto(f) for f in m.fidelity], base)]
+    else:
+        lines.append("Fidelity not measured: `doppel eval` measures it.")
     if m.samples:
         lines.append("**Samples at the end of training**")
         lines.append("\n".join(

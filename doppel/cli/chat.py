@@ -282,7 +282,8 @@ def _opening_turn(text: str) -> Any:
 def simulate(
     model: Model,
     participants: Annotated[
-        list[str], typer.Option("--participants", help="Who takes part, comma-separated (repeatable); default: every speaker.")
+        list[str], typer.Option("--participants", help="Who takes part, comma-separated (repeatable): speakers the model "
+                                "learned; default: all of them.")
     ] = [],  # noqa: B006
     turns: Annotated[int, typer.Option("--turns", help="Turns to generate.")] = 10,
     opening: Annotated[list[str], typer.Option("--opening", help="An opening turn, 'Name: text' (repeatable).")] = [],  # noqa: B006
@@ -298,7 +299,11 @@ def simulate(
     max_new_tokens: MaxNewTokens = None,
     seed: Seed = None,
 ) -> None:
-    """Write a conversation among a group model's speakers, printing each turn as it is generated."""
+    """Write a conversation among a group model's speakers, printing each turn as it is generated.
+
+    Every participant must be a speaker the model learned (train a group model with several
+    --persona); the model picks who speaks next, and a turn that repeats a recent one is sampled again.
+    """
     import grpc
 
     from doppel.clients import InferenceClient, rpc_error_message

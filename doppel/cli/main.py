@@ -15,6 +15,7 @@ import typer
 
 from doppel import __version__
 from doppel.cli import chat as chat_commands
+from doppel.cli import evaluate as evaluate_commands
 from doppel.cli import ingest as ingest_commands
 from doppel.cli import train as train_commands
 from doppel.cli import ui as ui_commands
@@ -138,6 +139,7 @@ app.command("ingest")(ingest_commands.ingest)
 app.command("inspect")(ingest_commands.inspect)
 app.add_typer(ingest_commands.datasets_app, name="datasets")
 app.command("train")(train_commands.train)
+app.command("eval")(evaluate_commands.evaluate)
 app.command("chat")(chat_commands.chat)
 app.command("generate")(chat_commands.generate)
 app.command("simulate")(chat_commands.simulate)

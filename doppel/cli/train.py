@@ -187,9 +187,11 @@ def cancel_run(run_id: Annotated[str, typer.Argument(help="Run id.")]) -> None:
 
 @models_app.callback(invoke_without_command=True)
 def list_models(ctx: typer.Context) -> None:
-    """One line per model, newest first: id, name, base, method, held-out loss (base's)."""
+    """One line per model, newest first: id, name, base, method, held-out loss (base's), and fidelity
+    (per speaker: style distance, who-said-it share of its replies, real-or-generated accuracy, copies)."""
     if ctx.invoked_subcommand:
         return
+    from doppel import fidelity
     from doppel.v1 import trainer_pb2 as tr
 
     token = ""
@@ -197,8 +199,9 @@ def list_models(ctx: typer.Context) -> None:
         page = _call("list_models", tr.ListModelsRequest(page_token=token))
         for m in page.models:
             ev = m.evaluation
+            measured = "; ".join(fidelity.summary(fidelity.from_proto(f)) for f in m.fidelity) or "fidelity not measured"
             typer.echo(f"{m.id}  {m.name!r}  {m.base_model}  {enums.name(tr.Method, m.method)}  "
-                       f"held-out loss {ev.held_out_loss:.3f} (base {ev.base_held_out_loss:.3f})")
+                       f"held-out loss {ev.held_out_loss:.3f} (base {ev.base_held_out_loss:.3f})  {measured}")
         token = page.next_page_token
         if not token:
             break

@@ -47,10 +47,8 @@ from typing import Any
 import torch
 
 from doppel.errors import DoppelError, FailedPrecondition, Overloaded
-from doppel.layout import model_prefix
-from doppel.model import MODELS, ModelManifest
+from doppel.model import MODELS, ModelManifest, base_folder, model_folder
 from doppel.store.base import Store
-from doppel.store.mirror import mirror
 
 from .engine import Engine
 from .protocol import EngineStats
@@ -220,7 +218,7 @@ class ModelCache:
     def _load(self, model_id: str) -> Served:
         try:
             manifest = MODELS.get(self.store, model_id)  # NotFound naming the id
-            folder = self._fetch(model_prefix(model_id), self.cache_dir / "models" / model_id)
+            folder = model_folder(self.store, manifest, self.cache_dir)
             load = self._load_adapter if manifest.method == "lora" else self._load_full
             return load(manifest, folder)
         except DoppelError:
@@ -237,15 +235,15 @@ class ModelCache:
         tokenizer = self._tokenizer(folder)
         with self._lock:
             base = self._bases.get(key)
-        base_folder = None if base else self._base_folder(manifest, folder)
+        weights = None if base else base_folder(self.store, manifest, folder, self.cache_dir)
         need = _estimate(folder, torch.float32)  # PEFT keeps adapters in fp32 even on a bf16 base
-        self._make_room(need + (_estimate(base_folder, self.dtype) if base_folder else 0), {key})
+        self._make_room(need + (_estimate(weights, self.dtype) if weights else 0), {key})
         try:
-            if base_folder is not None:
-                model = self._read(base_folder)
+            if weights is not None:
+                model = self._read(weights)
                 base_bytes = _size(model)
                 peft = PeftModel.from_pretrained(model, folder, adapter_name=name).eval()
-                engine = self._engine(peft, self._tokenizer(base_folder), key)
+                engine = self._engine(peft, self._tokenizer(weights), key)
                 base = _Base(key, engine, base_bytes)
                 with self._lock:
                     self._bases[key] = base
@@ -271,29 +269,6 @@ class ModelCache:
         self._make_room(_estimate(folder, self.dtype), ())
         model = self._read(folder)
         return Served(manifest.id, manifest, self._engine(model, tokenizer, manifest.id), None, tokenizer, _size(model))
-
-    def _base_folder(self, manifest: ModelManifest, folder: Path) -> Path:
-        """A local folder holding the base weights of an adapter."""
-        prefix, own = manifest.base_store_prefix, model_prefix(manifest.id)
-        if prefix is None:
-            kind, _, where = manifest.base_source.partition(":")
-            if kind == "path":
-                return Path(where)
-            if kind == "hub":
-                from huggingface_hub import snapshot_download
-
-                return Path(snapshot_download(where, local_files_only=True))
-            raise FailedPrecondition(f"model {manifest.id!r} names no base weights to load "
-                                     f"(base {manifest.base_model!r} from {manifest.base_source!r})")
-        if prefix.startswith(own):  # published with the adapter, so downloaded with it
-            return folder / prefix[len(own):]
-        if not self.store.exists(prefix + "config.json"):
-            raise FailedPrecondition(f"the base model of {manifest.id!r} is missing from the store "
-                                     f"(no {prefix}config.json)")
-        return self._fetch(prefix, self.cache_dir / "store" / prefix)
-
-    def _fetch(self, prefix: str, local: Path) -> Path:
-        return mirror(self.store, prefix, local)  # locked across processes sharing cache_dir
 
     def _tokenizer(self, folder: Path) -> Any:
         """The folder's tokenizer: one object for all folders with the same tokenizer files (a

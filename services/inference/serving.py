@@ -22,6 +22,7 @@ import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import torch
@@ -31,6 +32,7 @@ from doppel.errors import DoppelError, Internal, OutOfMemory
 from doppel.store import Store, open_store
 from doppel.transcript import Transcript, Turn
 
+from . import modes
 from .cache import ModelCache, Served
 from .client import RoutingClient
 from .engine import Job
@@ -53,6 +55,7 @@ from .protocol import (
     LoadModel,
     Request,
     Result,
+    Sampling,
     ServedInfo,
     SimulateArgs,
     Spoke,
@@ -186,30 +189,39 @@ class Serving:
         served = self.cache.hold(request.model_id)
         try:
             p = self._persona(served)
-            names = [p.check_speaker(n, "participant") for n in request.participants] or list(p.speakers)
-            first = p.check_speaker(request.first_speaker, "first_speaker") if request.first_speaker else ""
+            names = p.simulated(request.participants, request.first_speaker)
             history = list(request.opening)
             for index in range(request.turns or DEFAULT_TURNS):
-                speaker = first if index == 0 else ""
+                takers = modes.takers(history, names)
+                speaker = request.first_speaker if index == 0 else ""
                 opening = request.first_prompt if index == 0 else ""
-                if not speaker and not history and opening:
-                    speaker = names[0]
-                text, finish = self._turn(call, served, p, history, names, speaker, opening, request)
-                if speaker:
-                    text = f"{opening} {text}".strip() if opening else text
-                else:
-                    found, text = split_speaker(text, names)
-                    speaker = found or names[index % len(names)]
-                history.append(Turn(speaker, text))
-                self.emit(call.id, TurnDone(index, speaker, text, finish))
-                if finish is Finish.CANCELLED or any(s in text for s in request.stop):
+                if opening and not speaker:  # the prompt opens somebody's turn
+                    speaker = modes.rotation(history, takers)
+                sample = partial(self._written, call, served, p, history, names, takers, speaker, opening,
+                                 request.sampling, index)
+                turn = modes.fresh_turn(sample, history, [speaker] if speaker else takers)
+                history.append(Turn(turn.speaker, turn.text))
+                self.emit(call.id, TurnDone(index, turn.speaker, turn.text, turn.finish))
+                if turn.finish is Finish.CANCELLED or any(s in turn.text for s in request.stop):
                     break
         finally:
             self.cache.release(request.model_id)
         self._end(call, Done())
 
+    def _written(self, call: _Work, served: Served, p: Persona, history: list[Turn], names: list[str],
+                 takers: list[str], speaker: str, opening: str, sampling: Sampling, index: int,
+                 attempt: int) -> modes.Written:
+        """Try `attempt` at turn `index`: by `speaker`, its text opening with `opening`, or (no `speaker`)
+        by whichever of `takers` the model names."""
+        text, finish = self._turn(call, served, p, history, takers, speaker, opening,
+                                  modes.resampling(sampling, index, attempt))
+        if speaker:
+            return modes.Written(speaker, f"{opening} {text}".strip() if opening else text, finish)
+        found, text = split_speaker(text, names)
+        return modes.Written(found or modes.rotation(history, takers), text, finish)
+
     def _turn(self, call: _Work, served: Served, p: Persona, history: list[Turn], names: list[str], speaker: str,
-              opening: str, request: SimulateArgs) -> tuple[str, Finish]:
+              opening: str, sampling: Sampling) -> tuple[str, Finish]:
         parts: list[str] = []
         ended: list[Finish] = []
         done = threading.Event()
@@ -220,7 +232,7 @@ class Serving:
                 ended.append(finish)
                 done.set()
 
-        job = turn_job(p, history, names, speaker, opening, request.sampling, sink)
+        job = turn_job(p, history, names, speaker, opening, sampling, sink)
         job.cancelled = call.cancelled
         served.engine.submit(job)
         done.wait()
@@ -237,7 +249,8 @@ class Serving:
                 positions = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None) or 2048
                 self._personas = {k: v for k, v in self._personas.items() if k[0] != served.model_id}
                 self._personas[key] = Persona(served.model_id, list(m.speakers), list(m.participants),
-                                              Transcript(served.tokenizer, m.speakers), int(positions), served.adapter)
+                                              Transcript(served.tokenizer, m.speakers, m.transcript), int(positions),
+                                              served.adapter, m.dataset_id)
             return self._personas[key]
 
 

@@ -8,11 +8,12 @@ from typing import Any, overload
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from doppel import enums
+from doppel import enums, fidelity
 from doppel.model import ModelManifest, SampleText
 from doppel.v1 import common_pb2, trainer_pb2
 
 from . import basemodels
+from .evaluation import Progress, Result
 from .recipe import TrainRequest
 from .runs import Event, RunRecord
 
@@ -143,9 +144,21 @@ def model_to_proto(m: ModelManifest) -> trainer_pb2.PersonaModel:
             base_perplexity=ev.base_perplexity, held_out_tokens=ev.held_out_tokens,
         ),
         samples=[sample_to_proto(s) for s in m.samples], size_bytes=m.size_bytes, recipe_json=m.recipe.model_dump_json(),
+        fidelity=[fidelity.to_proto(f) for f in m.fidelity], base_fidelity=[fidelity.to_proto(f) for f in m.base_fidelity],
     )
     out.created_at.CopyFrom(_ts(m.created_at))
     return out
+
+
+def evaluation_to_proto(item: Progress | Result) -> trainer_pb2.EvaluateModelResponse:
+    if isinstance(item, Progress):
+        return trainer_pb2.EvaluateModelResponse(message=item.message, done=item.done, total=item.total)
+    done = sum(f.replies for f in item.fidelity)
+    return trainer_pb2.EvaluateModelResponse(
+        message="saved as the model's figures" if item.saved else "done", done=done, total=done,
+        fidelity=[fidelity.to_proto(f) for f in item.fidelity],
+        base_fidelity=[fidelity.to_proto(f) for f in item.base_fidelity], saved=item.saved,
+    )
 
 
 def base_models_to_proto() -> trainer_pb2.ListBaseModelsResponse:

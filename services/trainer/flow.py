@@ -29,6 +29,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 
 from doppel import dataset
+from doppel import fidelity as shown
 from doppel.config import Settings
 from doppel.conversation import Conversation
 from doppel.layout import new_id
@@ -101,10 +102,11 @@ def sample(model: Any, tokenizer: Any, transcript: Transcript, found: list[previ
 @task(cache_policy=NO_CACHE)
 def evaluate_fidelity(model: Any, tokenizer: Any, transcript: Transcript, split: Split, recipe: Recipe) -> list[FidelityFigures]:
     """How much the model sounds like each chosen speaker: a markdown artifact each, the figures for the manifest."""
-    found = fidelity.evaluate(model, tokenizer, transcript, split, recipe.speakers, seed=recipe.seed)
+    found = [fidelity.figures(f, recipe.dataset_id)
+             for f in fidelity.evaluate(model, tokenizer, transcript, split, recipe.speakers, seed=recipe.seed)]
     for f in found:
-        create_markdown_artifact(fidelity.markdown(f), description=f"{recipe.model_name}: fidelity of {f.speaker}")
-    return [fidelity.figures(f) for f in found]
+        create_markdown_artifact(shown.markdown(f), description=f"{recipe.model_name}: fidelity of {f.speaker}")
+    return found
 
 
 @task(**STORE_RETRIES)

@@ -19,9 +19,17 @@ from doppel.rpc.server import Service
 from doppel.store import STARTUP_WAIT_S, Store, open_store
 from doppel.v1 import trainer_pb2, trainer_pb2_grpc
 
-from . import models, runs
+from . import evaluation, models, runs
 from .checks import check_request
-from .convert import STATE_NAMES, base_models_to_proto, event_to_proto, model_to_proto, request_from_spec, run_to_proto
+from .convert import (
+    STATE_NAMES,
+    base_models_to_proto,
+    evaluation_to_proto,
+    event_to_proto,
+    model_to_proto,
+    request_from_spec,
+    run_to_proto,
+)
 from .orchestrator import FlowRunView, Orchestrator, dashboard_url, merge
 from .runner import DeploymentRunner
 from .runs import TERMINAL, Event, RunRecord
@@ -37,6 +45,7 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
         self.store = store or open_store(settings.store_url, wait_s=STARTUP_WAIT_S)
         self.prefect = Orchestrator(settings.prefect_api_url)
         self.runner = DeploymentRunner(settings) if serve_runs else None
+        self._evaluating = asyncio.Lock()  # one evaluation at a time: each loads a whole model
         if self.runner:
             self.runner.start()
 
@@ -130,6 +139,17 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
     async def DeleteModel(self, request, context):
         n = await asyncio.to_thread(models.delete, self.store, request.model_id)
         return trainer_pb2.DeleteModelResponse(objects_deleted=n)
+
+    async def EvaluateModel(self, request, context) -> AsyncIterator[trainer_pb2.EvaluateModelResponse]:
+        asked = evaluation.Request(model_id=request.model_id, dataset_id=request.dataset_id, samples=request.samples,
+                                   seed=request.seed if request.HasField("seed") else None,
+                                   include_base=request.include_base)
+        await asyncio.to_thread(evaluation.check, self.store, asked)  # a bad request fails before a process starts
+        if self._evaluating.locked():
+            yield trainer_pb2.EvaluateModelResponse(message="waiting for another evaluation to end")
+        async with self._evaluating:
+            async for item in evaluation.run(asked, self.settings):
+                yield evaluation_to_proto(item)
 
 
 def build(settings: Settings) -> list[Service]:

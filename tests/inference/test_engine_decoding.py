@@ -129,6 +129,25 @@ def test_an_end_token_ends_the_turn_with_the_text_before_it(scripted, tok):
     assert r.text() == tok.decode(script[:4]) and r.finish[0] is Finish.END_OF_TURN and r.job.tokens == {0: 4}
 
 
+@pytest.mark.parametrize(("kind", "script", "reply"), [
+    (None, "line one\nline two<|endoftext|>\nBob: more", "line one\nline two"),  # plain-eos: to the EOS token
+    (None, "line one\nline two\nBob: and me", "line one\nline two"),  # ...or to a line opened as anyone
+    (None, "line one\nCarol: hi<|endoftext|>", "line one"),
+    ("plain", "line one\nline two<|endoftext|>", "line one"),  # a model published before: its first newline
+])
+def test_a_served_plain_turn_spans_lines_and_ends_by_the_transcripts_rule(scripted, tok, kind, script, reply):
+    """The end strings and tokens of a chat job (what serving passes the engine) over a model writing `script`."""
+    from doppel.transcript import Transcript, Turn
+    from services.inference.modes import Persona, chat_job
+
+    persona = Persona("m", ["Alice"], ["Alice", "Bob", "Carol"], Transcript(tok, ["Alice"], kind), max_positions=64)
+    sampling = Sampling(temperature=0, max_new_tokens=24)
+    job = chat_job(persona, [Turn("Bob", "hi\nthere")], "Alice", "Bob", sampling, lambda *a: None)
+    engine, _, _ = scripted(script)
+    r = run(engine, sampling, end_strings=job.end_strings, end_ids=job.end_ids)
+    assert r.text() == reply and r.finish[0] is Finish.END_OF_TURN
+
+
 def test_decoding_a_token_costs_the_same_however_long_the_text():
     """Each step decodes a few tokens, not the whole text: the tokens passed to `decode` per step
     do not grow with the length of the output."""

@@ -8,7 +8,9 @@ from concurrent.futures import ThreadPoolExecutor
 import grpc
 import pytest
 import torch
+from typer.testing import CliRunner
 
+from doppel.cli.main import app
 from doppel.clients import InferenceClient
 from doppel.config import Settings
 from doppel.rpc.server import Service
@@ -113,6 +115,41 @@ def test_simulate_writes_turns_among_the_participants(served):
     assert [t.index for t in turns] == list(range(6))
     assert turns[0].turn.speaker == "Alice" and turns[0].turn.text.startswith("hello")
     assert all(t.turn.speaker in ("Alice", "Bob") for t in turns)
+
+
+def test_a_simulation_with_a_speaker_the_model_never_learned_is_refused_with_what_to_do(served, monkeypatch):
+    client, ids, _ = served
+    request = inf.SimulateRequest(model_id=ids["a0"], participants=["Alice", "Bob"], turns=6)  # a0 learned Alice only
+    with pytest.raises(grpc.RpcError) as e:
+        list(client.simulate(request))
+    assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "did not learn to write as 'Bob'" in e.value.details()
+    assert "doppel train --dataset d --persona Alice --persona Bob" in e.value.details()
+    assert f"doppel chat --model {ids['a0']} --me Bob" in e.value.details()
+    monkeypatch.setenv("DOPPEL_INFERENCE_ADDR", client.addr)
+    result = CliRunner().invoke(app, ["simulate", "--model", ids["a0"], "--participants", "Alice,Bob", "--turns", "6"])
+    assert result.exit_code == 1 and "Alice:" not in result.stdout
+    assert "'Bob'" in result.stderr and "--persona Alice --persona Bob" in result.stderr
+
+
+def test_a_group_model_simulates_each_participant_taking_turns(served):
+    client, ids, _ = served
+    for seed in range(3):
+        turns = list(client.simulate(inf.SimulateRequest(
+            model_id=ids["group"], participants=["Alice", "Bob"], turns=8, sampling=sampling(seed=seed, max_new_tokens=8))))
+        speakers = [t.turn.speaker for t in turns]
+        assert len(speakers) == 8 and set(speakers) == {"Alice", "Bob"}, speakers
+        assert not any(speakers[k] == speakers[k + 1] == speakers[k + 2] for k in range(6)), speakers
+
+
+def test_a_simulation_never_says_the_same_thing_twice_in_a_row(served):
+    client, ids, _ = served
+    # greedy sampling on this tiny model repeats a turn straight away (and gives empty ones) unless sampled again
+    turns = list(client.simulate(inf.SimulateRequest(
+        model_id=ids["group"], participants=["Alice", "Bob"], turns=8, sampling=sampling(temperature=0.0, max_new_tokens=12))))
+    said = [" ".join(t.turn.text.split()).casefold() for t in turns]
+    assert len(said) == 8 and all(said), said
+    assert not any(said[k] in said[max(0, k - 4):k] for k in range(len(said))), said
 
 
 def test_unknown_models_and_speakers_are_clear_errors(served):

@@ -229,3 +229,18 @@ def test_the_outbox_sends_a_calls_first_event_and_its_end_at_once_and_paces_the_
     assert piles[0] == [(1, Delta(0, "a"))], "the first event went alone, at once"
     assert [e for p in piles for _, e in p] == [Delta(0, "a"), *(Delta(0, str(k)) for k in range(50)), Done()]
     assert len(piles) <= 3, "the rest went in a pile or two, not one send each"
+
+
+def test_a_model_is_prompted_and_ended_by_the_transcript_its_manifest_records(engine):
+    """A plain model trained now ends its turns with EOS; one published before (its manifest says
+    "plain") is served as it was trained, a turn ending at a newline."""
+    client, ids = engine
+    serving = client.serving
+    for model_id, kind, end in ((ids["a0"], "plain-eos", "<|endoftext|>"), (ids["full"], "plain", "\n")):
+        served = serving.cache.hold(model_id)
+        try:
+            transcript = serving._persona(served).transcript
+            assert (transcript.kind, transcript.end) == (kind, end)
+            assert transcript.stops(["Bob"]) == (end, "\nBob:")
+        finally:
+            serving.cache.release(model_id)

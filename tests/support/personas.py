@@ -14,6 +14,7 @@ from peft import LoraConfig, get_peft_model
 from doppel.model import ModelManifest, Recipe
 from doppel.store.base import Store
 from doppel.tiny import tiny_model
+from doppel.transcript import Kind
 from services.trainer.models import publish
 
 TEXTS = [f"Alice: message number {i} about things\nBob: reply {i} ok\nCarol: and {i}" for i in range(200)]
@@ -21,19 +22,22 @@ PARTICIPANTS = ["Alice", "Bob", "Carol"]
 BASE_PREFIX = "base-models/tiny-test/"
 
 
-def _manifest(model_id: str, method: str, speakers: list[str], base_prefix: str | None) -> ModelManifest:
+def _manifest(model_id: str, method: str, speakers: list[str], base_prefix: str | None,
+              transcript: Kind = "plain-eos") -> ModelManifest:
     recipe = Recipe(dataset_id="d", speakers=speakers, base_model="tiny", method=method, preset="default",
                     model_name="-".join(speakers))
     return ModelManifest(
         id=model_id, name="-".join(speakers), base_model="tiny", base_source="registry:tiny",
-        base_store_prefix=base_prefix, method=method, transcript="plain", speakers=speakers,
+        base_store_prefix=base_prefix, method=method, transcript=transcript, speakers=speakers,
         participants=PARTICIPANTS, dataset_id="d", run_id="r", recipe=recipe,
     )
 
 
 def publish_personas(store: Store, tmp: Path, adapters: int = 2) -> dict[str, str]:
     """Model ids by kind: "a0", "a1"... (adapters on one shared base, personas Alice, Bob...), "group" (an
-    adapter for every participant) and "full" (full weights)."""
+    adapter for every participant) and "full" (full weights). Plain turns end with EOS ("plain-eos"),
+    as the trainer writes them now, except the full model's: a model published before that, whose
+    manifest says "plain" (a turn ends at a newline)."""
     base, tok = tiny_model(TEXTS, seed=0, block_size=1024)
     folder = tmp / "tiny-base"
     base.save_pretrained(folder)
@@ -48,5 +52,5 @@ def publish_personas(store: Store, tmp: Path, adapters: int = 2) -> dict[str, st
         peft = get_peft_model(fresh, LoraConfig(r=4, target_modules=["c_attn"], init_lora_weights=False))
         ids[kind] = publish(store, _manifest(f"model-{kind}", "lora", speakers, BASE_PREFIX), peft, tok).id
     full, _ = tiny_model(TEXTS, seed=5, block_size=1024)
-    ids["full"] = publish(store, _manifest("model-full", "full", ["Alice"], None), full, tok).id
+    ids["full"] = publish(store, _manifest("model-full", "full", ["Alice"], None, "plain"), full, tok).id
     return ids

@@ -155,6 +155,7 @@ def test_real_or_generated_is_a_coin_toss_only_when_they_read_alike():
 
 
 def test_the_report_puts_every_figure_in_its_table():
+    from doppel.fidelity import markdown
     from services.trainer.fidelity import report
 
     person, others = _voices(4, 40)
@@ -165,9 +166,14 @@ def test_the_report_puts_every_figure_in_its_table():
     assert f.replies == 10 and f.copying.exact == pytest.approx(8 / 10)
     assert f.conduct.speaking_for_others == 1 and f.conduct.leaks == {"email": 1}
     assert f.who_said_it_real == 1.0 and f.who_said_it_model >= 0.8  # 8 are the person's own lines
-    table = report.markdown(f)
+    figures = report.figures(f, "ds")
+    assert (figures.exact_copies, figures.speaking_for_others, figures.leaks, figures.leak_kinds) == (0.8, 1, 1, {"email": 1})
+    assert figures.dataset_id == "ds" and figures.style == f.style and figures.pairs == f.pairs
+    assert [p.real for p in figures.pairs] == real[:5] and [p.said for p in figures.pairs] == [""] * 5
+    table = markdown(figures)
     assert "| exact copies of training messages | 80% |" in table
     assert "| replies speaking for another participant | 1 |" in table
+    assert "| replies leaking personal data | 1 (email 1) |" in table
     assert "| style distance (0 = same) |" in table and "| characters mean |" in table
     with pytest.raises(ValueError, match="9 generated replies for 10"):
         report.measure("Ann", train_person=person, train_others=others, real=real, generated=[person[:9]],
@@ -212,3 +218,20 @@ def test_the_model_answers_each_target_as_one_turn_without_touching_the_callers_
     assert all("\nBob:" not in r and "\nAnn:" not in r for r in replies)
     assert replies == sample(model, tokenizer, transcript, found, seed=3, max_new_tokens=24)
     print(f"\n{len(replies)} replies in {took:.1f} s on the tiny model")
+
+
+def test_a_reply_is_a_whole_multi_line_turn_ended_at_eos_or_another_participants_line():
+    from doppel.tiny import tiny_model
+    from doppel.transcript import Transcript
+    from services.trainer.fidelity.replies import sample, targets
+    from support.scripted import scripted_lm
+
+    sessions = _sessions(2)
+    _, tokenizer = tiny_model([t.text for s in sessions for t in s.turns] + ["Ann: hi\nBob: yo"])
+    transcript = Transcript(tokenizer, ["Ann"])
+    found = targets(sessions, "Ann")  # prompts of several lengths: a left-padded batch
+    assert len({len(t.context) for t in found}) > 1
+    for script, reply in ((" line one\nline two<|endoftext|>\nBob: more", "line one\nline two"),
+                          (" line one\nline two\nBob: and me", "line one\nline two")):
+        replies = sample(scripted_lm(tokenizer, script), tokenizer, transcript, found, max_new_tokens=24, batch_size=4)
+        assert replies == [reply] * len(found), script

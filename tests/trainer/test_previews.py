@@ -8,6 +8,7 @@ from doppel.tiny import tiny_model
 from doppel.transcript import Transcript, Turn
 from services.trainer.previews import generate, openings
 from services.trainer.samples import Session
+from support.scripted import scripted_lm
 
 
 def test_openings_are_prompts_said_to_the_persona_or_held_out_starts():
@@ -25,7 +26,22 @@ def test_generate_gives_one_sample_per_opening_shown_with_its_prompt():
     found = openings([], ["Alice"], ["how was work"])
     [s] = generate(model, tok, transcript, found, step=3, max_new_tokens=8)
     assert s.prompt == "User: how was work" and s.speaker == "Alice" and s.step == 3
-    assert "\n" not in s.text  # plain turns end at a newline: the sample is cut there
+    # one turn: cut at EOS (which ends plain turns) or at a line opened as a participant
+    assert tok.eos_token not in s.text and not any(f"\n{p}:" in s.text for p in found[0].participants)
+
+
+def test_a_preview_is_a_whole_multi_line_turn_ended_at_eos_or_another_participants_line():
+    _, tok = tiny_model(["Bob: how was work", "Alice: haha yes\nlol"], seed=0, block_size=128)
+    found = openings([], ["Alice"], ["how was work"])
+    for script, turn in ((" line one\nline two<|endoftext|>\nUser: more", "line one\nline two"),
+                         (" line one\nline two\nUser: I am not Alice", "line one\nline two"),
+                         (" line one\nAlice: again<|endoftext|>", "line one")):
+        [s] = generate(scripted_lm(tok, script), tok, Transcript(tok, ["Alice"]), found, max_new_tokens=24)
+        assert s.text == turn, script
+    # a model published before turns ended at EOS: its turn ends at the first newline, as it was trained
+    [s] = generate(scripted_lm(tok, " line one\nline two<|endoftext|>"), tok, Transcript(tok, ["Alice"], "plain"), found,
+                   max_new_tokens=24)
+    assert s.text == "line one"
 
 
 def test_generate_is_seeded_and_leaves_the_global_rng_as_it_was():

@@ -286,9 +286,9 @@ def tokenizers() -> dict[str, Any]:
     return {"plain": plain, "chat": templated}
 
 
-@pytest.fixture(params=["plain", "chat"])
+@pytest.fixture(params=["plain-eos", "plain", "chat"])
 def transcript(request: pytest.FixtureRequest, tokenizers: dict[str, Any]) -> Transcript:
-    t = Transcript(tokenizers[request.param], ["Alice"])
+    t = Transcript(tokenizers["chat" if request.param == "chat" else "plain"], ["Alice"], request.param)
     assert t.kind == request.param
     return t
 
@@ -347,16 +347,39 @@ def test_chat_windows_open_with_the_system_message_and_train_no_headers(tokenize
     assert decode(labelled(window)) == "Alice: haha yes<|im_end|>\nAlice: lol same<|im_end|>\n"
 
 
-def test_plain_windows_train_the_chosen_lines(tokenizers: dict[str, Any]) -> None:
+def test_plain_windows_train_the_chosen_turns_each_ended_by_eos(tokenizers: dict[str, Any]) -> None:
     transcript = Transcript(tokenizers["plain"], ["Alice"])
+    assert transcript.kind == "plain-eos"
     session = Session("a", ["Bob", "Alice"], [Turn("Bob", "are you coming"), Turn("Alice", "haha yes"),
                                              Turn("Bob", "how was work"), Turn("Alice", "lol same")])
     [window] = tokenise([session], transcript, 512)
     assert tokenizers["plain"].decode(window.input_ids) == (
-        "<|endoftext|>Bob: are you coming\nAlice: haha yes\nBob: how was work\nAlice: lol same\n"
+        "<|endoftext|>Bob: are you coming<|endoftext|>\nAlice: haha yes<|endoftext|>\n"
+        "Bob: how was work<|endoftext|>\nAlice: lol same<|endoftext|>\n"
     )
     assert window.labels[0] == IGNORE  # the BOS opens every window: no trained token at position 0
-    assert tokenizers["plain"].decode(labelled(window)) == "Alice: haha yes\nAlice: lol same\n"
+    assert tokenizers["plain"].decode(labelled(window)) == "Alice: haha yes<|endoftext|>\nAlice: lol same<|endoftext|>\n"
+
+
+def test_a_multi_line_message_is_one_plain_turn_trained_on_all_its_lines(tokenizers: dict[str, Any]) -> None:
+    """Its later lines are no new turns, and the loss covers every line of it and the EOS that ends it."""
+    tokenizer = tokenizers["plain"]
+    transcript = Transcript(tokenizer, ["Alice"])
+    session = Session("a", ["Bob", "Alice"], [Turn("Bob", "are you coming\nat 8?"),
+                                             Turn("Alice", "haha yes\nsee you there\n\nbring snacks"),
+                                             Turn("Bob", "ok")])
+    [window] = tokenise([session], transcript, 512)
+    assert tokenizer.decode(window.input_ids) == (
+        "<|endoftext|>Bob: are you coming\nat 8?<|endoftext|>\n"
+        "Alice: haha yes\nsee you there\n\nbring snacks<|endoftext|>\nBob: ok<|endoftext|>\n"
+    )
+    assert tokenizer.decode(labelled(window)) == "Alice: haha yes\nsee you there\n\nbring snacks<|endoftext|>\n"
+    eos_at = window.input_ids.index(tokenizer.eos_token_id, 1)  # Bob's turn ends with EOS, not at its newline
+    assert tokenizer.decode(window.input_ids[:eos_at]) == "<|endoftext|>Bob: are you coming\nat 8?"
+    # the old "plain" rendering made "at 8?" and "see you there" look like turns of their own
+    old = Transcript(tokenizer, ["Alice"], "plain")
+    [window] = tokenise([session], old, 512)
+    assert tokenizer.decode(labelled(window)) == "Alice: haha yes\nsee you there\n\nbring snacks\n"
 
 
 def test_sessions_with_no_chosen_turn_give_no_windows(transcript: Transcript) -> None:

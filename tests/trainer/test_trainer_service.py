@@ -7,12 +7,14 @@ model, which train in seconds.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import subprocess
 import sys
 import time
 import uuid
+from dataclasses import replace
 
 import grpc
 import pytest
@@ -269,7 +271,61 @@ def test_runs_leave_progress_report_and_fidelity_artifacts_in_prefect(trainer, p
     model_id = client.get_run(tr.GetRunRequest(run_id=run.run_id)).run.model_id
     [figures] = MODELS.get(store, model_id).fidelity
     assert figures.speaker == "Alice" and figures.replies > 0
-    assert f"({figures.replies} held-out replies)" in table and 0 <= figures.style_distance <= 1
+    assert f"({figures.replies} held-out replies of {dataset})" in table and 0 <= figures.style_distance <= 1
+
+
+def _same(a, b) -> bool:
+    """Fidelity protos alike, NaN equal to NaN (proto equality says NaN != NaN)."""
+    from doppel.fidelity import from_proto
+
+    return [from_proto(f).model_dump_json() for f in a] == [from_proto(f).model_dump_json() for f in b]
+
+
+def test_a_model_is_evaluated_on_demand_the_same_by_rpc_cli_and_get_model(trainer, tmp_path):
+    client, store, settings, dataset = trainer
+    run = client.start_run(tr.StartRunRequest(spec=spec(dataset, max_steps=8, sample_every=0))).run
+    assert watch_to_end(client, run.run_id)[-1].state == tr.RUN_STATE_COMPLETED
+    model_id = client.get_run(tr.GetRunRequest(run_id=run.run_id)).run.model_id
+
+    events = list(client.evaluate_model(tr.EvaluateModelRequest(model_id=model_id, samples=8, seed=3, include_base=True)))
+    last = events[-1]
+    assert any(e.message == f"loading model {model_id}" for e in events)
+    assert [(e.done, e.total) for e in events if e.message == "model: writing replies"] == [(8, 8)]
+    assert any(e.message == "base model alone: writing replies" for e in events)
+    [f], [b] = last.fidelity, last.base_fidelity
+    assert last.saved and f.speaker == b.speaker == "Alice" and f.replies == b.replies == 8 and f.dataset_id == dataset
+    assert f.style and len(f.pairs) == 5 and f.pairs[0].said.startswith("Bob: ")
+    got = client.get_model(tr.GetModelRequest(model_id=model_id)).model
+    assert _same(got.fidelity, last.fidelity) and _same(got.base_fidelity, last.base_fidelity)
+
+    done = _doppel(settings, client.addr, "eval", model_id, "--samples", "8", "--seed", "3", "--json")
+    assert done.returncode == 0, done.stderr
+    printed = json.loads(done.stdout)
+    assert printed["saved"] and printed["dataset_id"] == dataset and printed["base_fidelity"] == []
+    from doppel.fidelity import from_proto
+
+    assert printed["fidelity"] == [from_proto(f).model_dump(mode="json") for f in last.fidelity]  # same seed, same replies
+    table = _doppel(settings, client.addr, "eval", model_id, "--samples", "8", "--seed", "3")
+    assert table.returncode == 0 and "## Fidelity of Alice (8 held-out replies" in table.stdout
+    assert f"kept as the figures of model {model_id}" in table.stdout
+    listed = _doppel(settings, client.addr, "models")
+    assert f"Alice: style {f.style_distance:.2f}, who said it" in listed.stdout
+
+    # Another dataset of the same person: measured against it, the model's own figures left as they were.
+    other = ingest_chat(store, tmp_path, chat(seed=7), name="other")
+    [elsewhere] = list(client.evaluate_model(tr.EvaluateModelRequest(model_id=model_id, dataset_id=other, samples=6)))[-1].fidelity
+    assert elsewhere.dataset_id == other and elsewhere.replies == 6
+    assert _same(client.get_model(tr.GetModelRequest(model_id=model_id)).model.fidelity, last.fidelity)
+
+    strangers = [replace(c, messages=[replace(m, sender="Dora" if m.sender == "Alice" else m.sender) for m in c.messages])
+                 for c in chat(conversations=1, messages=40)]
+    without = ingest_chat(store, tmp_path, strangers, name="strangers")
+    for asked, code, says in ((tr.EvaluateModelRequest(model_id="model-nope"), grpc.StatusCode.NOT_FOUND, "model-nope"),
+                              (tr.EvaluateModelRequest(model_id=model_id, dataset_id=without), grpc.StatusCode.INVALID_ARGUMENT,
+                               "holds no messages of 'Alice'")):
+        with pytest.raises(grpc.RpcError) as e:
+            list(client.evaluate_model(asked))
+        assert e.value.code() == code and says in e.value.details()
 
 
 def test_a_bad_run_from_the_dashboard_fails_with_the_reason(trainer, prefect_api_url):

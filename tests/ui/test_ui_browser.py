@@ -8,6 +8,7 @@ there too, to be looked at: no error toast, no traceback.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -36,8 +37,9 @@ def whatsapp_export(path: Path) -> Path:
 
 
 @pytest.fixture
-def stack(tmp_path: Path) -> Iterator[str]:
-    """`doppel up` with every address on a free port; the UI's URL. Teardown stops it and its children."""
+def stack(tmp_path: Path) -> Iterator[tuple[str, dict[str, str]]]:
+    """`doppel up` with every address on a free port; the UI's URL and the environment that reaches
+    the stack. Teardown stops it and its children."""
     ui_port = free_port()
     env = {
         **os.environ,
@@ -56,7 +58,7 @@ def stack(tmp_path: Path) -> Iterator[str]:
     try:
         output = read_until(proc, "Press Ctrl-C", timeout=150)
         assert f"ui         http://127.0.0.1:{ui_port}" in output, output
-        yield f"http://127.0.0.1:{ui_port}/"
+        yield f"http://127.0.0.1:{ui_port}/", env
     finally:
         proc.terminate()  # doppel up stops its children, the UI first
         try:
@@ -97,14 +99,15 @@ def choose(page: Page, dropdown: str, option: str) -> None:
 
 
 @pytest.mark.timeout(600)
-def test_import_train_chat_and_simulate_in_a_browser(stack: str, tmp_path: Path):
+def test_import_train_chat_and_simulate_in_a_browser(stack: tuple[str, dict[str, str]], tmp_path: Path):
+    url, env = stack
     export = whatsapp_export(tmp_path / "WhatsApp Chat with Bob.txt")
     shots = Shots(tmp_path)
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM,
                                     args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"])
         page = browser.new_page(viewport={"width": 1280, "height": 1000})
-        page.goto(stack, wait_until="load")
+        page.goto(url, wait_until="load")
         expect(page.locator("#doppel-status")).to_contain_text("inference", timeout=30_000)
         expect(page.locator("#doppel-status")).not_to_contain_text("Not answering")
 
@@ -169,10 +172,28 @@ def test_import_train_chat_and_simulate_in_a_browser(stack: str, tmp_path: Path)
         no_errors(page)
         shots.take(page, "4-conversations")
 
-        # Models: the model with its evaluation figures.
+        # Models: the model with its evaluation figures and its fidelity, measured again from the tab
+        # (EvaluateModel): the same figures `doppel eval` gives.
         open_tab(page, "Models")
         expect(page.locator("#models-table")).to_contain_text("Alice", timeout=30_000)
-        expect(page.locator("#models-details")).to_contain_text("held-out tokens")
+        details = page.locator("#models-details")
+        expect(details).to_contain_text("held-out tokens")
+        expect(details).to_contain_text("Fidelity of Alice")
+        evaluated = subprocess.run([sys.executable, "-m", "doppel", "eval", model_id, "--json"], env=env,
+                                   capture_output=True, text=True, timeout=300)
+        assert evaluated.returncode == 0, evaluated.stderr
+        [figures] = json.loads(evaluated.stdout)["fidelity"]
+        page.locator("#models-measure").click()
+        expect(page.get_by_text(f"Measured the fidelity of {model_id}.")).to_be_visible(timeout=180_000)
+        rows = {"style distance": f"{figures['style_distance']:.3f}",
+                "who said it": f"{100 * figures['who_said_it_real']:.0f}% / {100 * figures['who_said_it_model']:.0f}%",
+                "exact copies": f"{100 * figures['exact_copies']:.0f}%",
+                "speaking for another": str(figures["speaking_for_others"]),
+                "leaking personal data": str(figures["leaks"])}
+        for label, value in rows.items():
+            expect(details.locator("tr", has_text=label)).to_contain_text(value)
+        expect(details.locator("tr", has_text="characters mean")).to_contain_text("█")
+        expect(details.locator("th", has_text="answering")).to_be_visible()
         no_errors(page)
         shots.take(page, "5-models")
         browser.close()

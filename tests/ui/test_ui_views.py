@@ -155,6 +155,25 @@ def test_models_frame_shows_figures_and_blanks_for_missing_ones():
     assert frame.loc[1, "method"] == "full" and frame.isna().loc[1, "held-out loss"]
     assert "loss **1.235**" in views.model_details(evaluated)
     assert "No held-out evaluation" in views.model_details(bare)
+    assert frame.loc[1, "fidelity"] == "" and "Fidelity not measured: `doppel eval` measures it." in views.model_details(bare)
+
+
+def test_models_show_fidelity_beside_the_base_model_alone():
+    from doppel import fidelity
+    from doppel.model import FidelityFigures, ReplyPair, StyleFigure
+
+    figures = FidelityFigures(speaker="Alice", replies=9, style_distance=0.2, who_said_it_real=0.8, who_said_it_model=0.7,
+                              style=[StyleFigure(name="words mean", person=6.0, model=3.0)],
+                              pairs=[ReplyPair(said="Bob: hi", real="*yo*", generated="hey")])
+    base = figures.model_copy(update={"style_distance": 0.6, "who_said_it_model": 0.1})
+    m = tr.PersonaModel(id="m1", name="Alice", speakers=["Alice"], base_model="tiny", fidelity=[fidelity.to_proto(figures)],
+                        base_fidelity=[fidelity.to_proto(base)])
+    assert views.models_frame([m]).loc[0, "fidelity"] == "Alice: style 0.20, who said it 70%, real/generated –, copies 0%"
+    shown = views.model_details(m)
+    assert "#### Fidelity of Alice (9 held-out replies)" in shown
+    assert "| style distance (0 = same) | 0.200 | 0.600 |" in shown
+    assert "| words mean | ████████████ 6.00 | ██████░░░░░░ 3.00 | 50% |" in shown
+    assert r"| Bob: hi | \*yo\* | hey |" in shown
 
 
 def test_forms_leave_blanks_to_the_service_and_name_bad_fields():
@@ -304,6 +323,11 @@ def test_conversations_simulate_and_complete(stack):
     assert [f"**{k}.** I love to eat" in shown for k in (1, 2, 3)] == [True] * 3
     with pytest.raises(gr.Error, match="is not a participant"):
         list(tab.simulate(personas["group"], ["Zed"], "", "", "", 2, 0.9, 8, ""))
+    participants, first, opens = tab.pick_model(personas["a0"])  # a persona model: it writes its persona alone
+    assert participants["choices"] == participants["value"] == ["Alice"] and "train a group model" in participants["label"]
+    assert [v for _, v in first["choices"]] == ["", "Alice"] and "Bob" in [v for _, v in opens["choices"]]
+    with pytest.raises(gr.Error, match="did not learn to write as 'Bob'"):
+        list(tab.simulate(personas["a0"], ["Alice", "Bob"], "", "", "", 2, 0.9, 8, ""))
 
 
 def test_models_list_show_and_delete(stack, tmp_path):

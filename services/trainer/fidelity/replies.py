@@ -11,7 +11,7 @@ as they were (a run evaluates after training, and may go on).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -48,8 +48,8 @@ def targets(sessions: Sequence[Session], speaker: str, *, limit: int = 200) -> l
 
 @torch.no_grad()
 def sample(model: Any, tokenizer: Any, transcript: Transcript, found: Sequence[Target], *, seed: int = 0,
-           max_new_tokens: int = 64, batch_size: int = 16) -> list[str]:
-    """The model's reply to each target, in order."""
+           max_new_tokens: int = 64, batch_size: int = 16, done: Callable[[int], None] | None = None) -> list[str]:
+    """The model's reply to each target, in order; `done(n)` after each batch of `n`."""
     device = next(model.parameters()).device
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     room = int(getattr(model.config, "max_position_embeddings", None) or getattr(model.config, "n_positions", None) or 2048)
@@ -76,4 +76,6 @@ def sample(model: Any, tokenizer: Any, transcript: Transcript, found: Sequence[T
             for t, row in zip(batch, out[:, width:], strict=True):
                 text = tokenizer.decode(row, skip_special_tokens=False)
                 replies.append(transcript.one_turn(text, t.participants))
+            if done:
+                done(len(batch))
     return replies

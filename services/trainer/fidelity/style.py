@@ -22,6 +22,8 @@ from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
+from doppel.model import StyleFigure
+
 WORD = re.compile(r"[^\W\d_]+(?:'[^\W\d_]+)?|\d+", re.UNICODE)
 URL = re.compile(r"\b(?:https?://|www\.)\S+")
 PLACEHOLDER = re.compile(r"<(?:URL|EMAIL|PHONE|CARD|IBAN|MEDIA|[A-Z]+)>")
@@ -86,27 +88,13 @@ def profile(messages: Sequence[str], turn_sizes: Sequence[int] = ()) -> list[Sta
     return stats
 
 
-@dataclass(frozen=True)
-class Compared:
-    """A figure for the person and the model, and their relative difference in [0, 1]."""
-
-    name: str
-    person: float
-    model: float
-
-    @property
-    def difference(self) -> float:
-        scale = max(abs(self.person), abs(self.model))
-        return abs(self.person - self.model) / scale if scale > 1e-12 else 0.0
-
-
-def compare(person: Sequence[Stat], model: Sequence[Stat]) -> list[Compared]:
+def compare(person: Sequence[Stat], model: Sequence[Stat]) -> list[StyleFigure]:
     """The figures both profiles hold, side by side, in the person's order."""
     theirs = {s.name: s.value for s in model}
-    return [Compared(s.name, s.value, theirs[s.name]) for s in person if s.name in theirs]
+    return [StyleFigure(name=s.name, person=s.value, model=theirs[s.name]) for s in person if s.name in theirs]
 
 
-def distance(rows: Sequence[Compared]) -> float:
+def distance(rows: Sequence[StyleFigure]) -> float:
     """One number for how far two profiles are apart: the mean relative difference, in [0, 1]."""
     return sum(r.difference for r in rows) / len(rows) if rows else 0.0
 
