@@ -64,10 +64,11 @@ class Catalog(Generic[R]):
     root: str  # e.g. "datasets/"; doppel.layout builds the same prefixes
     record: str = "manifest.json"
     order: Callable[[R], Any] = newest_first
+    valid: Callable[[str, str], str] = validate_id  # checks an id (and the kind of id, for its message)
 
     def prefix(self, record_id: str) -> str:
         """`<root><id>/`: every key of one thing starts with this; InvalidArgument for a bad id."""
-        return f"{self.root}{validate_id(record_id, f'{self.kind} id')}/"
+        return f"{self.root}{self.valid(record_id, f'{self.kind} id')}/"
 
     def key(self, record_id: str) -> str:
         """`<root><id>/<record>`."""

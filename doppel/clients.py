@@ -157,6 +157,9 @@ class TrainerClient(ServiceClient):
     ) -> tr.ListBaseModelsResponse:
         return self.stub.ListBaseModels(request, timeout=timeout)
 
+    def pull_base_model(self, request: tr.PullBaseModelRequest, *, timeout: Timeout = None) -> Iterator[tr.PullBaseModelResponse]:
+        return self.stub.PullBaseModel(request, timeout=timeout)
+
     def list_models(self, request: tr.ListModelsRequest, *, timeout: Timeout = None) -> tr.ListModelsResponse:
         return self.stub.ListModels(request, timeout=timeout)
 

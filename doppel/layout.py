@@ -21,6 +21,7 @@ from datetime import UTC, datetime
 from doppel.errors import InvalidArgument
 
 _ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
+_NAME = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9._-]{0,62}[A-Za-z0-9])?")  # an id, dots allowed inside: "qwen2.5-0.5b"
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
@@ -28,6 +29,15 @@ def validate_id(value: str, kind: str = "id") -> str:
     """Return `value` if it is a valid id, else raise InvalidArgument naming it."""
     if not isinstance(value, str) or not _ID.fullmatch(value):
         raise InvalidArgument(f"invalid {kind} {value!r}: use 1-64 letters, digits, '-' or '_'")
+    return value
+
+
+def validate_name(value: str, kind: str = "name") -> str:
+    """Return `value` if it is a valid name (an id that may hold dots, not at its ends), else raise
+    InvalidArgument naming it."""
+    if not isinstance(value, str) or not _NAME.fullmatch(value) or ".." in value:
+        raise InvalidArgument(f"invalid {kind} {value!r}: use 1-64 letters, digits, '-', '_' or '.' "
+                              "(starting and ending with a letter or digit)")
     return value
 
 

@@ -128,7 +128,9 @@ def preview(conversations: Sequence[common_pb2.Conversation]) -> str:
 
 
 def base_model_choices(bases: Iterable[tr.BaseModel]) -> list[tuple[str, str]]:
-    return [(f"{b.name} ({b.parameters / 1e6:.1f}M parameters)", b.name) for b in bases]
+    """Every base, those still on the Hub said so (a run pulls them first)."""
+    return [(f"{b.name} ({b.parameters / 1e6:.1f}M parameters{', pulled from the Hub first' if b.hub_id and not b.stored else ''})",
+             b.name) for b in bases]
 
 
 @dataclass

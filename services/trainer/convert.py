@@ -12,7 +12,7 @@ from doppel import enums, fidelity
 from doppel.model import ModelManifest, SampleText
 from doppel.v1 import common_pb2, trainer_pb2
 
-from . import basemodels
+from . import basemodels, registry
 from .evaluation import Progress, Result
 from .recipe import TrainRequest
 from .runs import Event, RunRecord
@@ -161,10 +161,23 @@ def evaluation_to_proto(item: Progress | Result) -> trainer_pb2.EvaluateModelRes
     )
 
 
-def base_models_to_proto() -> trainer_pb2.ListBaseModelsResponse:
-    return trainer_pb2.ListBaseModelsResponse(
-        base_models=[
-            trainer_pb2.BaseModel(name=i.name, description=i.description, parameters=i.parameters, chat_template=i.chat_template)
-            for i in basemodels.list_base_models()
-        ]
+def base_models_to_proto(infos: list[basemodels.BaseModelInfo], *, batch_size: int, block_size: int) -> trainer_pb2.ListBaseModelsResponse:
+    return trainer_pb2.ListBaseModelsResponse(base_models=[base_model_to_proto(i, batch_size=batch_size, block_size=block_size)
+                                                           for i in infos])
+
+
+def base_model_to_proto(i: basemodels.BaseModelInfo, *, batch_size: int, block_size: int) -> trainer_pb2.BaseModel:
+    memory = [
+        trainer_pb2.TrainingMemory(
+            method=method, batch_size=batch_size, block_size=block_size,
+            bytes=registry.training_memory(i.shape, method, batch_size=batch_size, block_size=block_size),
+            checkpointed_bytes=registry.training_memory(i.shape, method, batch_size=batch_size, block_size=block_size,
+                                                        checkpointing=True),
+        )
+        for method in ("lora", "qlora", "full")
+    ] if i.shape else []
+    return trainer_pb2.BaseModel(
+        name=i.name, description=i.description, parameters=i.parameters, chat_template=i.chat_template, hub_id=i.hub_id,
+        stored=i.stored, gated=i.gated, license=i.license, revision=i.revision, size_bytes=i.size_bytes,
+        training_memory=memory,
     )

@@ -40,6 +40,7 @@ from doppel.transcript import Transcript
 
 from . import basemodels, fidelity, finetune, models, previews, runs
 from .checks import check_request
+from .hub import PullProgress
 from .recipe import Recipe, TrainRequest
 from .runs import Event, RunLog, RunRecord
 from .samples import Sample, Split, split_sessions, tokenise
@@ -67,10 +68,21 @@ def build_samples(conversations: list[Conversation], recipe: Recipe) -> Split:
 
 
 @task(**STORE_RETRIES)
-def load_base(store: Store, recipe: Recipe, split: Split, cache_dir: Path) -> basemodels.LoadedBase:
+def load_base(store: Store, recipe: Recipe, split: Split, cache_dir: Path, say: Callable[[str], object]) -> basemodels.LoadedBase:
+    """The base model, pulled from the hub first if it is a curated one not in the store (said every tenth)."""
     texts = (t.text for s in split.train for t in s.turns)
+    said = ("", -1)
+
+    def pulling(p: PullProgress) -> None:
+        nonlocal said
+        tenth = 10 * p.done_bytes // p.total_bytes if p.total_bytes else -1
+        if (p.message, tenth) != said:
+            said = (p.message, tenth)
+            say(f"{p.message}: {10 * tenth}%" if tenth >= 0 else p.message)
+
     return basemodels.load_base_model(
-        recipe.base_model, store, cache_dir=cache_dir, texts=texts, seed=recipe.seed, block_size=recipe.block_size
+        recipe.base_model, store, cache_dir=cache_dir, texts=texts, seed=recipe.seed, block_size=recipe.block_size,
+        progress=pulling,
     )
 
 
@@ -200,7 +212,7 @@ def _train(settings: Settings, store: Store, log: RunLog) -> str:
     participants = list(checked.dataset.stats.participants)
     del conversations
     log.say(f"loading base model {recipe.base_model}")
-    base = load_base(store, recipe, split, settings.home / "cache")
+    base = load_base(store, recipe, split, settings.home / "cache", log.say)
     transcript = Transcript(base.tokenizer, recipe.speakers)
     log.say("tokenising")
     train, held_out = tokenise_samples(split, transcript, recipe.block_size)

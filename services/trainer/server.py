@@ -9,20 +9,24 @@ CLI or from the Prefect dashboard is picked up by the same runner.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 
 from doppel import model, paging
+from doppel.bases import BaseManifest
 from doppel.config import Settings
 from doppel.errors import NotFound
+from doppel.model import Recipe
 from doppel.rpc.server import Service
 from doppel.store import STARTUP_WAIT_S, Store, open_store
 from doppel.v1 import trainer_pb2, trainer_pb2_grpc
 
-from . import evaluation, models, runs
+from . import basemodels, evaluation, hub, models, registry, runs
 from .checks import check_request
 from .convert import (
     STATE_NAMES,
+    base_model_to_proto,
     base_models_to_proto,
     evaluation_to_proto,
     event_to_proto,
@@ -35,6 +39,8 @@ from .runner import DeploymentRunner
 from .runs import TERMINAL, Event, RunRecord
 
 POLL_S = 0.5  # how often a watch looks for new events
+PROGRESS_S = 0.25  # how often a pull reports its byte count
+DEFAULTS = Recipe(dataset_id="", speakers=[], base_model="", method="lora", preset="default", model_name="")
 
 
 class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
@@ -127,7 +133,38 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
             await asyncio.sleep(POLL_S)
 
     async def ListBaseModels(self, request, context):
-        return base_models_to_proto()
+        infos = await asyncio.to_thread(basemodels.catalog, self.store)
+        return base_models_to_proto(infos, batch_size=DEFAULTS.batch_size, block_size=DEFAULTS.block_size)
+
+    async def PullBaseModel(self, request, context) -> AsyncIterator[trainer_pb2.PullBaseModelResponse]:
+        entry = registry.BY_NAME.get(request.model)
+        hub_id = entry.hub_id if entry else request.model
+        name = request.name or (entry.name if entry else "")
+        loop, events = asyncio.get_running_loop(), asyncio.Queue[hub.PullProgress | None]()
+
+        def report(p: hub.PullProgress) -> None:
+            loop.call_soon_threadsafe(events.put_nowait, p)
+
+        def work() -> BaseManifest:
+            try:
+                return hub.pull(self.store, hub_id, cache_dir=self.settings.home / "cache", revision=request.revision or None,
+                                name=name or None, progress=report)
+            finally:
+                loop.call_soon_threadsafe(events.put_nowait, None)
+
+        pulling = asyncio.ensure_future(asyncio.to_thread(work))
+        last = 0.0
+        while (p := await events.get()) is not None:
+            if p.done_bytes < p.total_bytes and time.monotonic() - last < PROGRESS_S:
+                continue  # a byte count at most every PROGRESS_S; every message and the end get through
+            last = time.monotonic()
+            yield trainer_pb2.PullBaseModelResponse(message=p.message, done_bytes=p.done_bytes, total_bytes=p.total_bytes)
+        manifest = await pulling
+        info = next(i for i in await asyncio.to_thread(basemodels.catalog, self.store) if i.name == manifest.id)
+        yield trainer_pb2.PullBaseModelResponse(
+            message=f"stored as {manifest.id}", done_bytes=manifest.size_bytes, total_bytes=manifest.size_bytes,
+            base_model=base_model_to_proto(info, batch_size=DEFAULTS.batch_size, block_size=DEFAULTS.block_size),
+        )
 
     async def ListModels(self, request, context):
         page, token = await asyncio.to_thread(model.MODELS.page, self.store, request.page_size, request.page_token)

@@ -22,10 +22,11 @@ import torch
 from peft import PeftModel
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from doppel.clients import TrainerClient
+from doppel.clients import InferenceClient, TrainerClient
 from doppel.config import Settings
 from doppel.rpc.server import Service
 from doppel.store import open_store
+from doppel.v1 import common_pb2
 from doppel.v1 import trainer_pb2 as tr
 from doppel.v1 import trainer_pb2_grpc
 from services.trainer import runs
@@ -326,6 +327,54 @@ def test_a_model_is_evaluated_on_demand_the_same_by_rpc_cli_and_get_model(traine
         with pytest.raises(grpc.RpcError) as e:
             list(client.evaluate_model(asked))
         assert e.value.code() == code and says in e.value.details()
+
+
+def test_a_base_pulled_from_the_hub_trains_a_persona_served_from_the_store_alone(trainer, tmp_path, monkeypatch):
+    from doppel.v1 import inference_pb2 as inf
+    from doppel.v1 import inference_pb2_grpc
+    from services.inference.remote import EngineProcess
+    from services.inference.server import InferenceServicer
+    from support.hubserver import HubServer, point_hub_at, tiny_repo_files
+
+    client, store, settings, dataset = trainer
+    with HubServer() as hub:
+        point_hub_at(monkeypatch, hub, tmp_path / "hf-home")  # the servicer pulls in this process
+        hub.add_repo("doppel-test/Pulled-GPT2", tiny_repo_files(tmp_path / "repo"), license="mit")
+        events = list(client.pull_base_model(tr.PullBaseModelRequest(model="doppel-test/Pulled-GPT2", name="pulled-gpt2")))
+        assert events[0].message == "reading doppel-test/Pulled-GPT2 on the hub"
+        last = events[-1]
+        assert (last.base_model.name, last.base_model.stored, last.base_model.license) == ("pulled-gpt2", True, "mit")
+        assert last.done_bytes == last.total_bytes == last.base_model.size_bytes > 0
+        assert any(e.message == "downloading doppel-test/Pulled-GPT2" and e.total_bytes for e in events)
+        listed = _doppel(settings, client.addr, "bases")
+        assert listed.returncode == 0 and any(line.startswith("pulled-gpt2 ") and " stored " in line
+                                              for line in listed.stdout.splitlines())
+        hub.add_repo("nobody/odd", tiny_repo_files(tmp_path / "odd", unsupported=True))
+        odd = _doppel(settings, client.addr, "bases", "pull", "nobody/odd")
+        assert odd.returncode == 1 and "is not one Doppel trains and serves" in odd.stderr
+        again = _doppel(settings, client.addr, "bases", "pull", "doppel-test/Pulled-GPT2", "--name", "pulled-again")
+        assert again.returncode == 0 and again.stdout.startswith("pulled-again ") and "pulled-again" in again.stderr
+
+    run = client.start_run(tr.StartRunRequest(spec=tr.TrainingSpec(
+        dataset_id=dataset, speakers=["Alice"], base_model="pulled-gpt2",
+        hyperparameters=tr.Hyperparameters(**{**QUICK, "max_steps": 6, "sample_every": 0})))).run
+    assert watch_to_end(client, run.run_id)[-1].state == tr.RUN_STATE_COMPLETED
+    model = client.get_model(tr.GetModelRequest(model_id=client.get_run(tr.GetRunRequest(run_id=run.run_id)).run.model_id)).model
+    assert model.base_model == "pulled-gpt2"
+
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "never-used-hf-home"))  # no hub cache: the store alone
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    servicer = InferenceServicer(EngineProcess(Settings(home=tmp_path / "inference", store_url=settings.store_url)))
+    server = BackgroundServer([Service.of(inf, inference_pb2_grpc, "InferenceService", servicer)])
+    try:
+        with InferenceClient(server.addr, timeout=120) as inference:
+            reply = inference.chat(inf.ChatRequest(model_id=model.id, history=[inf.Turn(speaker="Bob", text="how was work")],
+                                                   sampling=common_pb2.SamplingParams(max_new_tokens=8, seed=1)))
+        assert reply.speaker == "Alice" and reply.candidates[0].tokens > 0
+    finally:
+        server.stop()
+        servicer.close()
+    assert not (tmp_path / "never-used-hf-home").exists()
 
 
 def test_a_bad_run_from_the_dashboard_fails_with_the_reason(trainer, prefect_api_url):

@@ -1,0 +1,73 @@
+"""`doppel bases`: the base models personas are trained from: list them, pull one from the Hugging Face Hub."""
+
+from __future__ import annotations
+
+import sys
+from typing import Annotated, Any
+
+import typer
+
+from doppel.cli.context import call, fail, settings
+
+bases_app = typer.Typer(help="Base models: list (the default) and pull from the Hugging Face Hub.")
+
+
+def _gib(n: int) -> str:
+    return f"{n / 2**30:.1f}G"
+
+
+def describe(b: Any) -> str:
+    """One line: name, size, chat or plain, where it is, memory to train it, and what it is."""
+    where = "stored" if b.stored else ("gated, pull" if b.gated else "pull")
+    memory = {m.method: m for m in b.training_memory}
+    fits = "  ".join(f"{k} {_gib(m.bytes)}" for k, m in memory.items())
+    return (f"{b.name:<24} {b.parameters / 1e6:8.1f}M  {'chat ' if b.chat_template else 'plain'}  {where:<11} "
+            f"{fits}  {b.description}")
+
+
+@bases_app.callback(invoke_without_command=True)
+def list_bases(ctx: typer.Context) -> None:
+    """Every base model: built in, in the store, and curated ones to pull; with the memory a training
+    step needs for LoRA, QLoRA and full training (bf16, the default batch and block size)."""
+    if ctx.invoked_subcommand:
+        return
+    from doppel.clients import TrainerClient
+    from doppel.v1 import trainer_pb2 as tr
+
+    for b in call(TrainerClient, "list_base_models", tr.ListBaseModelsRequest()).base_models:
+        typer.echo(describe(b))
+
+
+@bases_app.command("pull")
+def pull(
+    model: Annotated[str, typer.Argument(help="A hub id (Qwen/Qwen2.5-0.5B-Instruct) or a curated name (`doppel bases`).")],
+    revision: Annotated[str, typer.Option("--revision", help="Branch, tag or commit; default main.")] = "",
+    name: Annotated[str, typer.Option("--name", help="Name in the store; default the curated or repository name.")] = "",
+) -> None:
+    """Download a base model from the Hugging Face Hub into the store (the trainer does it: its HF_TOKEN,
+    HF_ENDPOINT and HF_HUB_OFFLINE apply)."""
+    import grpc
+    from rich.console import Console
+    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
+
+    from doppel.clients import TrainerClient, rpc_error_message
+    from doppel.v1 import trainer_pb2 as tr
+
+    last: Any = None
+    console = Console(stderr=True)
+    columns = [TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn()]
+    with TrainerClient.from_settings(settings()) as client, Progress(*columns, console=console,
+                                                                     disable=not sys.stderr.isatty()) as bar:
+        task = bar.add_task("starting", total=None)
+        said = ""
+        try:
+            for last in client.pull_base_model(tr.PullBaseModelRequest(model=model, revision=revision, name=name)):
+                if last.message != said and not bar.live.is_started:
+                    console.print(last.message, markup=False, highlight=False)
+                said = last.message
+                bar.update(task, description=last.message, completed=last.done_bytes, total=last.total_bytes or None)
+        except grpc.RpcError as err:
+            fail(f"{client.addr}: {rpc_error_message(err)}")
+    if last is None or not last.HasField("base_model"):
+        fail("the pull ended without a base model")
+    typer.echo(describe(last.base_model))

@@ -1,0 +1,168 @@
+"""The curated registry of base models: what people fine-tune personas from, and what each needs.
+
+Each entry names a model on the Hugging Face Hub with the shape of its network (read from its
+`config.json`), from which its parameter count and the memory a training run needs are computed
+rather than typed in: one formula for every entry, checked against measured peaks
+(bench/RESULTS.md, "Base models"). The seeds' GPT-2s, SmolLM2, Qwen2.5 and Llama 3.2 (gated:
+accept its license on the Hub and set HF_TOKEN).
+
+Memory of a training step, in bytes (`training_memory`):
+
+* weights: parameters x bytes per parameter of the training dtype (QLoRA: 4-bit blocks, ~0.56 byte
+  each with their scales), plus, for LoRA, the adapters in fp32;
+* gradients and AdamW state of what is trained: 4 + 8 bytes per trained parameter (fp32), and
+  an fp32 master copy under mixed precision for full training;
+* activations of one micro-batch of `batch x block` tokens, per layer: the hidden states kept for
+  the backward pass (about 18 values of `hidden` and 3 of `intermediate` per token in the
+  training dtype, Korthikanti et al. 2022 without sequence parallelism, attention computed
+  without materialising scores), or one `hidden` per layer with gradient checkpointing; and the
+  logits of the scored positions in fp32 (twice: values and gradients).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from doppel.errors import InvalidArgument
+
+Method = Literal["lora", "qlora", "full"]
+# Architectures (config.json `model_type`) the trainer fine-tunes and the engine serves: GPT-2, and
+# the Llama family (SmolLM2, Llama 3, Qwen2/2.5 and Mistral share its layout).
+LLAMA_LIKE = ("llama", "qwen2", "mistral")
+SUPPORTED_TEXT = "gpt2 (GPT-2), llama (Llama, SmolLM2), qwen2 (Qwen2, Qwen2.5), mistral (Mistral)"
+LORA_RANK = 16  # the recipe's default rank; adapters on every attention and MLP projection
+
+
+def check_architecture(config: dict[str, Any]) -> str:
+    """The `model_type` of a config (as config.json or the hub's model info gives it), if Doppel trains
+    and serves it; else InvalidArgument with the list of those it does."""
+    kind = str(config.get("model_type") or "")
+    if kind != "gpt2" and kind not in LLAMA_LIKE:
+        raise InvalidArgument(f"architecture {kind or 'unknown'!r} ({', '.join(config.get('architectures') or [])}) "
+                              f"is not one Doppel trains and serves; these are: {SUPPORTED_TEXT}")
+    return kind
+
+
+@dataclass(frozen=True)
+class Shape:
+    """A decoder-only transformer's size, as its config.json gives it."""
+
+    layers: int
+    hidden: int
+    heads: int
+    kv_heads: int
+    intermediate: int
+    vocab: int
+    positions: int  # 0 for rotary models (no learned position table)
+    tied: bool  # input embedding shared with the output projection
+    gated_mlp: bool  # three MLP matrices (SwiGLU: Llama, Qwen, SmolLM2) or two (GPT-2)
+    biases: bool = False  # GPT-2 has biases and LayerNorm (two vectors per norm)
+    qkv_bias: bool = False  # Qwen2 has biases on the query, key and value projections only
+
+    @property
+    def parameters(self) -> int:
+        h, kv = self.hidden, self.hidden * self.kv_heads // self.heads
+        attention = h * h + 2 * h * kv + h * h
+        mlp = (3 if self.gated_mlp else 2) * h * self.intermediate
+        norms = (4 if self.biases else 2) * h
+        biases = (h + 2 * kv + h + self.intermediate + h) if self.biases else (h + 2 * kv) if self.qkv_bias else 0
+        per_layer = attention + mlp + norms + biases
+        embeddings = self.vocab * h + self.positions * h
+        head = 0 if self.tied else self.vocab * h
+        final_norm = (2 if self.biases else 1) * h
+        return self.layers * per_layer + embeddings + head + final_norm
+
+    @classmethod
+    def of(cls, config: dict[str, Any]) -> Shape:
+        """The shape a `config.json` describes; InvalidArgument for an architecture Doppel does not run."""
+        kind = check_architecture(config)
+        if kind == "gpt2":
+            h = int(config["n_embd"])
+            return cls(int(config["n_layer"]), h, int(config["n_head"]), int(config["n_head"]),
+                       int(config.get("n_inner") or 4 * h), int(config["vocab_size"]), int(config["n_positions"]),
+                       bool(config.get("tie_word_embeddings", True)), False, True)
+        if kind in LLAMA_LIKE:
+            heads = int(config["num_attention_heads"])
+            return cls(int(config["num_hidden_layers"]), int(config["hidden_size"]), heads,
+                       int(config.get("num_key_value_heads") or heads), int(config["intermediate_size"]),
+                       int(config["vocab_size"]), 0, bool(config.get("tie_word_embeddings", False)), True,
+                       qkv_bias=kind == "qwen2" or bool(config.get("attention_bias", False)))
+        raise AssertionError(kind)  # check_architecture let through a kind without a shape
+
+    def lora_parameters(self, rank: int = LORA_RANK) -> int:
+        """Adapters of rank `rank` on every attention and MLP projection (A: in x r, B: r x out)."""
+        h, kv, i = self.hidden, self.hidden * self.kv_heads // self.heads, self.intermediate
+        gated = [(h, h), (h, kv), (h, kv), (h, h), (h, i), (h, i), (i, h)]  # q, k, v, o, gate, up, down
+        gpt2 = [(h, 3 * h), (h, h), (h, i), (i, h)]  # one fused qkv, the attention output, two MLP matrices
+        projections = gated if self.gated_mlp else gpt2
+        return self.layers * sum(rank * (a + b) for a, b in projections)
+
+
+@dataclass(frozen=True)
+class Entry:
+    """A base model of the curated registry."""
+
+    name: str
+    hub_id: str
+    description: str
+    shape: Shape
+    chat_template: bool
+    license: str
+    gated: bool = False
+
+
+def _gpt2(layers: int, hidden: int, heads: int) -> Shape:
+    return Shape(layers, hidden, heads, heads, 4 * hidden, 50257, 1024, True, False, True)
+
+
+CURATED: tuple[Entry, ...] = (
+    Entry("gpt2", "openai-community/gpt2", "GPT-2 124M: the seeds' base; plain transcripts, no chat template",
+          _gpt2(12, 768, 12), False, "mit"),
+    Entry("gpt2-medium", "openai-community/gpt2-medium", "GPT-2 355M", _gpt2(24, 1024, 16), False, "mit"),
+    Entry("gpt2-large", "openai-community/gpt2-large", "GPT-2 774M", _gpt2(36, 1280, 20), False, "mit"),
+    Entry("gpt2-xl", "openai-community/gpt2-xl", "GPT-2 1.5B: the largest GPT-2", _gpt2(48, 1600, 25), False, "mit"),
+    Entry("smollm2-135m-instruct", "HuggingFaceTB/SmolLM2-135M-Instruct",
+          "SmolLM2-135M-Instruct, the original bf16 weights (the offline default is its 4-bit GGUF)",
+          Shape(30, 576, 9, 3, 1536, 49152, 0, True, True), True, "apache-2.0"),
+    Entry("smollm2-360m-instruct", "HuggingFaceTB/SmolLM2-360M-Instruct", "SmolLM2-360M-Instruct: still fine on a CPU",
+          Shape(32, 960, 15, 5, 2560, 49152, 0, True, True), True, "apache-2.0"),
+    Entry("smollm2-1.7b-instruct", "HuggingFaceTB/SmolLM2-1.7B-Instruct", "SmolLM2-1.7B-Instruct",
+          Shape(24, 2048, 32, 32, 8192, 49152, 0, True, True), True, "apache-2.0"),
+    Entry("qwen2.5-0.5b-instruct", "Qwen/Qwen2.5-0.5B-Instruct", "Qwen2.5-0.5B-Instruct: multilingual",
+          Shape(24, 896, 14, 2, 4864, 151936, 0, True, True, qkv_bias=True), True, "apache-2.0"),
+    Entry("qwen2.5-1.5b-instruct", "Qwen/Qwen2.5-1.5B-Instruct", "Qwen2.5-1.5B-Instruct",
+          Shape(28, 1536, 12, 2, 8960, 151936, 0, True, True, qkv_bias=True), True, "apache-2.0"),
+    Entry("qwen2.5-3b-instruct", "Qwen/Qwen2.5-3B-Instruct", "Qwen2.5-3B-Instruct",
+          Shape(36, 2048, 16, 2, 11008, 151936, 0, True, True, qkv_bias=True), True, "qwen-research"),
+    Entry("qwen2.5-7b-instruct", "Qwen/Qwen2.5-7B-Instruct", "Qwen2.5-7B-Instruct: QLoRA on a 24 GB GPU",
+          Shape(28, 3584, 28, 4, 18944, 152064, 0, False, True, qkv_bias=True), True, "apache-2.0"),
+    Entry("llama-3.2-1b-instruct", "meta-llama/Llama-3.2-1B-Instruct", "Llama 3.2 1B Instruct (gated)",
+          Shape(16, 2048, 32, 8, 8192, 128256, 0, True, True), True, "llama3.2", gated=True),
+    Entry("llama-3.2-3b-instruct", "meta-llama/Llama-3.2-3B-Instruct", "Llama 3.2 3B Instruct (gated)",
+          Shape(28, 3072, 24, 8, 8192, 128256, 0, True, True), True, "llama3.2", gated=True),
+)
+BY_NAME = {e.name: e for e in CURATED}
+BY_HUB_ID = {e.hub_id.lower(): e for e in CURATED}
+
+
+def training_memory(shape: Shape, method: Method, *, batch_size: int, block_size: int, dtype_bytes: int = 2,
+                    checkpointing: bool = False, scored: float = 1.0) -> int:
+    """Bytes a training step needs at its peak (see the module docstring); `scored`: the share of
+    positions whose logits are computed (1.0: all of them)."""
+    p = shape.parameters
+    if method == "full":
+        weights = p * dtype_bytes
+        trained = p
+        states = trained * (4 + 8) + (trained * 4 if dtype_bytes < 4 else 0)  # grads, AdamW, fp32 master copy
+    else:
+        trained = shape.lora_parameters()
+        weights = (p * 9 // 16 if method == "qlora" else p * dtype_bytes) + trained * 4
+        states = trained * (4 + 8)
+    tokens = batch_size * block_size
+    if checkpointing:
+        per_layer = tokens * shape.hidden * dtype_bytes
+    else:
+        per_layer = tokens * (18 * shape.hidden + 3 * shape.intermediate) * dtype_bytes
+    logits = int(tokens * scored) * shape.vocab * 4 * 2
+    return weights + states + shape.layers * per_layer + logits
