@@ -16,6 +16,15 @@ from doppel.catalog import Catalog
 from doppel.layout import validate_name
 
 ROOT = "base-models/"
+# What loading a base needs besides its `*.safetensors` weights: pulls and uploads keep only these.
+KEPT = ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+        "vocab.json", "merges.txt", "tokenizer.model", "added_tokens.json", "chat_template.jinja",
+        "model.safetensors.index.json")
+
+
+def kept(path: str) -> bool:
+    """Whether a base's file (its path in the folder) is one a stored base keeps."""
+    return "/" not in path and (path.endswith(".safetensors") or path in KEPT)
 
 
 class BaseManifest(BaseModel):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import os
 from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
 from typing import Self
 
 import grpc
@@ -156,6 +157,40 @@ class TrainerClient(ServiceClient):
         self, request: tr.ListBaseModelsRequest, *, timeout: Timeout = None
     ) -> tr.ListBaseModelsResponse:
         return self.stub.ListBaseModels(request, timeout=timeout)
+
+    def add_base_model(
+        self, path: str | os.PathLike[str], name: str, *, chunk_bytes: int = UPLOAD_CHUNK,
+        progress: Callable[[int, int], None] | None = None, timeout: Timeout = None,
+    ) -> tr.AddBaseModelResponse:
+        """Upload a base model: a folder written by `save_pretrained` (only the files a stored base
+        keeps) or one `.gguf` file; `progress(sent, total)` in bytes."""
+        from doppel.bases import kept
+
+        root = Path(path)
+        if root.is_file():
+            files = [(root.name, root)]
+        else:
+            files = sorted((p.relative_to(root).as_posix(), p) for p in root.rglob("*") if p.is_file())
+            files = [(rel, p) for rel, p in files if kept(rel)]
+        total = sum(p.stat().st_size for _, p in files)
+
+        def parts() -> Iterator[tr.AddBaseModelRequest]:
+            yield tr.AddBaseModelRequest(header=tr.AddBaseModelHeader(name=name, source=root.name))
+            sent = 0
+            for rel, p in files:
+                digest = hashlib.sha256()
+                with open(p, "rb") as f:
+                    while chunk := f.read(chunk_bytes):
+                        digest.update(chunk)
+                yield tr.AddBaseModelRequest(file=tr.UploadedFile(path=rel, size_bytes=p.stat().st_size, sha256=digest.hexdigest()))
+                with open(p, "rb") as f:
+                    while chunk := f.read(chunk_bytes):
+                        yield tr.AddBaseModelRequest(chunk=chunk)
+                        sent += len(chunk)
+                        if progress:
+                            progress(sent, total)
+
+        return self.stub.AddBaseModel(parts(), timeout=timeout)
 
     def pull_base_model(self, request: tr.PullBaseModelRequest, *, timeout: Timeout = None) -> Iterator[tr.PullBaseModelResponse]:
         return self.stub.PullBaseModel(request, timeout=timeout)

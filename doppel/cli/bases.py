@@ -9,7 +9,7 @@ import typer
 
 from doppel.cli.context import call, fail, settings
 
-bases_app = typer.Typer(help="Base models: list (the default) and pull from the Hugging Face Hub.")
+bases_app = typer.Typer(help="Base models: list (the default), pull from the Hugging Face Hub, add your own.")
 
 
 def _gib(n: int) -> str:
@@ -71,3 +71,30 @@ def pull(
     if last is None or not last.HasField("base_model"):
         fail("the pull ended without a base model")
     typer.echo(describe(last.base_model))
+
+
+@bases_app.command("add")
+def add(
+    path: Annotated[str, typer.Argument(help="A folder written by save_pretrained (model and tokenizer), or one .gguf file.")],
+    name: Annotated[str, typer.Option("--name", help="Name in the store.")],
+) -> None:
+    """Upload a base model you have to the trainer's store (a GGUF file is dequantised to bf16 safetensors)."""
+    from pathlib import Path
+
+    import grpc
+    from rich.console import Console
+    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
+
+    from doppel.clients import TrainerClient, rpc_error_message
+
+    if not Path(path).exists():
+        fail(f"{path}: no such file or folder")
+    columns = [TextColumn("uploading"), BarColumn(), DownloadColumn(), TransferSpeedColumn()]
+    with TrainerClient.from_settings(settings()) as client, Progress(*columns, console=Console(stderr=True),
+                                                                     disable=not sys.stderr.isatty()) as bar:
+        task = bar.add_task("uploading", total=None)
+        try:
+            added = client.add_base_model(path, name, progress=lambda sent, total: bar.update(task, completed=sent, total=total))
+        except grpc.RpcError as err:
+            fail(f"{client.addr}: {rpc_error_message(err)}")
+    typer.echo(describe(added.base_model))

@@ -228,19 +228,23 @@ def smollm2_gguf_path() -> Path:
     return path
 
 
-def _convert_smollm2(store: Store, cache_dir: Path) -> None:
-    """Read the GGUF, dequantise, save bf16 safetensors and upload them, config.json last."""
+def gguf_to_folder(gguf: Path, out: Path) -> None:
+    """Read a GGUF file, dequantise it, and save bf16 safetensors and the tokenizer into `out`."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    gguf = smollm2_gguf_path()
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
     quantizer = getattr(model, "hf_quantizer", None)
     if quantizer is not None:
         quantizer.remove_quantization_config(model)
+    model.to(torch.bfloat16).save_pretrained(out)  # type: ignore[arg-type]  # stub: @wraps(Module.to) loses the bound self
+    tokenizer.save_pretrained(out)
+
+
+def _convert_smollm2(store: Store, cache_dir: Path) -> None:
+    """Convert the shipped GGUF and upload it, config.json last."""
     with tempfile.TemporaryDirectory(dir=cache_dir, prefix=".convert-") as tmp:
-        model.to(torch.bfloat16).save_pretrained(tmp)  # type: ignore[arg-type]  # stub: @wraps(Module.to) loses the bound self
-        tokenizer.save_pretrained(tmp)
+        gguf_to_folder(smollm2_gguf_path(), Path(tmp))
         files = [p for p in Path(tmp).rglob("*") if p.is_file()]
         files.sort(key=lambda p: (p.name == "config.json", str(p)))  # config.json last: it marks completeness
         for path in files:

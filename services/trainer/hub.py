@@ -21,16 +21,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from doppel.bases import BASES, BaseManifest, prefix
+from doppel.bases import BASES, BaseManifest, kept, prefix
 from doppel.errors import AlreadyExists, DoppelError, FailedPrecondition, NotFound, Unavailable
 from doppel.layout import validate_name
 from doppel.store.base import Store
 
 from .registry import BY_HUB_ID, check_architecture
 
-WANTED = ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
-          "vocab.json", "merges.txt", "tokenizer.model", "added_tokens.json", "chat_template.jinja",
-          "model.safetensors.index.json")
 DTYPES = {"BF16": "bfloat16", "F16": "float16", "F32": "float32"}
 
 
@@ -74,14 +71,21 @@ def _hub_error(e: Exception, hub_id: str, revision: str | None) -> DoppelError:
 def _files(siblings: list[Any]) -> tuple[list[str], int]:
     """The files to download (safetensors weights and what loading needs) and their total size."""
     names = {s.rfilename: int(s.size or 0) for s in siblings}
-    weights = [n for n in names if n.endswith(".safetensors") and "/" not in n]
-    if not weights:
-        raise FailedPrecondition("the model has no safetensors weights; Doppel reads no pickled (.bin) weights "
-                                 "from the hub: convert it and add the folder with `doppel bases add`")
+    chosen = sorted(n for n in names if kept(n))
+    check_files(chosen)
+    return chosen, sum(names[n] for n in chosen)
+
+
+def check_files(names: list[str]) -> None:
+    """FailedPrecondition unless `names` hold what loading a base needs: config, safetensors weights, a tokenizer."""
+    if not any(n.endswith(".safetensors") for n in names):
+        raise FailedPrecondition("the model has no safetensors weights (Doppel reads no pickled .bin weights: "
+                                 "load it and save it again with save_pretrained, which writes safetensors)")
     if "config.json" not in names:
         raise FailedPrecondition("the model has no config.json")
-    chosen = sorted([*weights, *(n for n in WANTED if n in names)])
-    return chosen, sum(names[n] for n in chosen)
+    if not {"tokenizer.json", "tokenizer.model", "vocab.json"} & set(names):
+        raise FailedPrecondition("the model has no tokenizer (tokenizer.json, tokenizer.model or vocab.json): "
+                                 "save the tokenizer with save_pretrained beside the model")
 
 
 def _safetensors_figures(folder: Path) -> tuple[int, str]:
@@ -183,14 +187,8 @@ def pull(store: Store, hub_id: str, *, cache_dir: Path, revision: str | None = N
             hf_hub_download(hub_id, filename, revision=sha, local_dir=staging, token=token, tqdm_class=bar)
     except Exception as e:
         raise _hub_error(e, hub_id, revision) from e
-    parameters, dtype = _safetensors_figures(staging)
-    tokenizer_config = json.loads((staging / "tokenizer_config.json").read_text()) if (staging / "tokenizer_config.json").is_file() else {}
-    manifest = BaseManifest(
-        id=name, source=f"hub:{hub_id}@{sha}", hub_id=hub_id, revision=sha, license=_license(info),
-        architecture=str(config.get("model_type", "")), parameters=parameters, dtype=dtype,
-        chat_template=bool(tokenizer_config.get("chat_template")) or (staging / "chat_template.jinja").is_file(),
-        size_bytes=total, files=files,
-    )
+    manifest = describe(staging, files, id=name, source=f"hub:{hub_id}@{sha}", hub_id=hub_id, revision=sha,
+                        license=_license(info))
     progress(PullProgress(f"storing {name}", total, total))
     store_folder(store, staging, manifest)
     shutil.rmtree(staging, ignore_errors=True)
@@ -202,6 +200,17 @@ def _license(info: Any) -> str:
     card = getattr(info, "card_data", None) or getattr(info, "cardData", None)
     found = card.get("license") if card is not None and hasattr(card, "get") else None
     return str(found or "")
+
+
+def describe(folder: Path, files: list[str], **fields: Any) -> BaseManifest:
+    """The manifest of the base whose `files` are in `folder`: what its config, weights and tokenizer say."""
+    config = json.loads((folder / "config.json").read_text())
+    parameters, dtype = _safetensors_figures(folder)
+    tokenizer = folder / "tokenizer_config.json"
+    template = bool(json.loads(tokenizer.read_text()).get("chat_template")) if tokenizer.is_file() else False
+    return BaseManifest(architecture=check_architecture(config), parameters=parameters, dtype=dtype,
+                        chat_template=template or (folder / "chat_template.jinja").is_file(),
+                        size_bytes=sum((folder / n).stat().st_size for n in files), files=files, **fields)
 
 
 def store_folder(store: Store, folder: Path, manifest: BaseManifest) -> None:

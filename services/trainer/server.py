@@ -9,9 +9,11 @@ CLI or from the Prefect dashboard is picked up by the same runner.
 from __future__ import annotations
 
 import asyncio
+import tempfile
 import time
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
+from pathlib import Path
 
 from doppel import model, paging
 from doppel.bases import BaseManifest
@@ -22,7 +24,7 @@ from doppel.rpc.server import Service
 from doppel.store import STARTUP_WAIT_S, Store, open_store
 from doppel.v1 import trainer_pb2, trainer_pb2_grpc
 
-from . import basemodels, evaluation, hub, models, registry, runs
+from . import basemodels, evaluation, hub, models, registry, runs, uploads
 from .checks import check_request
 from .convert import (
     STATE_NAMES,
@@ -136,6 +138,31 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
         infos = await asyncio.to_thread(basemodels.catalog, self.store)
         return base_models_to_proto(infos, batch_size=DEFAULTS.batch_size, block_size=DEFAULTS.block_size)
 
+    async def AddBaseModel(self, request_iterator, context):
+        cache = self.settings.home / "cache"
+        cache.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=cache, prefix=".base-upload-") as tmp:
+            received = uploads.Received(Path(tmp))
+            try:
+                async for r in request_iterator:
+                    part = r.WhichOneof("part")
+                    if part == "header":
+                        received.header(r.header.name, r.header.source)
+                    elif part == "file":
+                        received.start(r.file.path, r.file.size_bytes, r.file.sha256)
+                    else:
+                        received.write(r.chunk)
+                received.finish()
+            finally:
+                received.close()
+            manifest = await asyncio.to_thread(uploads.add, self.store, received.files, name=received.name,
+                                               source=received.source, cache_dir=cache)
+        return trainer_pb2.AddBaseModelResponse(base_model=await self._base(manifest.id))
+
+    async def _base(self, name: str) -> trainer_pb2.BaseModel:
+        info = next(i for i in await asyncio.to_thread(basemodels.catalog, self.store) if i.name == name)
+        return base_model_to_proto(info, batch_size=DEFAULTS.batch_size, block_size=DEFAULTS.block_size)
+
     async def PullBaseModel(self, request, context) -> AsyncIterator[trainer_pb2.PullBaseModelResponse]:
         entry = registry.BY_NAME.get(request.model)
         hub_id = entry.hub_id if entry else request.model
@@ -160,11 +187,8 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
             last = time.monotonic()
             yield trainer_pb2.PullBaseModelResponse(message=p.message, done_bytes=p.done_bytes, total_bytes=p.total_bytes)
         manifest = await pulling
-        info = next(i for i in await asyncio.to_thread(basemodels.catalog, self.store) if i.name == manifest.id)
-        yield trainer_pb2.PullBaseModelResponse(
-            message=f"stored as {manifest.id}", done_bytes=manifest.size_bytes, total_bytes=manifest.size_bytes,
-            base_model=base_model_to_proto(info, batch_size=DEFAULTS.batch_size, block_size=DEFAULTS.block_size),
-        )
+        yield trainer_pb2.PullBaseModelResponse(message=f"stored as {manifest.id}", done_bytes=manifest.size_bytes,
+                                                total_bytes=manifest.size_bytes, base_model=await self._base(manifest.id))
 
     async def ListModels(self, request, context):
         page, token = await asyncio.to_thread(model.MODELS.page, self.store, request.page_size, request.page_token)

@@ -355,6 +355,18 @@ def test_a_base_pulled_from_the_hub_trains_a_persona_served_from_the_store_alone
         again = _doppel(settings, client.addr, "bases", "pull", "doppel-test/Pulled-GPT2", "--name", "pulled-again")
         assert again.returncode == 0 and again.stdout.startswith("pulled-again ") and "pulled-again" in again.stderr
 
+    folder = tmp_path / "mine"
+    for name, data in {**tiny_repo_files(tmp_path / "mine-src"), "optimizer.pt": b"not kept"}.items():
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        (folder / name).write_bytes(data)
+    added = _doppel(settings, client.addr, "bases", "add", str(folder), "--name", "my-gpt2")
+    assert added.returncode == 0 and added.stdout.startswith("my-gpt2 ") and " stored " in added.stdout
+    assert "base-models/my-gpt2/optimizer.pt" not in {i.key for i in store.list("base-models/my-gpt2/")}
+    for tokenizer in ("tokenizer.json", "vocab.json", "tokenizer.model"):
+        (folder / tokenizer).unlink(missing_ok=True)
+    refused = _doppel(settings, client.addr, "bases", "add", str(folder), "--name", "no-tokenizer")
+    assert refused.returncode == 1 and "the model has no tokenizer" in refused.stderr
+
     run = client.start_run(tr.StartRunRequest(spec=tr.TrainingSpec(
         dataset_id=dataset, speakers=["Alice"], base_model="pulled-gpt2",
         hyperparameters=tr.Hyperparameters(**{**QUICK, "max_steps": 6, "sample_every": 0})))).run
