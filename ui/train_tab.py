@@ -98,6 +98,30 @@ class TrainTab:
     def _paint(view: views.RunView) -> tuple[Any, ...]:
         return view.run_id, view.progress(), view.loss_frame(), view.samples_markdown(), view.links()
 
+    def pull(self, model: str, revision: str) -> Iterator[tuple[str, Any]]:
+        """Pull a base model from the Hugging Face Hub into the store: (progress, base dropdown) as it goes."""
+        if not model or not model.strip():
+            raise gr.Error("Name a model to pull: a hub id such as Qwen/Qwen2.5-0.5B-Instruct, or a curated name.")
+        request = tr.PullBaseModelRequest(model=model.strip(), revision=(revision or "").strip())
+        last = time.monotonic()
+        with reported(self.backend.trainer):
+            for e in self.backend.trainer.pull_base_model(request):
+                if e.HasField("base_model"):
+                    bases = self.backend.trainer.list_base_models(tr.ListBaseModelsRequest()).base_models
+                    yield (views.pull_progress(e), gr.update(choices=views.base_model_choices(bases), value=e.base_model.name))
+                elif time.monotonic() - last >= REDRAW_S or not e.total_bytes:
+                    last = time.monotonic()
+                    yield views.pull_progress(e), gr.skip()
+
+    def describe_base(self, name: str | None) -> str:
+        """What the chosen base needs to train, per method (the registry's estimates)."""
+        if not name:
+            return ""
+        with reported(self.backend.trainer):
+            bases = self.backend.trainer.list_base_models(tr.ListBaseModelsRequest()).base_models
+        found = next((b for b in bases if b.name == name), None)
+        return views.base_details(found) if found else "*Not a listed base: a local path, store key or cached hub id.*"
+
     def cancel(self, run_id: str) -> str:
         """Ask the trainer to cancel the run being followed; the follow ends when the run does."""
         if not run_id:
@@ -126,6 +150,14 @@ class TrainTab:
                                   value="lora")
                 preset = gr.Radio(label="Preset", choices=[(label, name) for name, label in views.PRESETS.items()],
                                   value="quick-cpu", elem_id="train-preset")
+            base_info = gr.Markdown(elem_id="train-base-info")
+            with gr.Accordion("Pull a base model from the Hugging Face Hub", open=False):
+                with gr.Row():
+                    pull_model = gr.Textbox(label="Hub id or curated name", placeholder="Qwen/Qwen2.5-0.5B-Instruct",
+                                            scale=3, elem_id="train-pull-model")
+                    pull_revision = gr.Textbox(label="Revision", placeholder="main", scale=1)
+                    pull = gr.Button("Pull", scale=0, min_width=120, elem_id="train-pull")
+                pulled = gr.HTML(elem_id="train-pull-progress")
             with gr.Accordion("Hyperparameters (empty: the preset's value)", open=False):
                 with gr.Row():
                     model_name = gr.Textbox(label="Model name", placeholder="default: the speakers")
@@ -168,4 +200,7 @@ class TrainTab:
                 api_visibility="private",
             )
             cancel.click(self.cancel, run_id, run_id, api_visibility="private")
+            pull.click(self.pull, [pull_model, pull_revision], [pulled, base], show_progress="hidden",
+                       api_visibility="private").then(self.describe_base, base, base_info, api_visibility="private")
+            base.change(self.describe_base, base, base_info, api_visibility="private")
         return tab

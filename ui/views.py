@@ -133,6 +133,32 @@ def base_model_choices(bases: Iterable[tr.BaseModel]) -> list[tuple[str, str]]:
              b.name) for b in bases]
 
 
+def _gib(n: int) -> str:
+    return f"{n / 2**30:.1f} GiB"
+
+
+def base_details(b: tr.BaseModel) -> str:
+    """A base model: what it is, where it is, and the memory a training step needs per method."""
+    where = "in the store" if b.stored else ("on the Hub: pulled when a run starts" if b.hub_id else "built in")
+    lines = [f"**{escape(b.name)}** · {b.parameters / 1e6:,.1f}M parameters · "
+             f"{'chat template' if b.chat_template else 'plain text turns'} · {where}"
+             + (" · gated: needs HF_TOKEN" if b.gated else "") + (f" · license {escape(b.license)}" if b.license else "")]
+    if b.training_memory:
+        m = b.training_memory[0]
+        lines.append(f"Memory of a training step ({m.batch_size} × {m.block_size} tokens, bf16; with gradient "
+                     "checkpointing): " + ", ".join(f"{x.method} {_gib(x.bytes)} ({_gib(x.checkpointed_bytes)})"
+                                                    for x in b.training_memory))
+    return "  \n".join(lines)
+
+
+def pull_progress(e: tr.PullBaseModelResponse) -> str:
+    """A pull's progress bar and what it is doing."""
+    done = e.done_bytes / e.total_bytes if e.total_bytes else 0.0
+    figures = f" · {e.done_bytes / 2**20:,.1f} of {e.total_bytes / 2**20:,.1f} MiB" if e.total_bytes else ""
+    return (f'<div class="doppel-pull"><progress max="1" value="{done:.4f}" style="width:100%"></progress>'
+            f"<div>{html.escape(e.message)}{figures}</div></div>")
+
+
 @dataclass
 class RunView:
     """A run as its WatchRun events paint it: the loss curve, samples, progress. Fold events in with `add`."""

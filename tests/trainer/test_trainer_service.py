@@ -26,9 +26,8 @@ from doppel.clients import InferenceClient, TrainerClient
 from doppel.config import Settings
 from doppel.rpc.server import Service
 from doppel.store import open_store
-from doppel.v1 import common_pb2
+from doppel.v1 import common_pb2, trainer_pb2_grpc
 from doppel.v1 import trainer_pb2 as tr
-from doppel.v1 import trainer_pb2_grpc
 from services.trainer import runs
 from services.trainer.flow import DEPLOYMENT
 from services.trainer.orchestrator import Orchestrator

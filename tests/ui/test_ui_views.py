@@ -376,3 +376,29 @@ def test_the_app_builds_and_reports_healthy_services(stack):
     blocks = app.build(backend.settings, backend)
     labels = {getattr(block, "label", None) for block in blocks.blocks.values()}
     assert {"Import", "Train", "Chat", "Conversations", "Models"} <= labels
+
+
+def test_the_train_tab_pulls_a_base_from_the_hub_and_says_what_it_needs(stack, tmp_path, monkeypatch):
+    from support.hubserver import HubServer, point_hub_at, tiny_repo_files
+
+    backend, _, _ = stack
+    tab = TrainTab(backend)
+    with pytest.raises(gr.Error, match="Name a model to pull"):
+        list(tab.pull(" ", ""))
+    with HubServer() as hub:
+        point_hub_at(monkeypatch, hub, tmp_path / "hf-home")  # the trainer servicer runs in this process
+        hub.add_repo("HuggingFaceTB/SmolLM2-360M-Instruct", tiny_repo_files(tmp_path / "repo"))
+        steps = list(tab.pull("smollm2-360m-instruct", ""))
+        with pytest.raises(gr.Error, match="no model 'nobody/nothing'"):
+            list(tab.pull("nobody/nothing", ""))
+    shown, bases = steps[-1]
+    assert "stored as smollm2-360m-instruct" in shown and 'value="1.0000"' in shown
+    assert bases["value"] == "smollm2-360m-instruct"
+    shown_as = [label for label, value in bases["choices"] if value == "smollm2-360m-instruct"]
+    assert shown_as == ["smollm2-360m-instruct (0.5M parameters)"]  # as stored, not as curated
+    assert ("qwen2.5-7b-instruct (7615.6M parameters, pulled from the Hub first)", "qwen2.5-7b-instruct") in bases["choices"]
+    assert "reading HuggingFaceTB/SmolLM2-360M-Instruct on the hub" in steps[0][0]
+    details = tab.describe_base("qwen2.5-7b-instruct")
+    assert "7,615.6M parameters · chat template · on the Hub: pulled when a run starts" in details
+    assert "Memory of a training step (8 × 512 tokens, bf16; with gradient checkpointing): lora " in details
+    assert "in the store" in tab.describe_base("smollm2-360m-instruct")
