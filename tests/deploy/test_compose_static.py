@@ -243,10 +243,19 @@ def test_no_secret_is_written_in_the_compose_file_or_the_env_files():
     for path, value in walk(raw):
         key = path.rsplit(".", 1)[-1]
         if SECRET.search(key):
-            assert re.fullmatch(r"\$\{[A-Z_]+:\?[^}]+\}", value), f"{path} is not a required ${{...:?}} variable: {value}"
+            # a required ${X:?...} variable, or an optional one that is empty unless .env sets it
+            assert re.fullmatch(r"\$\{[A-Z_]+(:\?[^}]+|:-)\}", value), f"{path} is not a ${{...:?}} or ${{...:-}} variable: {value}"
         for userinfo in re.findall(r"://([^@/\s]+)@", value):  # credentials inside a URL
             assert ":${" in userinfo, f"{path} writes credentials in a URL: {value}"
     for env_file in sorted((ROOT / "deploy").glob("*.env")):
         for key, value in read_env_file(env_file).items():
             if SECRET_VALUE.search(key):
                 assert env_file == EXAMPLE_ENV and value == "", f"{env_file.name}: {key} holds a value"
+
+
+def test_only_the_trainer_may_reach_the_hub_and_only_when_the_operator_allows_it(stack):
+    assert stack["trainer"].env["HF_HUB_OFFLINE"] == "1"  # the example's choice: no pulls
+    for name in ("ingest", "inference", "ui"):
+        assert "HF_TOKEN" not in stack[name].env and "HF_HUB_OFFLINE" not in stack[name].env  # the image's 1 holds
+    allowed = services({**FILLED, "HUB_OFFLINE": "0", "HF_TOKEN": "hf_x", "HF_ENDPOINT": "http://mirror:8080"})["trainer"].env
+    assert (allowed["HF_HUB_OFFLINE"], allowed["HF_TOKEN"], allowed["HF_ENDPOINT"]) == ("0", "hf_x", "http://mirror:8080")
