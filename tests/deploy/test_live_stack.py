@@ -23,6 +23,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -31,11 +32,14 @@ from pathlib import Path
 import pytest
 
 from support.compose import COMPOSE, EXAMPLE_ENV, ROOT, read_env_file
+from support.hubserver import tiny_repo_files
 from support.stack import CHAT, CREATE_AND_WATCH, whatsapp_export
 
 pytestmark = [pytest.mark.live_stack, pytest.mark.timeout(1800)]
 
-OVERRIDES = (ROOT / "deploy" / "compose.cpu.yml", ROOT / "deploy" / "compose.local.yml")
+OVERRIDES = (ROOT / "deploy" / "compose.cpu.yml", ROOT / "deploy" / "compose.local.yml",
+             ROOT / "tests" / "deploy" / "compose.hub.yml")
+HUB_REPO = "doppel-test/Tiny-GPT2"  # what the Hub stand-in inside the stack serves
 PORTS = {"minio": 9000, "prefect-server": 4200, "ingest": 50051, "trainer": 50052, "inference": 50053, "ui": 7860}
 LONG_RUNNING = ("minio", "postgres", "prefect-server", "ingest", "trainer", "inference", "ui")
 HOST = "127.0.0.1"
@@ -161,6 +165,12 @@ def stack(images: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> I
     dotenv = {**read_env_file(EXAMPLE_ENV), "MINIO_ROOT_PASSWORD": secrets.token_urlsafe(18),
               "STORE_SECRET_KEY": secrets.token_urlsafe(18), "POSTGRES_PASSWORD": secrets.token_urlsafe(18),
               "DOPPEL_API_TOKEN": token, "DEPLOY_IMAGE": images["doppel"], "PREFECT_UI_URL": f"http://{HOST}:4200"}
+    hub_repo = Path(tempfile.mkdtemp(prefix="doppel-live-hub-"))  # outside pytest's 0700 folders: the hub's user reads it
+    hub_repo.chmod(0o755)
+    for name, data in tiny_repo_files(tmp).items():
+        (hub_repo / name).write_bytes(data)
+        (hub_repo / name).chmod(0o644)
+    dotenv["HUB_REPO_DIR"] = str(hub_repo)
     env_file = tmp / ".env"
     env_file.write_text("".join(f"{k}={v}\n" for k, v in dotenv.items()))
     s = Stack(f"doppel-live-{secrets.token_hex(3)}", env_file, token, tmp / "client")
@@ -175,6 +185,7 @@ def stack(images: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> I
     finally:
         with contextlib.suppress(Exception):
             s.compose("down", "-v", "--remove-orphans", timeout=300)
+        shutil.rmtree(hub_repo, ignore_errors=True)
 
 
 def test_every_service_is_healthy_runs_unprivileged_and_publishes_on_loopback_only(stack: Stack):
@@ -219,6 +230,14 @@ def test_import_train_from_the_prefect_api_and_chat(stack: Stack, tmp_path: Path
     reply = json.loads(talked.stdout.strip().splitlines()[-1])
     assert reply["speaker"] == "Alice" and len(reply["texts"]) == 2, reply
     stack.made = (dataset, model_id)  # type: ignore[attr-defined]
+
+
+def test_the_trainer_pulls_a_base_from_the_hub_inside_the_stack(stack: Stack):
+    pulled = stack.client([sys.executable, "-m", "doppel", "bases", "pull", HUB_REPO], timeout=240)
+    assert pulled.returncode == 0, pulled.stdout + pulled.stderr + stack.logs()
+    assert pulled.stdout.startswith("tiny-gpt2 ") and " stored " in pulled.stdout, pulled.stdout
+    listed = stack.client([sys.executable, "-m", "doppel", "bases"])
+    assert any(line.startswith("tiny-gpt2 ") and " stored " in line for line in listed.stdout.splitlines()), listed.stdout
 
 
 @pytest.mark.skipif(not Path(CHROMIUM).exists(), reason=f"needs Debian's chromium at {CHROMIUM}")

@@ -57,11 +57,13 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, quote, unquote, urlencode, urlsplit
 
-import pytest
 import yaml
+
+if TYPE_CHECKING:  # the stand-in also runs alone in a container (`main`), where pytest is not installed
+    import pytest
 
 # Suffixes the Hub's default .gitattributes stores in LFS; bigger files go to LFS whatever their name.
 LFS_SUFFIXES = frozenset(
@@ -195,8 +197,8 @@ class _Handler(BaseHTTPRequestHandler):
 class HubServer:
     """The Hub's HTTP API for the repos a test adds, on 127.0.0.1 and a free port; use as a context manager."""
 
-    def __init__(self, *, host: str = "127.0.0.1", cdn_host: str = "localhost", lfs_redirect: bool = True):
-        self.host, self.cdn_host, self.lfs_redirect = host, cdn_host, lfs_redirect
+    def __init__(self, *, host: str = "127.0.0.1", cdn_host: str = "localhost", lfs_redirect: bool = True, port: int = 0):
+        self.host, self.cdn_host, self.lfs_redirect, self._port = host, cdn_host, lfs_redirect, port
         self.repos: dict[str, Repo] = {}
         self.requests: list[Request] = []
         self._drops: dict[tuple[str, str], list[int]] = {}
@@ -207,7 +209,7 @@ class HubServer:
     # -- lifecycle
 
     def start(self) -> HubServer:
-        self._httpd = _HTTPServer((self.host, 0), _Handler)
+        self._httpd = _HTTPServer((self.host, self._port), _Handler)
         self._httpd.hub = self
         self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
         self._thread.start()
@@ -735,3 +737,27 @@ def iter_files(folder: Path) -> Iterator[tuple[str, bytes]]:
     for path in sorted(folder.rglob("*")):
         if path.is_file():
             yield path.relative_to(folder).as_posix(), path.read_bytes()
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Serve folders as Hub repos until killed: `python hubserver.py --port 8080 --cdn-host hub ID=FOLDER...`
+    (the live compose test runs it as a container of the stack)."""
+    import argparse
+    import time
+
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("--port", type=int, default=8080)
+    parser.add_argument("--cdn-host", default="localhost", help="the host name the stack reaches this server by")
+    parser.add_argument("repos", nargs="+", help="REPO_ID=FOLDER")
+    args = parser.parse_args(argv)
+    server = HubServer(host="0.0.0.0", cdn_host=args.cdn_host, port=args.port).start()
+    for spec in args.repos:
+        repo_id, _, folder = spec.partition("=")
+        server.add_repo(repo_id, dict(iter_files(Path(folder))))
+    print(f"serving {', '.join(server.repos)} at {server.endpoint}", flush=True)
+    while True:
+        time.sleep(3600)
+
+
+if __name__ == "__main__":
+    main()
