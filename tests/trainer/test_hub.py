@@ -168,3 +168,20 @@ def test_a_curated_base_is_pulled_on_first_use_unless_the_hub_is_off(hub, store,
     hub.clear_log()
     again = basemodels.load_base_model("smollm2-360m-instruct", store, cache_dir=tmp_path / "other")
     assert again.store_prefix == base.store_prefix and not hub.log(kind="resolve")  # read from the store now
+
+
+def test_the_default_base_prefers_smollm2s_original_weights_when_they_can_be_had(hub, store, tiny_files, tmp_path, monkeypatch):
+    from services.trainer import basemodels
+
+    said: list[PullProgress] = []
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    assert basemodels._real_smollm2(store, tmp_path / "cache", said.append) is None  # offline: the GGUF's
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    assert basemodels._real_smollm2(store, tmp_path / "cache", said.append) is None  # not on this hub: the GGUF's
+    assert "cannot be pulled (no model 'HuggingFaceTB/SmolLM2-135M-Instruct'" in said[-1].message  # not a reason to fail
+
+    hub.add_repo("HuggingFaceTB/SmolLM2-135M-Instruct", tiny_files)
+    base = basemodels.load_base_model("smollm2-135m", store, cache_dir=tmp_path / "cache")
+    assert base.source == "store:base-models/smollm2-135m-instruct/" and BASES.get(store, "smollm2-135m-instruct")
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)  # once stored, used offline too
+    assert basemodels._real_smollm2(store, tmp_path / "cache", said.append) == "base-models/smollm2-135m-instruct/"
