@@ -66,7 +66,7 @@ class Recipe(BaseModel):
     save_every: int = 100
     sample_every: int = 0
     sample_prompts: list[str] = Field(default_factory=list)
-    gradient_checkpointing: bool = False
+    gradient_checkpointing: bool | None = None  # None: the trainer chooses from the memory estimate (fitting.py)
     precision: Precision = "auto"
     session_gap_s: float = 6 * 3600.0
 

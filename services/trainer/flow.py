@@ -38,7 +38,7 @@ from doppel.store import open_store
 from doppel.store.base import Store
 from doppel.transcript import Transcript
 
-from . import basemodels, fidelity, finetune, models, previews, runs
+from . import basemodels, fidelity, finetune, fitting, models, previews, runs
 from .checks import check_request
 from .hub import PullProgress
 from .recipe import Recipe, TrainRequest
@@ -218,6 +218,12 @@ def _train(settings: Settings, store: Store, log: RunLog) -> str:
     train, held_out = tokenise_samples(split, transcript, recipe.block_size)
     pad_id = base.tokenizer.pad_token_id
     device = finetune.device_for()
+    if recipe.gradient_checkpointing is None:
+        chosen, why = fitting.checkpointing(base.model.config.to_dict(), recipe, fitting.device(device),
+                                            dtype_bytes=4 if finetune.autocast_dtype(recipe.precision, device) is None else 2)
+        recipe = record.recipe = recipe.model_copy(update={"gradient_checkpointing": chosen})
+        if why:
+            log.say(why)
     base.model.to(device)  # type: ignore[arg-type]  # stub: @wraps(Module.to) loses the bound self
     base_loss, _ = finetune.held_out_loss(base.model, held_out, pad_id=pad_id)
     with tempfile.TemporaryDirectory(prefix="doppel-run-") as tmp:
