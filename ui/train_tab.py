@@ -118,9 +118,11 @@ class TrainTab:
         if not name:
             return ""
         with reported(self.backend.trainer):
-            bases = self.backend.trainer.list_base_models(tr.ListBaseModelsRequest()).base_models
-        found = next((b for b in bases if b.name == name), None)
-        return views.base_details(found) if found else "*Not a listed base: a local path, store key or cached hub id.*"
+            listed = self.backend.trainer.list_base_models(tr.ListBaseModelsRequest())
+        found = next((b for b in listed.base_models if b.name == name), None)
+        if found is None:
+            return "*Not a listed base: a local path, store key or cached hub id.*"
+        return views.base_details(found, listed.device if listed.HasField("device") else None)
 
     def cancel(self, run_id: str) -> str:
         """Ask the trainer to cancel the run being followed; the follow ends when the run does."""

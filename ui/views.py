@@ -137,8 +137,9 @@ def _gib(n: int) -> str:
     return f"{n / 2**30:.1f} GiB"
 
 
-def base_details(b: tr.BaseModel) -> str:
-    """A base model: what it is, where it is, and the memory a training step needs per method."""
+def base_details(b: tr.BaseModel, device: tr.TrainerDevice | None = None) -> str:
+    """A base model: what it is, where it is, the memory a training step needs per method, and
+    which of them fit the trainer's device."""
     where = "in the store" if b.stored else ("on the Hub: pulled when a run starts" if b.hub_id else "built in")
     lines = [f"**{escape(b.name)}** · {b.parameters / 1e6:,.1f}M parameters · "
              f"{'chat template' if b.chat_template else 'plain text turns'} · {where}"
@@ -148,6 +149,13 @@ def base_details(b: tr.BaseModel) -> str:
         lines.append(f"Memory of a training step ({m.batch_size} × {m.block_size} tokens, bf16; with gradient "
                      "checkpointing): " + ", ".join(f"{x.method} {_gib(x.bytes)} ({_gib(x.checkpointed_bytes)})"
                                                     for x in b.training_memory))
+        if device and device.total_bytes:
+            def fits(x: tr.TrainingMemory) -> str:
+                return ("fits" if x.bytes <= device.free_bytes else "fits with checkpointing"
+                        if x.checkpointed_bytes <= device.free_bytes else "does not fit")
+
+            lines.append(f"On the trainer's {escape(device.name)} ({_gib(device.free_bytes)} free of "
+                         f"{_gib(device.total_bytes)}): " + ", ".join(f"{x.method} {fits(x)}" for x in b.training_memory))
     return "  \n".join(lines)
 
 

@@ -12,7 +12,7 @@ from doppel import enums, fidelity
 from doppel.model import ModelManifest, SampleText
 from doppel.v1 import common_pb2, trainer_pb2
 
-from . import basemodels, registry
+from . import basemodels, fitting, registry
 from .evaluation import Progress, Result
 from .recipe import TrainRequest
 from .runs import Event, RunRecord
@@ -161,9 +161,13 @@ def evaluation_to_proto(item: Progress | Result) -> trainer_pb2.EvaluateModelRes
     )
 
 
-def base_models_to_proto(infos: list[basemodels.BaseModelInfo], *, batch_size: int, block_size: int) -> trainer_pb2.ListBaseModelsResponse:
-    return trainer_pb2.ListBaseModelsResponse(base_models=[base_model_to_proto(i, batch_size=batch_size, block_size=block_size)
-                                                           for i in infos])
+def base_models_to_proto(infos: list[basemodels.BaseModelInfo], device: fitting.Device | None = None, *, batch_size: int,
+                         block_size: int) -> trainer_pb2.ListBaseModelsResponse:
+    return trainer_pb2.ListBaseModelsResponse(
+        base_models=[base_model_to_proto(i, batch_size=batch_size, block_size=block_size) for i in infos],
+        device=trainer_pb2.TrainerDevice(name=device.name, free_bytes=device.free_bytes, total_bytes=device.total_bytes)
+        if device else None,
+    )
 
 
 def base_model_to_proto(i: basemodels.BaseModelInfo, *, batch_size: int, block_size: int) -> trainer_pb2.BaseModel:

@@ -24,7 +24,7 @@ from doppel.rpc.server import Service
 from doppel.store import STARTUP_WAIT_S, Store, open_store
 from doppel.v1 import trainer_pb2, trainer_pb2_grpc
 
-from . import basemodels, evaluation, hub, models, registry, runs, uploads
+from . import basemodels, evaluation, finetune, fitting, hub, models, registry, runs, uploads
 from .checks import check_request
 from .convert import (
     STATE_NAMES,
@@ -136,7 +136,8 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
 
     async def ListBaseModels(self, request, context):
         infos = await asyncio.to_thread(basemodels.catalog, self.store)
-        return base_models_to_proto(infos, batch_size=DEFAULTS.batch_size, block_size=DEFAULTS.block_size)
+        device = fitting.device(finetune.device_for())
+        return base_models_to_proto(infos, device, batch_size=DEFAULTS.batch_size, block_size=DEFAULTS.block_size)
 
     async def AddBaseModel(self, request_iterator, context):
         cache = self.settings.home / "cache"
