@@ -23,7 +23,7 @@ os.environ.pop("PREFECT_API_URL", None)
 os.environ.pop("PREFECT_API_KEY", None)
 os.environ["PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"] = "120"
 
-pytest_plugins = ["support.seaweed", "support.grpcserver"]
+pytest_plugins = ["support.seaweed", "support.grpcserver", "support.hubfixtures"]
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import subprocess
 import sys
 import types
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx2
@@ -20,26 +19,12 @@ from support.hubserver import (
     HubServer,
     hub_env,
     iter_files,
-    point_hub_at,
     tiny_repo_files,
 )
 
 REPO = "doppel-test/tiny-gpt2"
 OLD = "0123456789abcdef0123456789abcdef01234567"  # a pinned commit of an older revision
 CHUNK = 64 * 1024  # huggingface_hub writes (and resumes) in whole chunks of this size in the resume tests
-
-
-@pytest.fixture(scope="module")
-def tiny_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, bytes]:
-    return tiny_repo_files(tmp_path_factory.mktemp("tiny"))
-
-
-@pytest.fixture
-def hub(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[HubServer]:
-    """A started stand-in, with this process's huggingface_hub and transformers pointed at it (cache in tmp_path)."""
-    with HubServer() as server:
-        point_hub_at(monkeypatch, server, tmp_path / "hf-home")
-        yield server
 
 
 def test_model_info_reports_files_license_config_and_parameters(hub: HubServer, tiny_files: dict[str, bytes]):

@@ -7,7 +7,7 @@ from typing import Annotated, Any
 
 import typer
 
-from doppel.cli.context import call, fail, settings
+from doppel.cli.context import call, fail, follow, settings
 
 bases_app = typer.Typer(help="Base models: list (the default), pull from the Hugging Face Hub, add your own.")
 
@@ -46,28 +46,12 @@ def pull(
 ) -> None:
     """Download a base model from the Hugging Face Hub into the store (the trainer does it: its HF_TOKEN,
     HF_ENDPOINT and HF_HUB_OFFLINE apply)."""
-    import grpc
-    from rich.console import Console
-    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
-
-    from doppel.clients import TrainerClient, rpc_error_message
+    from doppel.clients import TrainerClient
     from doppel.v1 import trainer_pb2 as tr
 
-    last: Any = None
-    console = Console(stderr=True)
-    columns = [TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn()]
-    with TrainerClient.from_settings(settings()) as client, Progress(*columns, console=console,
-                                                                     disable=not sys.stderr.isatty()) as bar:
-        task = bar.add_task("starting", total=None)
-        said = ""
-        try:
-            for last in client.pull_base_model(tr.PullBaseModelRequest(model=model, revision=revision, name=name)):
-                if last.message != said and not bar.live.is_started:
-                    console.print(last.message, markup=False, highlight=False)
-                said = last.message
-                bar.update(task, description=last.message, completed=last.done_bytes, total=last.total_bytes or None)
-        except grpc.RpcError as err:
-            fail(f"{client.addr}: {rpc_error_message(err)}")
+    request = tr.PullBaseModelRequest(model=model, revision=revision, name=name)
+    last = follow(TrainerClient, lambda c: c.pull_base_model(request), lambda e: (e.message, e.done_bytes, e.total_bytes),
+                  transfer=True)
     if last is None or not last.HasField("base_model"):
         fail("the pull ended without a base model")
     typer.echo(describe(last.base_model))

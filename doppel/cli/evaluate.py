@@ -7,12 +7,11 @@ Prefect artifact and the UI's Models tab show), or, with `--json`, one JSON obje
 from __future__ import annotations
 
 import json
-import sys
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
-from doppel.cli.context import fail, settings
+from doppel.cli.context import fail, follow
 
 
 def evaluate(
@@ -24,30 +23,14 @@ def evaluate(
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object with every figure instead of tables.")] = False,
 ) -> None:
     """Measure a model's fidelity on held-out turns. On the model's own dataset the figures become the model's."""
-    import grpc
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
     from doppel import fidelity
-    from doppel.clients import TrainerClient, rpc_error_message
+    from doppel.clients import TrainerClient
     from doppel.v1 import trainer_pb2 as tr
 
     request = tr.EvaluateModelRequest(model_id=model_id, dataset_id=dataset, samples=samples, include_base=base)
     if seed is not None:
         request.seed = seed
-    last: Any = None
-    console = Console(stderr=True)
-    columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn()]
-    with TrainerClient.from_settings(settings()) as client, Progress(*columns, console=console,
-                                                                     disable=not sys.stderr.isatty()) as bar:
-        task = bar.add_task("starting", total=None)
-        try:
-            for last in client.evaluate_model(request):
-                if last.message != bar.tasks[0].description and not bar.live.is_started:
-                    console.print(last.message, markup=False, highlight=False)
-                bar.update(task, description=last.message, completed=last.done, total=last.total or None)
-        except grpc.RpcError as err:
-            fail(f"{client.addr}: {rpc_error_message(err)}")
+    last = follow(TrainerClient, lambda c: c.evaluate_model(request), lambda e: (e.message, e.done, e.total))
     if last is None or not last.fidelity:
         fail("the evaluation ended without figures")
     figures = [fidelity.from_proto(f) for f in last.fidelity]

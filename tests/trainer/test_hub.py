@@ -15,23 +15,11 @@ from doppel.errors import AlreadyExists, FailedPrecondition, InvalidArgument, No
 from doppel.store import open_store
 from doppel.store.base import Store
 from services.trainer.hub import PullProgress, default_name, pull
-from support.hubserver import HubServer, point_hub_at, tiny_repo_files
+from support.hubserver import tiny_repo_files
 
 REPO = "doppel-test/Tiny-GPT2"
 OLD = "0123456789abcdef0123456789abcdef01234567"
 CHUNK = 64 * 1024
-
-
-@pytest.fixture(scope="module")
-def tiny_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, bytes]:
-    return tiny_repo_files(tmp_path_factory.mktemp("tiny"))
-
-
-@pytest.fixture
-def hub(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[HubServer]:
-    with HubServer() as server:
-        point_hub_at(monkeypatch, server, tmp_path / "hf-home")
-        yield server
 
 
 @pytest.fixture
