@@ -62,10 +62,12 @@ def _hub_error(e: Exception, hub_id: str, revision: str | None) -> DoppelError:
         return NotFound(f"{hub_id!r} has no revision {revision!r} on {where}")
     if isinstance(e, RepositoryNotFoundError):
         return NotFound(f"no model {hub_id!r} on {where} (or it is private: set HF_TOKEN)")
-    if isinstance(e, OfflineModeIsEnabled | LocalEntryNotFoundError):
+    if isinstance(e, OfflineModeIsEnabled) or constants.HF_HUB_OFFLINE:
         return FailedPrecondition(f"cannot pull {hub_id!r}: the hub is switched off here (HF_HUB_OFFLINE=1); "
                                   "allow pulls (HF_HUB_OFFLINE=0) or add the model from a folder with `doppel bases add`")
-    return Unavailable(f"cannot reach the hub at {where} for {hub_id!r}: {type(e).__name__}: {e}")
+    cause = e.__cause__ or e.__context__ if isinstance(e, LocalEntryNotFoundError) else None  # what the download met
+    why = f"{type(cause or e).__name__}: {' '.join(str(cause or e).split())}"
+    return Unavailable(f"cannot reach the hub at {where} for {hub_id!r}: {why}")
 
 
 def _files(siblings: list[Any]) -> tuple[list[str], int]:

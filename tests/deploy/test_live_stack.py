@@ -234,7 +234,8 @@ def test_import_train_from_the_prefect_api_and_chat(stack: Stack, tmp_path: Path
 
 def test_the_trainer_pulls_a_base_from_the_hub_inside_the_stack(stack: Stack):
     pulled = stack.client([sys.executable, "-m", "doppel", "bases", "pull", HUB_REPO], timeout=240)
-    assert pulled.returncode == 0, pulled.stdout + pulled.stderr + stack.logs()
+    hub_env = stack.compose("exec", "-T", "trainer", "sh", "-c", "env | grep ^HF_", check=False).stdout
+    assert pulled.returncode == 0, pulled.stdout + pulled.stderr + hub_env + stack.logs()
     assert pulled.stdout.startswith("tiny-gpt2 ") and " stored " in pulled.stdout, pulled.stdout
     listed = stack.client([sys.executable, "-m", "doppel", "bases"])
     assert any(line.startswith("tiny-gpt2 ") and " stored " in line for line in listed.stdout.splitlines()), listed.stdout
