@@ -1,33 +1,43 @@
 """Training memory: the registry's estimate against the measured peak of Doppel's own loop (CPU).
 
     python bench/memory.py                                    # tiny and smollm2-135m, lora and full, 8x256 and 8x512
-    python bench/memory.py --models tiny --methods lora --block-sizes 128   # seconds (the test's case)
+    python bench/memory.py --models tiny --methods lora --block-sizes 128   # seconds
     python bench/memory.py --models smollm2-135m --saved      # also count what autograd saves for backward
 
-For each case (model x method x block size, batch `--batch-size`) a fresh process, so that peaks
-do not mix, trains the base with `services.trainer.finetune` (`prepare_model`, then `train`) in
-fp32 on the CPU for `--steps` optimizer steps on windows of exactly `block` tokens (the synthetic
-chat of `bench/synthetic.py`, tokenised by the trainer's own `tokenise` with the model's
-tokenizer, laid end to end and cut: every batch is full width, no padding), and compares:
+Each case (model x method x block size, batch `--batch-size`) runs in a fresh process, so that
+peaks do not mix: it trains the base with `services.trainer.finetune` (`prepare_model`, then
+`train`) in fp32 on the CPU for `--steps` optimizer steps on windows of exactly `block` tokens
+(the synthetic chat of `bench/synthetic.py`, tokenised by the trainer's own `tokenise` with the
+model's tokenizer, laid end to end and cut: every batch is full width, no padding), and compares
 
 * estimate: `registry.training_memory(Shape.of(config), method, batch_size, block_size,
-  dtype_bytes=4, scored=1.0)`; the loop projects every position through the LM head
-  (`finetune.token_loss` shifts the labels, not the logits), so every position is "scored";
-* measured: the peak resident memory of the steps less the resident memory just before the base
-  was loaded. That baseline is taken after the imports (Python, torch, transformers, peft) and
-  after the samples are read, so neither counts; what the loaded model holds beside its weights
-  (the tokenizer: a few MB) does. The peak is the kernel's high-water mark (VmHWM), reset after
-  the model is loaded and wrapped (its loading transients are not training) and read at the end
-  of each step, before the loop's end-of-run checkpoint (which the run stops short of: it is not
-  a training step). glibc's `malloc_trim` runs before the baseline and the reset, so memory the
-  allocator keeps from loading is handed back first; what it keeps during the steps counts,
-  as it would in a real run.
+  dtype_bytes=4, scored=1.0, attention_scores=keeps_attention_scores(config, "cpu"))`. The loop
+  projects every position through the LM head (`finetune.token_loss` shifts the labels, not the
+  logits), so every position counts as scored;
+* measured: the peak resident memory (VmHWM) of the steps less the resident memory just before
+  the base was loaded.
 
-`loaded` is the resident memory the loaded, wrapped model adds (weights, tokenizer); step k is
-the peak of step k (AdamW allocates its state in step 1's `optimizer.step`, so step 2 is the
-first to carry it through a backward pass). With `--saved`, one more forward pass after the
-steps counts the bytes of the distinct tensors autograd saves for backward (parameters left
-out), and of those the size of the logits: what the activation and logits terms estimate.
+What else a process's resident memory holds, and how it is kept out:
+
+* the interpreter and libraries: the baseline is read after the imports and after the samples
+  are read; and after a warm-up (two steps of the loop on a one-layer model of the same
+  architecture, thrown away), since the first training step pages in ~20 MB of kernel code and
+  makes the runtime's lazy pools, which are not the step's memory but would be counted in it;
+* loading: the peak is reset (`/proc/self/clear_refs`) after the model is loaded and wrapped,
+  so the loader's transients are not counted; the loaded weights are;
+* the allocator: glibc's malloc raises its mmap threshold as large blocks are freed (up to 32
+  MB), after which freed activations stay in its heap and resident memory only grows (the tiny
+  model's peak nearly doubled with it). The cases run with the threshold fixed at 128 KiB
+  (MALLOC_MMAP_THRESHOLD_), so a freed buffer goes back to the kernel, and `malloc_trim` runs
+  before the baseline and the reset; `--glibc-dynamic` measures with glibc's default instead;
+* what the loaded model holds beside its weights (the tokenizer: a few MB) is counted.
+
+The peak of step k is read at its end (AdamW makes its state in step 1's `optimizer.step`, so
+step 2 is the first to carry it through a backward pass); the run stops before the loop's
+end-of-run checkpoint, which is not a training step. `loaded` is what the loaded, wrapped model
+adds. With `--saved`, one more forward pass after the steps counts the bytes of the distinct
+tensors autograd saves for backward (parameters left out), and of those the logit-shaped and
+the attention-score-shaped ones.
 
 The last line is one JSON object: `case`, `estimate`, `measured` (bytes) and `ratio` (estimate /
 measured) of the case farthest from its estimate, and `cases`, every case's figures.
@@ -37,6 +47,7 @@ from __future__ import annotations
 
 import argparse
 import ctypes
+import dataclasses
 import gc
 import itertools
 import multiprocessing as mp
@@ -147,27 +158,52 @@ def _quiet() -> None:
     warnings.filterwarnings("ignore", category=FutureWarning)
 
 
-def _saved_bytes(model: Any, batch: dict[str, Any], vocab: int) -> tuple[int, int]:
+def _saved_bytes(model: Any, batch: dict[str, Any], vocab: int, heads: int) -> dict[str, int]:
     """Bytes of the distinct tensors autograd saves in one forward pass and loss (parameters left
-    out), and of those the ones as large as the logits."""
+    out): in all, those shaped like the logits, and those shaped like attention scores."""
     import torch
 
     from services.trainer.finetune import token_loss
 
+    rows, width = batch["input_ids"].shape
     params = {p.untyped_storage().data_ptr() for p in model.parameters()}
-    seen: dict[int, int] = {}
+    seen: dict[int, tuple[int, str]] = {}
 
     def pack(t: torch.Tensor) -> torch.Tensor:
         s = t.untyped_storage()
         if s.data_ptr() not in params and s.device.type != "meta":
-            seen[s.data_ptr()] = max(seen.get(s.data_ptr(), 0), s.nbytes())
+            n = t.numel()
+            kind = "logits" if n == rows * width * vocab else "scores" if n == rows * heads * width**2 else "other"
+            if s.nbytes() > seen.get(s.data_ptr(), (0, ""))[0]:
+                seen[s.data_ptr()] = (s.nbytes(), kind)
         return t
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         loss, _ = token_loss(model, batch)
-    logits_bytes = batch["input_ids"].numel() * vocab * 4
     del loss
-    return sum(seen.values()), sum(b for b in seen.values() if b >= logits_bytes)
+    out = {"saved": sum(b for b, _ in seen.values())}
+    for kind in ("logits", "scores"):
+        out[f"saved_{kind}"] = sum(b for b, k in seen.values() if k == kind)
+    return out
+
+
+def _warm_up(config: dict[str, Any], recipe: Any, samples: list[Any], pad_id: int) -> None:
+    """Two steps of the loop on a one-layer model of the same architecture and width, on short
+    windows, thrown away: the kernels' code is paged in and the runtime's lazy pools exist before
+    the baseline is read, as they would in any process that has trained before."""
+    from transformers import CONFIG_MAPPING, AutoModelForCausalLM
+
+    from services.trainer import finetune
+    from services.trainer.samples import Sample
+
+    small = CONFIG_MAPPING[config["model_type"]].from_dict(config)
+    small.num_hidden_layers = 1
+    model = finetune.prepare_model(AutoModelForCausalLM.from_config(small), recipe)
+    short = [Sample(s.input_ids[:32], s.labels[:32]) for s in samples[:4]]
+    done: list[int] = []
+    finetune.train(model, short, recipe.model_copy(update={"batch_size": 2, "max_steps": 3}), pad_id=pad_id,
+                   callbacks=finetune.Callbacks(on_step=lambda p: done.append(p.step), should_stop=lambda: len(done) >= 2))
+    del model
 
 
 def _run(job: dict[str, Any], out: Any) -> None:
@@ -178,7 +214,7 @@ def _run(job: dict[str, Any], out: Any) -> None:
     from services.trainer import finetune
     from services.trainer.basemodels import load_base_model
     from services.trainer.recipe import Recipe
-    from services.trainer.registry import Shape, training_memory
+    from services.trainer.registry import Shape, keeps_attention_scores, training_memory
 
     _quiet()
     with open(job["samples_path"], "rb") as f:
@@ -186,6 +222,7 @@ def _run(job: dict[str, Any], out: Any) -> None:
     recipe = Recipe.model_validate(job["recipe"])
     cache = Path(job["cache_dir"])
     store = open_store(cache.joinpath("store").as_uri())
+    _warm_up(job["config"], recipe, samples, job["pad_id"])
     _trim()
     baseline = _rss()
 
@@ -207,8 +244,9 @@ def _run(job: dict[str, Any], out: Any) -> None:
                    callbacks=finetune.Callbacks(on_step=on_step, should_stop=lambda: len(steps) >= job["steps"]))
     seconds = time.perf_counter() - started
     shape = Shape.of(config)
-    kwargs = dict(batch_size=recipe.batch_size, block_size=recipe.block_size, dtype_bytes=4,
-                  checkpointing=recipe.gradient_checkpointing, scored=1.0)
+    kwargs: dict[str, Any] = dict(batch_size=recipe.batch_size, block_size=recipe.block_size, dtype_bytes=4,
+                                  checkpointing=bool(recipe.gradient_checkpointing), scored=1.0,
+                                  attention_scores=keeps_attention_scores(config, "cpu"))
     figures: dict[str, Any] = {
         "estimate": training_memory(shape, recipe.method, **kwargs),
         "measured": max(steps),
@@ -220,11 +258,13 @@ def _run(job: dict[str, Any], out: Any) -> None:
         "shape_params": shape.parameters,
         "shape_trainable": shape.parameters if recipe.method == "full" else shape.lora_parameters(recipe.lora_rank),
         "peak_resettable": resettable,
+        "attention_scores": kwargs["attention_scores"],
+        "shape": dataclasses.asdict(shape),
     }
     if job["saved"]:
         batch = finetune.collate(samples[: recipe.batch_size], job["pad_id"], torch.device("cpu"))
         model.train()
-        figures["saved"], figures["saved_logits"] = _saved_bytes(model, batch, shape.vocab)
+        figures.update(_saved_bytes(model, batch, shape.vocab, shape.heads))
     out.put(figures)
 
 
@@ -279,7 +319,7 @@ def _prepare(args: argparse.Namespace, tmp: Path) -> dict[str, dict[str, Any]]:
             with open(files[block], "wb") as f:
                 pickle.dump(windows, f, protocol=pickle.HIGHEST_PROTOCOL)
         prepared[name] = {"model": where, "pad_id": base.tokenizer.pad_token_id, "samples": files,
-                          "source": base.source}
+                          "source": base.source, "config": base.model.config.to_dict()}
         del base
     return prepared
 
@@ -300,6 +340,8 @@ def main() -> None:
                     help="cases to leave out, e.g. smollm2-135m/full/512")
     ap.add_argument("--gradient-checkpointing", action="store_true")
     ap.add_argument("--saved", action="store_true", help="also count the bytes autograd saves for backward")
+    ap.add_argument("--glibc-dynamic", action="store_true",
+                    help="leave glibc's dynamic mmap threshold on in the cases (default: fixed at 128 KiB, see above)")
     ap.add_argument("--messages", type=int, default=3000, help="messages in the synthetic chat (default 3,000)")
     ap.add_argument("--conversations", type=int, default=4)
     ap.add_argument("--seed", type=int, default=0)
@@ -310,6 +352,8 @@ def main() -> None:
     if args.steps < 1 or args.batch_size < 1 or min(args.block_sizes) < 16:
         ap.error("--steps and --batch-size must be positive, block sizes at least 16")
 
+    if not args.glibc_dynamic:  # read by glibc as each case's process starts (spawn), not by this one
+        os.environ["MALLOC_MMAP_THRESHOLD_"] = str(128 * 1024)
     rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="doppel-bench-memory-") as tmp:
         prepared = _prepare(args, Path(tmp))
@@ -322,7 +366,8 @@ def main() -> None:
                 continue
             p = prepared[name]
             recipe = _recipe(method, args.batch_size, block, args.steps, args.seed, args.gradient_checkpointing)
-            job = {"case": case, "model": p["model"], "pad_id": p["pad_id"], "samples_path": p["samples"][block],
+            job = {"case": case, "model": p["model"], "config": p["config"], "pad_id": p["pad_id"],
+                   "samples_path": p["samples"][block],
                    "recipe": recipe.model_dump(mode="json"), "cache_dir": str(Path(args.cache_dir).expanduser().resolve()),
                    "steps": args.steps, "threads": args.threads, "saved": args.saved}
             r = _in_child(job)
@@ -333,13 +378,15 @@ def main() -> None:
                   f"ratio {r['ratio']:.2f} ({r['step_s']} s/step)", flush=True)
 
     print(f"\n{'case':<24}{'estimate MB':>12}{'measured MB':>12}{'ratio':>7}{'loaded MB':>10}  {'per step MB':<16}"
-          + (f"{'saved MB':>9}{'logits':>8}" if args.saved else ""))
+          + (f"{'saved MB':>9}{'logits':>8}{'scores':>8}" if args.saved else ""))
     for r in rows:
         per_step = " / ".join(_mb(s) for s in r["steps"])
-        saved = f"{_mb(r['saved']):>9}{_mb(r['saved_logits']):>8}" if args.saved else ""
+        saved = f"{_mb(r['saved']):>9}{_mb(r['saved_logits']):>8}{_mb(r['saved_scores']):>8}" if args.saved else ""
         print(f"{r['case']:<24}{_mb(r['estimate']):>12}{_mb(r['measured']):>12}{r['ratio']:>7.2f}"
               f"{_mb(r['loaded']):>10}  {per_step:<16}{saved}")
     print("ratio = estimate / measured; measured = peak RSS of the steps less RSS before the model was loaded")
+    if any(not r["peak_resettable"] for r in rows):
+        print("note: this kernel would not reset the peak RSS: the measured peaks include the warm-up and the model's loading")
     worst = max(rows, key=lambda r: abs(r["ratio"] - 1)) if rows else None
     print(orjson.dumps({
         # the case farthest from its estimate, then every case
@@ -348,6 +395,7 @@ def main() -> None:
         "threads": args.threads,
         "steps": args.steps,
         "gradient_checkpointing": args.gradient_checkpointing,
+        "allocator": "glibc dynamic mmap threshold" if args.glibc_dynamic else "mmap threshold 128 KiB",
         "device": "cpu",
         "dtype": "fp32",
     }).decode())

@@ -16,7 +16,7 @@ import torch
 from doppel.errors import InvalidArgument
 from doppel.model import Recipe
 
-from .registry import Method, Shape, training_memory
+from .registry import Method, Shape, keeps_attention_scores, training_memory
 
 HEADROOM = 0.9  # the share of free memory a run may plan to use
 
@@ -38,7 +38,8 @@ def device(where: torch.device) -> Device:
     return Device("CPU", kib.get("MemAvailable", 0), kib.get("MemTotal", 0))
 
 
-def checkpointing(config: dict[str, Any], recipe: Recipe, found: Device, *, dtype_bytes: int) -> tuple[bool, str]:
+def checkpointing(config: dict[str, Any], recipe: Recipe, found: Device, *, dtype_bytes: int,
+                  device_type: str = "cuda") -> tuple[bool, str]:
     """(whether to checkpoint, why — empty when nothing needed saying) for a recipe that left it open."""
     try:
         shape = Shape.of(config)
@@ -46,7 +47,8 @@ def checkpointing(config: dict[str, Any], recipe: Recipe, found: Device, *, dtyp
         return False, ""
     method: Method = "full" if recipe.method == "full" else "lora"
     plain, lean = (training_memory(shape, method, batch_size=recipe.batch_size, block_size=recipe.block_size,
-                                   dtype_bytes=dtype_bytes, checkpointing=c) for c in (False, True))
+                                   dtype_bytes=dtype_bytes, checkpointing=c,
+                                   attention_scores=keeps_attention_scores(config, device_type)) for c in (False, True))
     room = int(found.free_bytes * HEADROOM)
     gib = 2**30
     if plain <= room:

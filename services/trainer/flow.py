@@ -220,7 +220,8 @@ def _train(settings: Settings, store: Store, log: RunLog) -> str:
     device = finetune.device_for()
     if recipe.gradient_checkpointing is None:
         chosen, why = fitting.checkpointing(base.model.config.to_dict(), recipe, fitting.device(device),
-                                            dtype_bytes=4 if finetune.autocast_dtype(recipe.precision, device) is None else 2)
+                                            dtype_bytes=4 if finetune.autocast_dtype(recipe.precision, device) is None else 2,
+                                            device_type=device.type)
         recipe = record.recipe = recipe.model_copy(update={"gradient_checkpointing": chosen})
         if why:
             log.say(why)

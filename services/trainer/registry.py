@@ -3,8 +3,8 @@
 Each entry names a model on the Hugging Face Hub with the shape of its network (read from its
 `config.json`), from which its parameter count and the memory a training run needs are computed
 rather than typed in: one formula for every entry, checked against measured peaks
-(bench/RESULTS.md, "Base models"). The seeds' GPT-2s, SmolLM2, Qwen2.5 and Llama 3.2 (gated:
-accept its license on the Hub and set HF_TOKEN).
+(`bench/memory.py`; bench/RESULTS.md, "Training memory"). The seeds' GPT-2s, SmolLM2, Qwen2.5
+and Llama 3.2 (gated: accept its license on the Hub and set HF_TOKEN).
 
 Memory of a training step, in bytes (`training_memory`):
 
@@ -12,11 +12,23 @@ Memory of a training step, in bytes (`training_memory`):
   each with their scales), plus, for LoRA, the adapters in fp32;
 * gradients and AdamW state of what is trained: 4 + 8 bytes per trained parameter (fp32), and
   an fp32 master copy under mixed precision for full training;
-* activations of one micro-batch of `batch x block` tokens, per layer: the hidden states kept for
-  the backward pass (about 18 values of `hidden` and 3 of `intermediate` per token in the
-  training dtype, Korthikanti et al. 2022 without sequence parallelism, attention computed
-  without materialising scores), or one `hidden` per layer with gradient checkpointing; and the
-  logits of the scored positions in fp32 (twice: values and gradients).
+* activations of one micro-batch of `batch x block` tokens, per layer, in the training dtype: what
+  the layer keeps for the backward pass, per token 8 values of `hidden`, 2 of the key/value
+  width and 4 of `intermediate` (the norms' inputs and outputs, query, key, value and the
+  attention's output, the MLP's projections and activation: what PyTorch keeps for the
+  Transformers modules, measured), plus for LoRA one value per input of an adapted projection
+  (the adapter's dropout keeps its output and mask, while the frozen projections keep no input
+  for a weight gradient); attention computed without materialising its scores, unless told it
+  does (`attention_scores`: 3 values per score, see `keeps_attention_scores`). With gradient
+  checkpointing: one `hidden` per layer (its input) and one layer's activations, recomputed in
+  the backward pass;
+* the logits of the scored positions in fp32, three times: the log-probabilities the loss keeps,
+  their gradient and the logits' gradient, all alive as the backward pass starts (the peak).
+
+For full training this counts every gradient at the peak, where only the last layers' exist
+yet: a slight overestimate. Checked on a CPU in fp32 (the tiny GPT-2 and SmolLM2-135M, LoRA and
+full, 8 x 256 and 8 x 512 tokens): within 10% of the measured peaks, 19% with checkpointing; not
+yet on a GPU.
 """
 
 from __future__ import annotations
@@ -90,13 +102,21 @@ class Shape:
                        qkv_bias=kind == "qwen2" or bool(config.get("attention_bias", False)))
         raise AssertionError(kind)  # check_architecture let through a kind without a shape
 
-    def lora_parameters(self, rank: int = LORA_RANK) -> int:
-        """Adapters of rank `rank` on every attention and MLP projection (A: in x r, B: r x out)."""
-        h, kv, i = self.hidden, self.hidden * self.kv_heads // self.heads, self.intermediate
+    @property
+    def kv_width(self) -> int:
+        return self.hidden * self.kv_heads // self.heads
+
+    @property
+    def projections(self) -> list[tuple[int, int]]:
+        """(in, out) of a layer's attention and MLP projections: where LoRA puts its adapters."""
+        h, kv, i = self.hidden, self.kv_width, self.intermediate
         gated = [(h, h), (h, kv), (h, kv), (h, h), (h, i), (h, i), (i, h)]  # q, k, v, o, gate, up, down
         gpt2 = [(h, 3 * h), (h, h), (h, i), (i, h)]  # one fused qkv, the attention output, two MLP matrices
-        projections = gated if self.gated_mlp else gpt2
-        return self.layers * sum(rank * (a + b) for a, b in projections)
+        return gated if self.gated_mlp else gpt2
+
+    def lora_parameters(self, rank: int = LORA_RANK) -> int:
+        """Adapters of rank `rank` on every attention and MLP projection (A: in x r, B: r x out)."""
+        return self.layers * sum(rank * (a + b) for a, b in self.projections)
 
 
 @dataclass(frozen=True)
@@ -146,10 +166,19 @@ BY_NAME = {e.name: e for e in CURATED}
 BY_HUB_ID = {e.hub_id.lower(): e for e in CURATED}
 
 
+def keeps_attention_scores(config: dict[str, Any], device_type: str) -> bool:
+    """Whether training this config on this device ("cpu", "cuda") keeps each layer's attention
+    scores: PyTorch's fused attention on a CPU takes no dropout, so a model with attention dropout
+    (GPT-2's `attn_pdrop`) falls back to the math kernel there, which keeps them."""
+    dropout = config.get("attn_pdrop") if config.get("model_type") == "gpt2" else config.get("attention_dropout")
+    return device_type == "cpu" and float(dropout or 0) > 0
+
+
 def training_memory(shape: Shape, method: Method, *, batch_size: int, block_size: int, dtype_bytes: int = 2,
-                    checkpointing: bool = False, scored: float = 1.0) -> int:
+                    checkpointing: bool = False, scored: float = 1.0, attention_scores: bool = False) -> int:
     """Bytes a training step needs at its peak (see the module docstring); `scored`: the share of
-    positions whose logits are computed (1.0: all of them)."""
+    positions whose logits are computed (1.0: all of them); `attention_scores`: the attention keeps
+    its scores (`keeps_attention_scores`)."""
     p = shape.parameters
     if method == "full":
         weights = p * dtype_bytes
@@ -160,9 +189,13 @@ def training_memory(shape: Shape, method: Method, *, batch_size: int, block_size
         weights = (p * 9 // 16 if method == "qlora" else p * dtype_bytes) + trained * 4
         states = trained * (4 + 8)
     tokens = batch_size * block_size
-    if checkpointing:
-        per_layer = tokens * shape.hidden * dtype_bytes
-    else:
-        per_layer = tokens * (18 * shape.hidden + 3 * shape.intermediate) * dtype_bytes
-    logits = int(tokens * scored) * shape.vocab * 4 * 2
-    return weights + states + shape.layers * per_layer + logits
+    kept = 8 * shape.hidden + 2 * shape.kv_width + 4 * shape.intermediate  # values per token a layer keeps
+    if method != "full":
+        kept += sum(a for a, _ in shape.projections)  # the adapters' dropout: output and mask, less the frozen inputs
+    layer = tokens * kept * dtype_bytes
+    if attention_scores:
+        layer += 3 * batch_size * shape.heads * block_size**2 * dtype_bytes  # softmax, dropout mask, dropped
+    # with checkpointing: each layer's input, and one layer's activations as the backward pass recomputes it
+    activations = shape.layers * tokens * shape.hidden * dtype_bytes + layer if checkpointing else shape.layers * layer
+    logits = int(tokens * scored) * shape.vocab * 4 * 3
+    return weights + states + activations + logits
