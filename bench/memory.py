@@ -50,7 +50,6 @@ import ctypes
 import dataclasses
 import gc
 import itertools
-import multiprocessing as mp
 import os
 import pickle
 import sys
@@ -69,6 +68,7 @@ import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.child import in_child
 from bench.synthetic import NAMES, synthetic_chats
 
 PERSONA = NAMES[0]
@@ -268,22 +268,6 @@ def _run(job: dict[str, Any], out: Any) -> None:
     out.put(figures)
 
 
-def _in_child(job: dict[str, Any]) -> dict[str, Any]:
-    ctx = mp.get_context("spawn")
-    q = ctx.Queue()
-    p = ctx.Process(target=_run, args=(job, q))
-    p.start()
-    while True:
-        try:
-            result = q.get(timeout=1)
-            break
-        except Exception:  # noqa: BLE001 - queue.Empty: still running, or dead
-            if not p.is_alive():
-                raise SystemExit(f"the case {job['case']} failed with exit code {p.exitcode}") from None
-    p.join()
-    return result
-
-
 # -- the parent -------------------------------------------------------------------------------
 
 def _prepare(args: argparse.Namespace, tmp: Path) -> dict[str, dict[str, Any]]:
@@ -370,7 +354,7 @@ def main() -> None:
                    "samples_path": p["samples"][block],
                    "recipe": recipe.model_dump(mode="json"), "cache_dir": str(Path(args.cache_dir).expanduser().resolve()),
                    "steps": args.steps, "threads": args.threads, "saved": args.saved}
-            r = _in_child(job)
+            r = in_child(_run, (job,), f"the case {job['case']}")
             r.update(case=case, model=name, method=method, batch_size=args.batch_size, block_size=block,
                      ratio=round(r["estimate"] / r["measured"], 3))
             rows.append(r)

@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import multiprocessing as mp
 import os
 import pickle
 import resource
@@ -54,6 +53,7 @@ import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.child import in_child
 from bench.synthetic import NAMES, synthetic_chats
 
 PERSONA = NAMES[0]  # the speaker trained on; each synthetic chat has them and 1-4 others
@@ -275,22 +275,6 @@ def _run_trainer(model: Any, samples: list, recipe: Any, job: dict[str, Any], wi
 
 # -- the parent -----------------------------------------------------------------------------
 
-def _in_child(which: str, job: dict[str, Any]) -> dict[str, Any]:
-    ctx = mp.get_context("spawn")
-    q = ctx.Queue()
-    p = ctx.Process(target=_run, args=(which, job, q))
-    p.start()
-    while True:
-        try:
-            result = q.get(timeout=1)
-            break
-        except Exception:  # noqa: BLE001 - queue.Empty: still running, or dead
-            if not p.is_alive():
-                raise SystemExit(f"the {which} run failed with exit code {p.exitcode}") from None
-    p.join()
-    return result
-
-
 def _peak_flops(device_name: str, override_tflops: float | None) -> float | None:
     if override_tflops:
         return override_tflops * 1e12
@@ -448,9 +432,9 @@ def main() -> None:
         if job["device"] == "cpu" and not args.threads and os.getloadavg()[0] >= 0.5:
             print("note: other processes are busy and torch uses every core: its threads then thrash and the "
                   "timings swing widely; --threads 1 is steadier", flush=True)
-        ours = _in_child("doppel", job)
+        ours = in_child(_run, ("doppel", job), "the doppel run")
         print(f"  doppel: {ours['seconds']:.2f} s", flush=True)
-        base = _in_child("trainer", job)
+        base = in_child(_run, ("trainer", job), "the trainer run")
         print(f"  Trainer: {base['seconds']:.2f} s", flush=True)
 
     device = ours["device"]
