@@ -70,6 +70,13 @@ def say(*parts: Any) -> None:
     print(*parts, flush=True)
 
 
+def peak_rss_mb() -> float:
+    """Peak RSS of this process so far (CPU memory; the interpreter and libraries included)."""
+    import resource
+
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+
+
 # -- the chats ---------------------------------------------------------------------------------
 
 def demo_conversations(tmp: Path) -> list[Any]:
@@ -148,13 +155,22 @@ def style_side_by_side(tuned: Any, base: Any) -> str:
 # -- one persona -------------------------------------------------------------------------------
 
 def _evaluate(model: Any, tokenizer: Any, transcript: Any, split: Any, persona: str, args: argparse.Namespace,
-              dataset_id: str) -> tuple[Any, float, float]:
-    """(FidelityFigures, seconds in all, seconds writing the replies)."""
+              dataset_id: str) -> tuple[Any, float, float, list[tuple[Any, str]]]:
+    """(FidelityFigures, seconds in all, seconds writing the replies, (target, reply) of every reply)."""
     import inspect
 
     from services.trainer import fidelity
+    from services.trainer.fidelity import replies
 
     sampled_at: list[float] = []
+    answered: list[tuple[Any, str]] = []
+    sample = replies.sample
+
+    def keeping(model: Any, tokenizer: Any, transcript: Any, found: Any, **kwargs: Any) -> list[str]:
+        """`replies.sample`, keeping what it wrote for the bench's own figures (`topics`)."""
+        out = sample(model, tokenizer, transcript, found, **kwargs)
+        answered.extend(zip(found, out, strict=True))
+        return out
 
     def progress(done: int, total: int) -> None:
         if done == total:
@@ -162,13 +178,38 @@ def _evaluate(model: Any, tokenizer: Any, transcript: Any, split: Any, persona: 
 
     extra = {"progress": progress} if "progress" in inspect.signature(fidelity.evaluate).parameters else {}
     t0 = time.perf_counter()
-    found = fidelity.evaluate(model, tokenizer, transcript, split, [persona], limit=args.limit, seed=args.seed,
-                              max_new_tokens=args.max_new_tokens, **extra)
+    replies.sample = keeping  # evaluate calls it through the module
+    try:
+        found = fidelity.evaluate(model, tokenizer, transcript, split, [persona], limit=args.limit, seed=args.seed,
+                                  max_new_tokens=args.max_new_tokens, **extra)
+    finally:
+        replies.sample = sample
     seconds = time.perf_counter() - t0
     if not found:
         raise SystemExit(f"{persona} has no held-out turns to answer in this chat")
     sample_s = (sampled_at[-1] - t0) if sampled_at else math.nan
-    return fidelity.figures(found[0], dataset_id), seconds, sample_s
+    return fidelity.figures(found[0], dataset_id), seconds, sample_s, answered
+
+
+def topics(answered: list[tuple[Any, str]], persona: str) -> dict[str, Any]:
+    """Hard chat only: do replies keep the topic of the message they answer (the last turn by someone
+    else in their context)? Of the replies where both have a topic (`hardchat.topic_of`), the share
+    on the answered message's topic, for the real replies and the model's; and the share of the
+    model's replies that use any topic's words at all."""
+    def answered_topic(target: Any) -> str | None:
+        said = next((t for t in reversed(target.context) if t.speaker != persona), None)
+        return hardchat.topic_of(said.text) if said else None
+
+    def share(pairs: list[tuple[str | None, str | None]]) -> tuple[float | None, int]:
+        both = [(a, b) for a, b in pairs if a and b]
+        return (round(sum(a == b for a, b in both) / len(both), 4) if both else None), len(both)
+
+    context = [answered_topic(t) for t, _ in answered]
+    real, n_real = share([(c, hardchat.topic_of(t.real)) for c, (t, _) in zip(context, answered, strict=True)])
+    model, n_model = share([(c, hardchat.topic_of(r)) for c, (_, r) in zip(context, answered, strict=True)])
+    with_topic = sum(hardchat.topic_of(r) is not None for _, r in answered) / len(answered) if answered else 0.0
+    return {"real_same_topic": real, "real_pairs": n_real, "model_same_topic": model, "model_pairs": n_model,
+            "model_with_topic": round(with_topic, 4)}
 
 
 def _copies_of_real(split: Any, persona: str, limit: int, transcript: Any) -> float:
@@ -217,9 +258,11 @@ def train_and_measure(chat: str, convs: list[Any], persona: str, args: argparse.
         f"{train_turns} training turns, {held_turns} held out; {len(train)} windows")
 
     base_loss, held_tokens = finetune.held_out_loss(model, held_out, pad_id=pad_id)
-    base_figures, base_eval_s, base_sample_s = _evaluate(model.eval(), tokenizer, transcript, split, persona, args,
-                                                         recipe.dataset_id)
-    say(f"base alone: {base_figures.replies} replies in {base_eval_s:.1f} s; held-out loss {base_loss:.3f}")
+    base_figures, base_eval_s, base_sample_s, base_answered = _evaluate(model.eval(), tokenizer, transcript, split,
+                                                                        persona, args, recipe.dataset_id)
+    rss = {"after_base_eval": peak_rss_mb()}
+    say(f"base alone: {base_figures.replies} replies in {base_eval_s:.1f} s; held-out loss {base_loss:.3f}; "
+        f"peak RSS {rss['after_base_eval']:,.0f} MB")
 
     model = finetune.prepare_model(model, recipe)
     total = finetune.total_steps(len(train), recipe)
@@ -232,14 +275,20 @@ def train_and_measure(chat: str, convs: list[Any], persona: str, args: argparse.
     t1 = time.perf_counter()
     result = finetune.train(model, train, recipe, pad_id=pad_id, callbacks=finetune.Callbacks(on_step=on_step))
     train_s = time.perf_counter() - t1
+    rss["after_train"] = peak_rss_mb()
     loss, _ = finetune.held_out_loss(model, held_out, pad_id=pad_id)
-    figures, eval_s, sample_s = _evaluate(model.eval(), tokenizer, transcript, split, persona, args, recipe.dataset_id)
+    figures, eval_s, sample_s, answered = _evaluate(model.eval(), tokenizer, transcript, split, persona, args,
+                                                    recipe.dataset_id)
+    rss["after_tuned_eval"] = peak_rss_mb()
     say(f"tuned: {result.step} steps in {train_s:.1f} s; {figures.replies} replies in {eval_s:.1f} s; "
-        f"held-out loss {loss:.3f}\n")
+        f"held-out loss {loss:.3f}; peak RSS after training {rss['after_train']:,.0f} MB, "
+        f"after its evaluation {rss['after_tuned_eval']:,.0f} MB\n")
     say(markdown(figures, base_figures))
     say(style_side_by_side(figures, base_figures) + "\n")
     real_copies = _copies_of_real(split, persona, args.limit, transcript)
     out = _persona_figures(figures, base_figures)
+    if chat == "hard":
+        out["topics"] = _topic_figures(answered, base_answered, persona)
     out.update({
         "train_s": round(train_s, 2), "steps": result.step, "final_train_loss": round(result.losses[-1][1], 4),
         "tuned_eval_s": round(eval_s, 2), "base_eval_s": round(base_eval_s, 2),
@@ -247,7 +296,7 @@ def train_and_measure(chat: str, convs: list[Any], persona: str, args: argparse.
         "prepare_s": round(prepare_s, 2), "held_out_loss": _num(round(loss, 4)), "base_held_out_loss": _num(round(base_loss, 4)),
         "held_out_tokens": held_tokens, "train_turns": train_turns, "held_out_turns": held_turns,
         "train_windows": len(train), "real_exact_copies": round(real_copies, 4), "transcript": transcript.kind,
-        "base_source": base.source, "recipe": {k: v for k, v in recipe.model_dump(mode="json").items()
+        "base_source": base.source, "peak_rss_mb": rss, "recipe": {k: v for k, v in recipe.model_dump(mode="json").items()
                                               if k in ("max_steps", "epochs", "batch_size", "block_size", "learning_rate",
                                                        "lora_rank", "held_out_fraction", "seed")},
     })
@@ -256,6 +305,18 @@ def train_and_measure(chat: str, convs: list[Any], persona: str, args: argparse.
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
     return out
+
+
+def _topic_figures(answered: list[tuple[Any, str]], base_answered: list[tuple[Any, str]], persona: str) -> dict[str, Any]:
+    tuned, base = topics(answered, persona), topics(base_answered, persona)
+    say(f"replies on the topic of the message they answer: real {_pct(tuned['real_same_topic'])} "
+        f"({tuned['real_pairs']}), tuned {_pct(tuned['model_same_topic'])} ({tuned['model_pairs']}), "
+        f"base {_pct(base['model_same_topic'])} ({base['model_pairs']}); replies using topic words at all: "
+        f"tuned {_pct(tuned['model_with_topic'])}, base {_pct(base['model_with_topic'])}\n")
+    return {"real_same_topic": tuned["real_same_topic"], "tuned_same_topic": tuned["model_same_topic"],
+            "base_same_topic": base["model_same_topic"], "tuned_with_topic": tuned["model_with_topic"],
+            "base_with_topic": base["model_with_topic"], "tuned_pairs": tuned["model_pairs"],
+            "base_pairs": base["model_pairs"], "real_pairs": tuned["real_pairs"]}
 
 
 def _persona_figures(figures: Any, base_figures: Any) -> dict[str, Any]:
@@ -291,18 +352,23 @@ def measure_published(chat: str, convs: list[Any], args: argparse.Namespace, cac
         transcript = Transcript(tokenizer, manifest.speakers)
     out = {}
     for persona in pick(args.persona, manifest.speakers):
-        figures, eval_s, sample_s = _evaluate(model, tokenizer, transcript, split, persona, args, chat)
+        figures, eval_s, sample_s, answered = _evaluate(model, tokenizer, transcript, split, persona, args, chat)
         if manifest.method == "lora":
             with model.disable_adapter():
-                base_figures, base_eval_s, base_sample_s = _evaluate(model, tokenizer, transcript, split, persona, args, chat)
+                base_figures, base_eval_s, base_sample_s, base_answered = _evaluate(
+                    model, tokenizer, transcript, split, persona, args, chat)
         else:
-            alone = load_base_model(manifest.base_model, store, cache_dir=cache / "models").model.to(next(model.parameters()).device).eval()
-            base_figures, base_eval_s, base_sample_s = _evaluate(alone, tokenizer, transcript, split, persona, args, chat)
+            alone = load_base_model(manifest.base_model, store, cache_dir=cache / "models").model
+            alone = alone.to(next(model.parameters()).device).eval()
+            base_figures, base_eval_s, base_sample_s, base_answered = _evaluate(
+                alone, tokenizer, transcript, split, persona, args, chat)
             del alone
         say(f"\n### {chat}: {persona} — model {manifest.id} ({manifest.base_model}, {manifest.method})")
         say(markdown(figures, base_figures))
         say(style_side_by_side(figures, base_figures) + "\n")
         result = _persona_figures(figures, base_figures)
+        if chat == "hard":
+            result["topics"] = _topic_figures(answered, base_answered, persona)
         result.update({"model_id": manifest.id, "train_s": None, "tuned_eval_s": round(eval_s, 2),
                        "base_eval_s": round(base_eval_s, 2), "tuned_sample_s": _num(round(sample_s, 2)),
                        "base_sample_s": _num(round(base_sample_s, 2)),
@@ -342,6 +408,14 @@ def comparison(chats: dict[str, Any]) -> str:
                 f"| {p['tuned_eval_s']} / {p['base_eval_s']} "
                 f"| {yes[p['beats_base_style']]}, {yes[p['beats_base_who_said_it']]} |"
             )
+    on_topic = [(chat, person, p["topics"]) for chat, c in chats.items() for person, p in c["personas"].items()
+                if p.get("topics")]
+    if on_topic:
+        lines += ["", "| chat | person | replies on the answered message's topic: real / tuned / base "
+                      "| replies using topic words: tuned / base |", "|---|---|---|---|"]
+        lines += [f"| {chat} | {person} | {_pct(t['real_same_topic'])} / {_pct(t['tuned_same_topic'])} / "
+                  f"{_pct(t['base_same_topic'])} | {_pct(t['tuned_with_topic'])} / {_pct(t['base_with_topic'])} |"
+                  for chat, person, t in on_topic]
     return "\n".join(lines)
 
 

@@ -100,6 +100,11 @@ def test_fidelity_bench_prints_its_figures(tmp_path: Path) -> None:
                 assert math.isfinite(p[key]) and p[key] > 0, key
             assert 0 <= p["real_exact_copies"] <= 1
             assert isinstance(p["beats_base_style"], bool) and isinstance(p["beats_base_who_said_it"], bool)
+    topics = figures["chats"]["hard"]["personas"]["Tomasz Wilk"]["topics"]  # the hard chat's own figure
+    for key in ("real_same_topic", "tuned_same_topic", "base_same_topic", "tuned_with_topic", "base_with_topic"):
+        assert topics[key] is None or 0 <= topics[key] <= 1, key
+    assert topics["real_pairs"] > 0 and topics["real_same_topic"] > 0.5  # the real replies follow the topic
+    assert "topics" not in figures["chats"]["demo"]["personas"]["Jonah Pell"]
     # the demo's phrase banks: its people's messages repeat far more than the hard chat's
     demo_people = figures["chats"]["demo"]["properties"]["people"]
     hard_people = figures["chats"]["hard"]["properties"]["people"]
