@@ -212,15 +212,21 @@ def topics(answered: list[tuple[Any, str]], persona: str) -> dict[str, Any]:
             "model_with_topic": round(with_topic, 4)}
 
 
-def _copies_of_real(split: Any, persona: str, limit: int, transcript: Any) -> float:
-    """The share of the person's real held-out replies (the ones answered) that are exact copies of
-    their training messages: what a model that only replayed training lines could score at best."""
-    from services.trainer.fidelity import replies
+def real_baseline(split: Any, persona: str, limit: int, transcript: Any) -> dict[str, float]:
+    """The copying and repetition figures of the person's own real held-out replies (the ones
+    answered), measured like the model's: how many are exact copies of their training messages,
+    share a >= 20-token or >= 8-word span with one, and their distinct-1/2. A model that writes
+    like the person scores about these; one that only replayed training lines could score the
+    exact-copy share at best."""
+    from services.trainer.fidelity import conduct, replies
     from services.trainer.fidelity.copying import TrainingIndex
 
-    found = replies.targets(split.held_out, persona, limit=limit)
+    real = [t.real for t in replies.targets(split.held_out, persona, limit=limit)]
     train = [t.text for s in split.train for t in s.turns if t.speaker == persona]
-    return TrainingIndex(train, transcript.encode).measure([t.real for t in found]).exact
+    c = TrainingIndex(train, transcript.encode).measure(real)
+    return {"exact_copies": round(c.exact, 4), "token_span_copies": round(c.token_span, 4),
+            "word_span_copies": round(c.word_span, 4), "distinct_1": round(conduct.distinct(real, 1), 4),
+            "distinct_2": round(conduct.distinct(real, 2), 4)}
 
 
 def train_and_measure(chat: str, convs: list[Any], persona: str, args: argparse.Namespace, cache: Path) -> dict[str, Any]:
@@ -285,7 +291,7 @@ def train_and_measure(chat: str, convs: list[Any], persona: str, args: argparse.
         f"after its evaluation {rss['after_tuned_eval']:,.0f} MB\n")
     say(markdown(figures, base_figures))
     say(style_side_by_side(figures, base_figures) + "\n")
-    real_copies = _copies_of_real(split, persona, args.limit, transcript)
+    real = real_baseline(split, persona, args.limit, transcript)
     out = _persona_figures(figures, base_figures)
     if chat == "hard":
         out["topics"] = _topic_figures(answered, base_answered, persona)
@@ -295,7 +301,7 @@ def train_and_measure(chat: str, convs: list[Any], persona: str, args: argparse.
         "tuned_sample_s": _num(round(sample_s, 2)), "base_sample_s": _num(round(base_sample_s, 2)),
         "prepare_s": round(prepare_s, 2), "held_out_loss": _num(round(loss, 4)), "base_held_out_loss": _num(round(base_loss, 4)),
         "held_out_tokens": held_tokens, "train_turns": train_turns, "held_out_turns": held_turns,
-        "train_windows": len(train), "real_exact_copies": round(real_copies, 4), "transcript": transcript.kind,
+        "train_windows": len(train), "real_exact_copies": real["exact_copies"], "real": real, "transcript": transcript.kind,
         "base_source": base.source, "peak_rss_mb": rss, "recipe": {k: v for k, v in recipe.model_dump(mode="json").items()
                                               if k in ("max_steps", "epochs", "batch_size", "block_size", "learning_rate",
                                                        "lora_rank", "held_out_fraction", "seed")},
@@ -372,7 +378,8 @@ def measure_published(chat: str, convs: list[Any], args: argparse.Namespace, cac
         result.update({"model_id": manifest.id, "train_s": None, "tuned_eval_s": round(eval_s, 2),
                        "base_eval_s": round(base_eval_s, 2), "tuned_sample_s": _num(round(sample_s, 2)),
                        "base_sample_s": _num(round(base_sample_s, 2)),
-                       "real_exact_copies": round(_copies_of_real(split, persona, args.limit, transcript), 4)})
+                       "real": (real := real_baseline(split, persona, args.limit, transcript)),
+                       "real_exact_copies": real["exact_copies"]})
         out[persona] = result
     return out
 
@@ -390,9 +397,10 @@ def _f3(x: Any) -> str:
 def comparison(chats: dict[str, Any]) -> str:
     lines = [
         "| chat | person | replies | style distance tuned / base | who said it tuned / base (real) "
-        "| real-or-generated tuned / base | exact copies tuned / base (real) | held-out loss tuned / base "
-        "| train s | eval s tuned / base | beats base: style, who |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| real-or-generated tuned / base | exact copies tuned / base (real) | 8-word span copies tuned / base (real) "
+        "| distinct-2 tuned / base (real) | held-out loss tuned / base | train s | eval s tuned / base "
+        "| beats base: style, who |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for chat, c in chats.items():
         for person, p in c["personas"].items():
@@ -403,6 +411,8 @@ def comparison(chats: dict[str, Any]) -> str:
                 f"| {_pct(t['who_said_it_model'])} / {_pct(b['who_said_it_model'])} ({_pct(t['who_said_it_real'])}) "
                 f"| {_pct(t['real_or_generated'])} / {_pct(b['real_or_generated'])} "
                 f"| {_pct(t['exact_copies'])} / {_pct(b['exact_copies'])} ({_pct(p['real_exact_copies'])}) "
+                f"| {_pct(t['word_span_copies'])} / {_pct(b['word_span_copies'])} ({_pct(p['real']['word_span_copies'])}) "
+                f"| {t['distinct_2']:.2f} / {b['distinct_2']:.2f} ({p['real']['distinct_2']:.2f}) "
                 f"| {_f3(p.get('held_out_loss'))} / {_f3(p.get('base_held_out_loss'))} "
                 f"| {p['train_s'] if p.get('train_s') is not None else '–'} "
                 f"| {p['tuned_eval_s']} / {p['base_eval_s']} "

@@ -1,14 +1,15 @@
 """Training memory: the registry's estimate against the measured peak of Doppel's own loop (CPU).
 
-    python bench/memory.py                                    # tiny and smollm2-135m, lora and full, 8x256 and 8x512
+    python bench/memory.py                                    # tiny and smollm2-135m, lora, qlora and full, 8x256 and 8x512
     python bench/memory.py --models tiny --methods lora --block-sizes 128   # seconds
     python bench/memory.py --models smollm2-135m --saved      # also count what autograd saves for backward
 
 Each case (model x method x block size, batch `--batch-size`) runs in a fresh process, so that
 peaks do not mix: it trains the base with `services.trainer.finetune` (`prepare_model`, then
-`train`) in fp32 on the CPU for `--steps` optimizer steps on windows of exactly `block` tokens
-(the synthetic chat of `bench/synthetic.py`, tokenised by the trainer's own `tokenise` with the
-model's tokenizer, laid end to end and cut: every batch is full width, no padding), and compares
+`train`; QLoRA's base loaded in 4 bits by bitsandbytes) in fp32 on the CPU for `--steps`
+optimizer steps on windows of exactly `block` tokens (the synthetic chat of `bench/synthetic.py`,
+tokenised by the trainer's own `tokenise` with the model's tokenizer, laid end to end and cut:
+every batch is full width, no padding), and compares
 
 * estimate: `registry.training_memory(Shape.of(config), method, batch_size, block_size,
   dtype_bytes=4, scored=1.0, attention_scores=keeps_attention_scores(config, "cpu"))`. The loop
@@ -191,6 +192,7 @@ def _warm_up(config: dict[str, Any], recipe: Any, samples: list[Any], pad_id: in
     """Two steps of the loop on a one-layer model of the same architecture and width, on short
     windows, thrown away: the kernels' code is paged in and the runtime's lazy pools exist before
     the baseline is read, as they would in any process that has trained before."""
+    import torch
     from transformers import CONFIG_MAPPING, AutoModelForCausalLM
 
     from services.trainer import finetune
@@ -198,7 +200,14 @@ def _warm_up(config: dict[str, Any], recipe: Any, samples: list[Any], pad_id: in
 
     small = CONFIG_MAPPING[config["model_type"]].from_dict(config)
     small.num_hidden_layers = 1
-    model = finetune.prepare_model(AutoModelForCausalLM.from_config(small), recipe)
+    model = AutoModelForCausalLM.from_config(small)
+    if recipe.method == "qlora":  # the 4-bit kernels too
+        from services.trainer import quantization
+
+        with tempfile.TemporaryDirectory(prefix="doppel-bench-warm-") as tmp:
+            model.save_pretrained(tmp)
+            model = quantization.load(tmp, torch.device("cpu"), torch.float32)
+    model = finetune.prepare_model(model, recipe)
     short = [Sample(s.input_ids[:32], s.labels[:32]) for s in samples[:4]]
     done: list[int] = []
     finetune.train(model, short, recipe.model_copy(update={"batch_size": 2, "max_steps": 3}), pad_id=pad_id,
@@ -226,7 +235,8 @@ def _run(job: dict[str, Any], out: Any) -> None:
     _trim()
     baseline = _rss()
 
-    base = load_base_model(job["model"], store, cache_dir=cache / "models", seed=recipe.seed, block_size=recipe.block_size)
+    base = load_base_model(job["model"], store, cache_dir=cache / "models", seed=recipe.seed, block_size=recipe.block_size,
+                           quantize_on=torch.device("cpu") if recipe.method == "qlora" else None)
     config = base.model.config.to_dict()
     model = finetune.prepare_model(base.model, recipe)
     _trim()
@@ -315,7 +325,7 @@ def _mb(n: float) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", nargs="+", default=["tiny", "smollm2-135m"], choices=["tiny", "smollm2-135m"])
-    ap.add_argument("--methods", nargs="+", default=["lora", "full"], choices=["lora", "full"])
+    ap.add_argument("--methods", nargs="+", default=["lora", "qlora", "full"], choices=["lora", "qlora", "full"])
     ap.add_argument("--block-sizes", nargs="+", type=int, default=[256, 512])
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--steps", type=int, default=2, help="optimizer steps per case (default 2: the second carries "

@@ -33,7 +33,8 @@ from doppel.layout import model_prefix
 from doppel.store.base import Store
 from doppel.store.mirror import mirror
 
-Method = Literal["lora", "full"]
+Method = Literal["lora", "qlora", "full"]
+ADAPTERS: tuple[Method, ...] = ("lora", "qlora")  # methods whose published model is an adapter on its base
 Schedule = Literal["constant", "linear", "cosine"]
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
 MANIFEST = "manifest.json"
@@ -178,6 +179,11 @@ class ModelManifest(BaseModel):
     created_at: datetime = Field(default_factory=lambda: datetime.now(UTC))
     size_bytes: int = 0
     files: list[str] = Field(default_factory=list)
+
+    @property
+    def is_adapter(self) -> bool:
+        """An adapter to load on its base (LoRA, or QLoRA: served on the full-precision base)."""
+        return self.method in ADAPTERS
 
 
 MODELS: Catalog[ModelManifest] = Catalog(ModelManifest, kind="model", root="models/", record=MANIFEST)

@@ -98,7 +98,8 @@ def test_fidelity_bench_prints_its_figures(tmp_path: Path) -> None:
                 assert f["style"] and set(f["style"]) == set(p["person_style"])
             for key in ("train_s", "tuned_eval_s", "base_eval_s"):
                 assert math.isfinite(p[key]) and p[key] > 0, key
-            assert 0 <= p["real_exact_copies"] <= 1
+            assert 0 <= p["real_exact_copies"] == p["real"]["exact_copies"] <= 1
+            assert 0 < p["real"]["distinct_2"] <= 1
             assert isinstance(p["beats_base_style"], bool) and isinstance(p["beats_base_who_said_it"], bool)
     topics = figures["chats"]["hard"]["personas"]["Tomasz Wilk"]["topics"]  # the hard chat's own figure
     for key in ("real_same_topic", "tuned_same_topic", "base_same_topic", "tuned_with_topic", "base_with_topic"):

@@ -35,8 +35,9 @@ def test_names_and_values_leave_out_unspecified_and_keep_the_proto_order():
 def test_value_takes_any_case_and_lists_the_names_when_it_does_not_know_one():
     assert enums.value(tr.Method, "full") == tr.METHOD_FULL
     assert enums.value(ingest_pb2.ExportFormat, " WhatsApp ") == ingest_pb2.EXPORT_FORMAT_WHATSAPP
-    with pytest.raises(ValueError, match=r"^'qlora' is not a Method; use one of lora, full$"):
-        enums.value(tr.Method, "qlora")
+    assert enums.value(tr.Method, "QLoRA") == tr.METHOD_QLORA
+    with pytest.raises(ValueError, match=r"^'dora' is not a Method; use one of lora, full, qlora$"):
+        enums.value(tr.Method, "dora")
     with pytest.raises(ValueError):
         enums.value(tr.Method, "unspecified")
 

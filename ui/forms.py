@@ -108,7 +108,7 @@ def training_spec(
         dataset_id=dataset_id or "",
         speakers=list(speakers),
         base_model=(base_model or "").strip(),
-        method=tr.METHOD_FULL if method == "full" else tr.METHOD_LORA,
+        method=enums.value(tr.Method, method or "lora"),
         preset=preset or "default",
         model_name=(model_name or "").strip(),
     )
@@ -119,7 +119,7 @@ def training_spec(
         "sample_every": number(sample_every, "Sample every", int), "seed": number(seed, "Seed", int),
         "lr_schedule": SCHEDULES.get(lr_schedule or ""),
     })
-    if spec.method == tr.METHOD_LORA:
+    if spec.method != tr.METHOD_FULL:
         _set(spec.lora, {"rank": number(lora_rank, "LoRA rank", int)})
     return spec
 

@@ -148,7 +148,8 @@ class TrainTab:
             with gr.Row():
                 base = gr.Dropdown(label="Base model", choices=[], value=None, allow_custom_value=True,
                                    info="a name, a local path or a hub id in the cache", elem_id="train-base")
-                method = gr.Radio(label="Method", choices=[("LoRA adapter", "lora"), ("all weights", "full")],
+                method = gr.Radio(label="Method", choices=[("LoRA adapter", "lora"), ("QLoRA (4-bit base)", "qlora"),
+                                                                   ("all weights", "full")],
                                   value="lora")
                 preset = gr.Radio(label="Preset", choices=[(label, name) for name, label in views.PRESETS.items()],
                                   value="quick-cpu", elem_id="train-preset")

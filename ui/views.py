@@ -63,7 +63,7 @@ def state_name(value: int) -> str:
 
 
 def method_name(value: int) -> str:
-    return "full" if value == tr.METHOD_FULL else "lora"  # unset is the service's default, LoRA
+    return enums.name(tr.Method, value) if value else "lora"  # unset is the service's default, LoRA
 
 
 # --- datasets ---------------------------------------------------------------------------------

@@ -36,7 +36,7 @@ def train(
     dataset: Annotated[str, typer.Option("--dataset", help="Dataset id (see `doppel datasets list`).")],
     persona: Annotated[list[str], typer.Option("--persona", help="Speaker to learn (repeatable: a group model).")],
     base_model: Annotated[str, typer.Option("--base-model", help="smollm2-135m, tiny, a local path, store key or hub id.")] = "",
-    method: Annotated[str, typer.Option("--method", help="lora or full.")] = "lora",
+    method: Annotated[str, typer.Option("--method", help="lora, qlora (LoRA on a 4-bit base) or full.")] = "lora",
     preset: Annotated[str, typer.Option("--preset", help="default, quick-cpu or quality.")] = "",
     name: Annotated[str, typer.Option("--name", help="Name of the model; default: the personas.")] = "",
     steps: Annotated[int | None, typer.Option("--steps", help="Stop after this many optimizer steps.")] = None,
@@ -67,7 +67,7 @@ def train(
 
     methods = enums.values(tr.Method)
     if method not in methods:
-        fail(f"--method must be {' or '.join(methods)}, not {method!r}", 2)
+        fail(f"--method must be one of {', '.join(methods)}, not {method!r}", 2)
     schedules = enums.values(tr.LrSchedule)
     precisions = {"auto": tr.PRECISION_UNSPECIFIED, **enums.values(tr.Precision)}
     if schedule and schedule not in schedules:

@@ -219,7 +219,7 @@ class ModelCache:
         try:
             manifest = MODELS.get(self.store, model_id)  # NotFound naming the id
             folder = model_folder(self.store, manifest, self.cache_dir)
-            load = self._load_adapter if manifest.method == "lora" else self._load_full
+            load = self._load_adapter if manifest.is_adapter else self._load_full
             return load(manifest, folder)
         except DoppelError:
             raise

@@ -255,7 +255,7 @@ class Serving:
 
 
 def _info(m: Any, s: Served | None) -> ServedInfo:
-    return ServedInfo(m.id, m.base_model, m.method == "lora", tuple(m.speakers), tuple(m.participants),
+    return ServedInfo(m.id, m.base_model, m.is_adapter, tuple(m.speakers), tuple(m.participants),
                       loaded=s is not None, memory_bytes=s.memory_bytes if s else 0, last_used=s.last_used if s else None)
 
 

@@ -41,6 +41,7 @@ from doppel.store.base import Store, validate_prefix
 from doppel.store.mirror import locked, mirror
 from doppel.tiny import SPECIAL, tiny_model
 
+from . import quantization
 from .hub import PullProgress, pull
 from .registry import BY_HUB_ID, BY_NAME, CURATED, Shape
 
@@ -104,6 +105,7 @@ class LoadedBase:
     name: str  # as asked
     source: str  # for the model manifest: "registry:tiny", "store:<prefix>", "path:/abs/dir", "hub:<id>"
     store_prefix: str | None  # where the weights live in the store, if they do
+    written: Path | None = None  # `tiny`'s full-precision files, when written out to load it in 4 bits
 
 
 def list_base_models() -> list[BaseModelInfo]:
@@ -253,10 +255,13 @@ def _convert_smollm2(store: Store, cache_dir: Path) -> None:
             store.put_file(SMOLLM2_PREFIX + path.relative_to(tmp).as_posix(), path)
 
 
-def _from_pretrained(where: str, dtype: torch.dtype) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+def _from_pretrained(where: str | Path, dtype: torch.dtype,
+                     quantize_on: torch.device | None = None) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(where, local_files_only=True)
+    if quantize_on is not None:
+        return quantization.load(where, quantize_on, dtype), tokenizer
     model = AutoModelForCausalLM.from_pretrained(where, local_files_only=True, dtype=dtype)
     return model, tokenizer
 
@@ -297,17 +302,29 @@ def load_base_model(
     block_size: int = 512,
     dtype: torch.dtype = torch.float32,
     progress: Callable[[PullProgress], None] = lambda p: None,
+    quantize_on: torch.device | None = None,
+    scratch: Path | None = None,
 ) -> LoadedBase:
     """Load a base model on the CPU, pulling a curated one not in the store yet (`progress` follows
-    that); `texts`, `seed` and `block_size` only matter for `tiny`."""
+    that); `texts`, `seed` and `block_size` only matter for `tiny`. With `quantize_on`, load it
+    there with its projections in 4 bits (QLoRA, `quantization.py`); `tiny`, which has no files,
+    is first written under `scratch`."""
     kind, where = _resolve(name, store)
     cache_dir = Path(cache_dir)
     prefix: str | None = None
+    written: Path | None = None
     model: PreTrainedModel
     tokenizer: PreTrainedTokenizerBase
     if kind == "registry" and where == "tiny":
         model, tokenizer = tiny_model(texts, seed=seed, block_size=block_size)
         model = model.to(dtype)  # type: ignore[arg-type]  # stub: @wraps(Module.to) loses the bound self
+        if quantize_on is not None:
+            if scratch is None:
+                raise ValueError("loading tiny in 4 bits needs a scratch folder to write it to")
+            written = Path(scratch) / "tiny"
+            model.save_pretrained(written)
+            tokenizer.save_pretrained(written)
+            model, tokenizer = _from_pretrained(written, dtype, quantize_on)
         source = "registry:tiny"
     else:
         if kind == "registry":  # smollm2-135m: the original weights when they can be had, else the GGUF's
@@ -323,7 +340,7 @@ def load_base_model(
             else:
                 prefix = where
             where = str(mirror(store, prefix, cache_dir / "store" / prefix))
-        model, tokenizer = _from_pretrained(where, dtype)
+        model, tokenizer = _from_pretrained(where, dtype, quantize_on)
         source = f"store:{prefix}" if prefix else f"{kind}:{where}"
     _ensure_pad(model, tokenizer)
-    return LoadedBase(model=model, tokenizer=tokenizer, name=name, source=source, store_prefix=prefix)
+    return LoadedBase(model=model, tokenizer=tokenizer, name=name, source=source, store_prefix=prefix, written=written)

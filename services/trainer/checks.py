@@ -14,7 +14,7 @@ from doppel.dataset import DatasetManifest
 from doppel.errors import FailedPrecondition, InvalidArgument
 from doppel.store.base import Store
 
-from . import basemodels
+from . import basemodels, quantization
 from .recipe import MIN_MESSAGES, Recipe, TrainRequest, parse_request, resolve
 
 
@@ -47,4 +47,6 @@ def check_request(store: Store, data: dict[str, Any] | TrainRequest, *, min_mess
                 f"{s!r} has {participants[s]} messages in dataset {manifest.id!r}; training needs at least {min_messages}"
             )
     basemodels.check_base_model(recipe.base_model, store)
+    if recipe.method == "qlora":
+        quantization.check()
     return Checked(request, recipe, manifest)

@@ -68,7 +68,7 @@ def load_model(store: Store, manifest: ModelManifest, cache_dir: Path) -> tuple[
 
     folder = model_folder(store, manifest, cache_dir)
     tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
-    if manifest.method == "lora":
+    if manifest.is_adapter:
         from peft import PeftModel
 
         weights = AutoModelForCausalLM.from_pretrained(base_folder(store, manifest, folder, cache_dir),
@@ -83,7 +83,7 @@ def load_model(store: Store, manifest: ModelManifest, cache_dir: Path) -> tuple[
 @contextlib.contextmanager
 def _base_alone(store: Store, manifest: ModelManifest, model: Any, cache_dir: Path) -> Iterator[Any]:
     """The model's base without what training changed: the adapter switched off, or a full model's base loaded."""
-    if manifest.method == "lora":
+    if manifest.is_adapter:
         with model.disable_adapter():
             yield model
         return

@@ -84,8 +84,16 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     return torch.bfloat16
 
 
+def weights_dtype(recipe: Recipe, device: torch.device) -> torch.dtype:
+    """The dtype to load the base in: a frozen base (LoRA, QLoRA's unquantized parts) in the
+    autocast dtype, since only the adapters need fp32; a fully trained one in fp32, the master
+    weights of mixed precision."""
+    cast = autocast_dtype(recipe.precision, device)
+    return cast if cast is not None and recipe.method != "full" else torch.float32
+
+
 def prepare_model(model: Any, recipe: Recipe) -> Any:
-    """The model to train: wrapped in a LoRA adapter, or every weight trainable."""
+    """The model to train: wrapped in a LoRA adapter (on a 4-bit base for QLoRA), or every weight trainable."""
     if recipe.gradient_checkpointing:
         model.gradient_checkpointing_enable()
         model.config.use_cache = False

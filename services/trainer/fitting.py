@@ -1,13 +1,14 @@
-"""Whether a run fits its device: gradient checkpointing chosen from the memory estimate when not asked for.
+"""Whether a run fits its device: what a request left open is chosen from the memory estimate.
 
-A run that does not say whether to checkpoint (`Recipe.gradient_checkpointing` None) gets it when
-the registry's estimate of a training step (registry.training_memory) does not fit in the memory
-the device has free and the checkpointed estimate does: a third slower, but it runs instead of
-running out of memory. A base whose architecture the estimate does not know is left as asked.
+The registry's estimate of a training step (registry.training_memory) against the memory the
+device has free: gradient checkpointing when the run does not say (a third slower, but it runs
+instead of running out of memory), then a smaller batch with more accumulation when the preset's
+batch is what does not fit. A base whose architecture the estimate does not know is left as asked.
 """
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,9 +17,10 @@ import torch
 from doppel.errors import InvalidArgument
 from doppel.model import Recipe
 
-from .registry import Method, Shape, keeps_attention_scores, training_memory
+from .registry import Shape, keeps_attention_scores, training_memory
 
 HEADROOM = 0.9  # the share of free memory a run may plan to use
+FITTED = ("gradient_checkpointing", "batch_size", "gradient_accumulation_steps")  # what `fit` may choose
 
 
 @dataclass(frozen=True)
@@ -38,24 +40,44 @@ def device(where: torch.device) -> Device:
     return Device("CPU", kib.get("MemAvailable", 0), kib.get("MemTotal", 0))
 
 
-def checkpointing(config: dict[str, Any], recipe: Recipe, found: Device, *, dtype_bytes: int,
-                  device_type: str = "cuda") -> tuple[bool, str]:
-    """(whether to checkpoint, why — empty when nothing needed saying) for a recipe that left it open."""
+def fit(config: dict[str, Any], recipe: Recipe, found: Device, *, dtype_bytes: int, device_type: str = "cuda",
+        asked: Collection[str] = ()) -> tuple[Recipe, list[str]]:
+    """`recipe` with what it left open chosen to fit `found`, and what was chosen, said.
+
+    Gradient checkpointing, when unset, goes on only if a step would not fit without it. If one
+    would still not fit and the request named neither `batch_size` nor
+    `gradient_accumulation_steps` (`asked`: the fields it set; a preset's values are not asked
+    for), the batch is halved and the accumulation doubled until it fits: the same samples a step,
+    less memory at once.
+    """
     try:
         shape = Shape.of(config)
     except (InvalidArgument, KeyError, ValueError):
-        return False, ""
-    method: Method = "full" if recipe.method == "full" else "lora"
-    plain, lean = (training_memory(shape, method, batch_size=recipe.batch_size, block_size=recipe.block_size,
-                                   dtype_bytes=dtype_bytes, checkpointing=c,
-                                   attention_scores=keeps_attention_scores(config, device_type)) for c in (False, True))
-    room = int(found.free_bytes * HEADROOM)
-    gib = 2**30
-    if plain <= room:
-        return False, ""
-    if lean <= room:
-        return True, (f"a training step needs about {plain / gib:.1f} GiB and {found.name} has {found.free_bytes / gib:.1f} "
-                      f"GiB free: gradient checkpointing on (about {lean / gib:.1f} GiB)")
-    return True, (f"a training step needs about {lean / gib:.1f} GiB even with gradient checkpointing and {found.name} "
-                  f"has {found.free_bytes / gib:.1f} GiB free: it may run out of memory (a smaller batch or block "
-                  "size, LoRA, or a smaller base would fit)")
+        return recipe.model_copy(update={"gradient_checkpointing": bool(recipe.gradient_checkpointing)}), []
+    scores = keeps_attention_scores(config, device_type)
+
+    def need(batch: int, checkpoint: bool) -> int:
+        return training_memory(shape, recipe.method, batch_size=batch, block_size=recipe.block_size,
+                               dtype_bytes=dtype_bytes, checkpointing=checkpoint, attention_scores=scores)
+
+    room, gib, said = int(found.free_bytes * HEADROOM), 2**30, []
+    where = f"{found.name} has {found.free_bytes / gib:.1f} GiB free"
+    checkpoint, batch, accum = recipe.gradient_checkpointing, recipe.batch_size, recipe.gradient_accumulation_steps
+    if checkpoint is None:
+        checkpoint = need(batch, False) > room
+        if checkpoint:
+            said.append(f"a training step needs about {need(batch, False) / gib:.1f} GiB and {where}: gradient "
+                        f"checkpointing on (about {need(batch, True) / gib:.1f} GiB)")
+    if need(batch, checkpoint) > room and not {"batch_size", "gradient_accumulation_steps"} & set(asked):
+        while batch > 1 and batch % 2 == 0 and need(batch, checkpoint) > room:
+            batch, accum = batch // 2, accum * 2
+        if batch != recipe.batch_size:
+            said.append(f"batch size {recipe.batch_size} -> {batch} with {accum} forward passes a step (the same "
+                        f"{batch * accum} samples a step) to fit: about {need(batch, checkpoint) / gib:.1f} GiB")
+    if need(batch, checkpoint) > room:
+        said.append(f"a training step needs about {need(batch, checkpoint) / gib:.1f} GiB"
+                    + (" even with gradient checkpointing" if checkpoint else "") + f" and {where}: it may run out "
+                    "of memory (a smaller batch or block size, QLoRA or LoRA, or a smaller base would fit)")
+    fitted = recipe.model_copy(update={"gradient_checkpointing": checkpoint, "batch_size": batch,
+                                       "gradient_accumulation_steps": accum})
+    return fitted, said

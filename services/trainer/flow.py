@@ -38,7 +38,7 @@ from doppel.store import open_store
 from doppel.store.base import Store
 from doppel.transcript import Transcript
 
-from . import basemodels, fidelity, finetune, fitting, models, previews, runs
+from . import basemodels, fidelity, finetune, fitting, models, previews, quantization, runs
 from .checks import check_request
 from .hub import PullProgress
 from .recipe import Recipe, TrainRequest
@@ -68,8 +68,10 @@ def build_samples(conversations: list[Conversation], recipe: Recipe) -> Split:
 
 
 @task(**STORE_RETRIES)
-def load_base(store: Store, recipe: Recipe, split: Split, cache_dir: Path, say: Callable[[str], object]) -> basemodels.LoadedBase:
-    """The base model, pulled from the hub first if it is a curated one not in the store (said every tenth)."""
+def load_base(store: Store, recipe: Recipe, split: Split, cache_dir: Path, say: Callable[[str], object],
+              device: torch.device, scratch: Path) -> basemodels.LoadedBase:
+    """The base model, pulled from the hub first if it is a curated one not in the store (said every
+    tenth); for QLoRA loaded on `device` in 4 bits, else on the CPU."""
     texts = (t.text for s in split.train for t in s.turns)
     said = ("", -1)
 
@@ -82,7 +84,8 @@ def load_base(store: Store, recipe: Recipe, split: Split, cache_dir: Path, say: 
 
     return basemodels.load_base_model(
         recipe.base_model, store, cache_dir=cache_dir, texts=texts, seed=recipe.seed, block_size=recipe.block_size,
-        progress=pulling,
+        progress=pulling, dtype=finetune.weights_dtype(recipe, device),
+        quantize_on=device if recipe.method == "qlora" else None, scratch=scratch,
     )
 
 
@@ -204,6 +207,7 @@ def _train(settings: Settings, store: Store, log: RunLog) -> str:
     record, logger = log.record, get_run_logger()
     log.say("checking the request")
     checked = check_request(store, record.request)
+    previous = record.recipe  # a retried run's, as its first attempt fitted it to the device
     recipe = record.recipe = checked.recipe
     log.say("loading the dataset")
     conversations = load_dataset(store, recipe.dataset_id)
@@ -211,25 +215,29 @@ def _train(settings: Settings, store: Store, log: RunLog) -> str:
     split = build_samples(conversations, recipe)
     participants = list(checked.dataset.stats.participants)
     del conversations
-    log.say(f"loading base model {recipe.base_model}")
-    base = load_base(store, recipe, split, settings.home / "cache", log.say)
-    transcript = Transcript(base.tokenizer, recipe.speakers)
-    log.say("tokenising")
-    train, held_out = tokenise_samples(split, transcript, recipe.block_size)
-    pad_id = base.tokenizer.pad_token_id
     device = finetune.device_for()
-    if recipe.gradient_checkpointing is None:
-        chosen, why = fitting.checkpointing(base.model.config.to_dict(), recipe, fitting.device(device),
-                                            dtype_bytes=4 if finetune.autocast_dtype(recipe.precision, device) is None else 2,
-                                            device_type=device.type)
-        recipe = record.recipe = recipe.model_copy(update={"gradient_checkpointing": chosen})
-        if why:
-            log.say(why)
-    base.model.to(device)  # type: ignore[arg-type]  # stub: @wraps(Module.to) loses the bound self
-    base_loss, _ = finetune.held_out_loss(base.model, held_out, pad_id=pad_id)
     with tempfile.TemporaryDirectory(prefix="doppel-run-") as tmp:
-        base_folder = None
-        if recipe.method == "lora" and base.store_prefix is None and base.source.startswith("registry:"):
+        log.say(f"loading base model {recipe.base_model}" + (" in 4 bits" if recipe.method == "qlora" else ""))
+        base = load_base(store, recipe, split, settings.home / "cache", log.say, device, Path(tmp))
+        transcript = Transcript(base.tokenizer, recipe.speakers)
+        log.say("tokenising")
+        train, held_out = tokenise_samples(split, transcript, recipe.block_size)
+        pad_id = base.tokenizer.pad_token_id
+        if previous is None or previous.gradient_checkpointing is None:  # not fitted yet (fitting sets it)
+            asked = {k for k, v in checked.request.hyperparameters.model_dump().items() if v is not None}
+            recipe, said = fitting.fit(base.model.config.to_dict(), recipe, fitting.device(device), asked=asked,
+                                       dtype_bytes=4 if finetune.autocast_dtype(recipe.precision, device) is None else 2,
+                                       device_type=device.type)
+            for line in said:
+                log.say(line)
+        else:  # fitted as before, so that a checkpoint resumes with the batches it was made with
+            recipe = recipe.model_copy(update={k: getattr(previous, k) for k in fitting.FITTED})
+        record.recipe = recipe
+        if not quantization.is_quantized(base.model):  # a 4-bit base is loaded on its device
+            base.model.to(device)  # type: ignore[arg-type]  # stub: @wraps(Module.to) loses the bound self
+        base_loss, _ = finetune.held_out_loss(base.model, held_out, pad_id=pad_id)
+        base_folder = base.written
+        if base_folder is None and recipe.method != "full" and base.store_prefix is None and base.source.startswith("registry:"):
             base_folder = Path(tmp) / "base"  # nowhere else holds these weights: publish them with the adapter
             base.model.save_pretrained(base_folder)
             base.tokenizer.save_pretrained(base_folder)

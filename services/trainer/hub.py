@@ -146,12 +146,18 @@ class _Quiet:
         pass
 
 
+class Cancelled(DoppelError):
+    """The pull was stopped by its caller; what was downloaded stays staged for the next pull."""
+
+
 def pull(store: Store, hub_id: str, *, cache_dir: Path, revision: str | None = None, name: str | None = None,
-         token: str | None = None, progress: Callable[[PullProgress], None] = lambda p: None) -> BaseManifest:
+         token: str | None = None, progress: Callable[[PullProgress], None] = lambda p: None,
+         should_stop: Callable[[], bool] = lambda: False) -> BaseManifest:
     """Pull `hub_id` at `revision` (default: main) into `base-models/<name>/`; its manifest.
 
     A base of that name pulled from the same commit is returned as it is; another of that name is
-    AlreadyExists (choose another name, or delete it).
+    AlreadyExists (choose another name, or delete it). `should_stop` is asked as bytes arrive and
+    before anything is stored: true stops the pull with Cancelled, storing nothing.
     """
     from huggingface_hub import HfApi, hf_hub_download
 
@@ -178,17 +184,26 @@ def pull(store: Store, hub_id: str, *, cache_dir: Path, revision: str | None = N
     staging = Path(cache_dir) / "hub" / f"{name}@{sha}"
     done = 0
 
+    def stop_if_asked() -> None:
+        if should_stop():
+            raise Cancelled(f"the pull of {hub_id} was cancelled at {done:,} of {total:,} bytes; "
+                            "pulling it again downloads the rest")
+
     def bytes_in(n: int) -> None:
         nonlocal done
         done += n
+        stop_if_asked()
         progress(PullProgress(f"downloading {hub_id}", done, total))
 
     bar = _counting(bytes_in)
     try:
         for filename in files:
             hf_hub_download(hub_id, filename, revision=sha, local_dir=staging, token=token, tqdm_class=bar)
+    except Cancelled:
+        raise
     except Exception as e:
         raise _hub_error(e, hub_id, revision) from e
+    stop_if_asked()
     manifest = describe(staging, files, id=name, source=f"hub:{hub_id}@{sha}", hub_id=hub_id, revision=sha,
                         license=_license(info))
     progress(PullProgress(f"storing {name}", total, total))

@@ -63,7 +63,7 @@ class TrainRequest(BaseModel):
     dataset_id: str = Field(description="Dataset to train on.")
     speakers: list[str] = Field(description="Speakers the model learns: one is a persona, several a group model.")
     base_model: str = Field(DEFAULT_BASE, description="Registry name, local path, store key or hub id.")
-    method: Method = Field("lora", description="LoRA adapter or full fine-tuning.")
+    method: Method = Field("lora", description="LoRA adapter, QLoRA (LoRA on a 4-bit base) or full fine-tuning.")
     preset: str = Field("default", description="Named recipe whose values fill what is unset.")
     model_name: str = Field("", description="Name of the published model; empty: from the speakers.")
     lora: LoraSettings = Field(default_factory=LoraSettings)

@@ -8,8 +8,9 @@ and Llama 3.2 (gated: accept its license on the Hub and set HF_TOKEN).
 
 Memory of a training step, in bytes (`training_memory`):
 
-* weights: parameters x bytes per parameter of the training dtype (QLoRA: 4-bit blocks, ~0.56 byte
-  each with their scales), plus, for LoRA, the adapters in fp32;
+* weights: parameters x bytes per parameter of the training dtype (QLoRA: the projections in 4-bit
+  blocks, ~0.56 byte a weight with their scales, the embeddings and norms in the training dtype),
+  plus, for LoRA and QLoRA, the adapters in fp32;
 * gradients and AdamW state of what is trained: 4 + 8 bytes per trained parameter (fp32), and
   an fp32 master copy under mixed precision for full training;
 * activations of one micro-batch of `batch x block` tokens, per layer, in the training dtype: what
@@ -34,11 +35,11 @@ yet on a GPU.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 from doppel.errors import InvalidArgument
+from doppel.model import Method
 
-Method = Literal["lora", "qlora", "full"]
 # Architectures (config.json `model_type`) the trainer fine-tunes and the engine serves: GPT-2, and
 # the Llama family (SmolLM2, Llama 3, Qwen2/2.5 and Mistral share its layout).
 LLAMA_LIKE = ("llama", "qwen2", "mistral")
@@ -186,7 +187,8 @@ def training_memory(shape: Shape, method: Method, *, batch_size: int, block_size
         states = trained * (4 + 8) + (trained * 4 if dtype_bytes < 4 else 0)  # grads, AdamW, fp32 master copy
     else:
         trained = shape.lora_parameters()
-        weights = (p * 9 // 16 if method == "qlora" else p * dtype_bytes) + trained * 4
+        quantized = shape.layers * sum(a * b for a, b in shape.projections) if method == "qlora" else 0
+        weights = quantized * 9 // 16 + (p - quantized) * dtype_bytes + trained * 4
         states = trained * (4 + 8)
     tokens = batch_size * block_size
     kept = 8 * shape.hidden + 2 * shape.kv_width + 4 * shape.intermediate  # values per token a layer keeps

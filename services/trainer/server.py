@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import tempfile
+import threading
 import time
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
@@ -169,6 +170,7 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
         hub_id = entry.hub_id if entry else request.model
         name = request.name or (entry.name if entry else "")
         loop, events = asyncio.get_running_loop(), asyncio.Queue[hub.PullProgress | None]()
+        stop = threading.Event()  # the caller went away: the download stops with it
 
         def report(p: hub.PullProgress) -> None:
             loop.call_soon_threadsafe(events.put_nowait, p)
@@ -176,17 +178,21 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
         def work() -> BaseManifest:
             try:
                 return hub.pull(self.store, hub_id, cache_dir=self.settings.home / "cache", revision=request.revision or None,
-                                name=name or None, progress=report)
+                                name=name or None, progress=report, should_stop=stop.is_set)
             finally:
                 loop.call_soon_threadsafe(events.put_nowait, None)
 
         pulling = asyncio.ensure_future(asyncio.to_thread(work))
         last = 0.0
-        while (p := await events.get()) is not None:
-            if p.done_bytes < p.total_bytes and time.monotonic() - last < PROGRESS_S:
-                continue  # a byte count at most every PROGRESS_S; every message and the end get through
-            last = time.monotonic()
-            yield trainer_pb2.PullBaseModelResponse(message=p.message, done_bytes=p.done_bytes, total_bytes=p.total_bytes)
+        try:
+            while (p := await events.get()) is not None:
+                if p.done_bytes < p.total_bytes and time.monotonic() - last < PROGRESS_S:
+                    continue  # a byte count at most every PROGRESS_S; every message and the end get through
+                last = time.monotonic()
+                yield trainer_pb2.PullBaseModelResponse(message=p.message, done_bytes=p.done_bytes, total_bytes=p.total_bytes)
+        finally:
+            stop.set()
+            pulling.add_done_callback(lambda f: f.cancelled() or f.exception())  # a caller that left reads no error
         manifest = await pulling
         yield trainer_pb2.PullBaseModelResponse(message=f"stored as {manifest.id}", done_bytes=manifest.size_bytes,
                                                 total_bytes=manifest.size_bytes, base_model=await self._base(manifest.id))

@@ -1,4 +1,4 @@
-"""Gradient checkpointing chosen from the memory estimate when a run leaves it open (services/trainer/fitting.py)."""
+"""What a run leaves open, chosen from the memory estimate to fit its device (services/trainer/fitting.py)."""
 
 from __future__ import annotations
 
@@ -26,15 +26,35 @@ def test_checkpointing_goes_on_only_when_the_step_would_not_fit_otherwise():
     assert lean < plain
 
     roomy = fitting.Device("big GPU", free_bytes=2 * plain, total_bytes=2 * plain)
-    assert fitting.checkpointing(QWEN, recipe, roomy, dtype_bytes=2) == (False, "")
+    assert fitting.fit(QWEN, recipe, roomy, dtype_bytes=2) == (recipe.model_copy(update={"gradient_checkpointing": False}), [])
     tight = fitting.Device("small GPU", free_bytes=(lean + plain) // 2, total_bytes=plain)
-    on, why = fitting.checkpointing(QWEN, recipe, tight, dtype_bytes=2)
-    assert on and why.startswith(f"a training step needs about {plain / GIB:.1f} GiB and small GPU has")
+    fitted, (why,) = fitting.fit(QWEN, recipe, tight, dtype_bytes=2)
+    assert fitted == recipe.model_copy(update={"gradient_checkpointing": True})
+    assert why.startswith(f"a training step needs about {plain / GIB:.1f} GiB and small GPU has")
     assert why.endswith(f"gradient checkpointing on (about {lean / GIB:.1f} GiB)")
-    tiny = fitting.Device("tiny GPU", free_bytes=lean // 2, total_bytes=lean // 2)
-    on, why = fitting.checkpointing(QWEN, recipe, tiny, dtype_bytes=2)
-    assert on and "even with gradient checkpointing" in why and "may run out of memory" in why
-    assert fitting.checkpointing({"model_type": "mamba"}, recipe, tiny, dtype_bytes=2) == (False, "")  # unknown: as asked
+    asked = _recipe(batch_size=8, block_size=512, gradient_checkpointing=False)  # asked for: left as it is
+    kept, (warning,) = fitting.fit(QWEN, asked, tight, dtype_bytes=2, asked={"gradient_checkpointing", "batch_size"})
+    assert kept == asked and "may run out of memory" in warning
+    unknown = fitting.fit({"model_type": "mamba"}, recipe, tight, dtype_bytes=2)  # no estimate: as asked
+    assert unknown == (recipe.model_copy(update={"gradient_checkpointing": False}), [])
+
+
+def test_a_preset_batch_that_does_not_fit_is_split_into_accumulated_passes():
+    recipe = _recipe(batch_size=8, block_size=512, gradient_accumulation_steps=2)
+    shape = BY_NAME["qwen2.5-0.5b-instruct"].shape
+    need = {b: training_memory(shape, "full", batch_size=b, block_size=512, dtype_bytes=2, checkpointing=True) for b in (8, 4, 2)}
+    room = (need[4] + need[2]) // 2
+    small = fitting.Device("small GPU", free_bytes=int(room / fitting.HEADROOM), total_bytes=room * 2)
+    fitted, said = fitting.fit(QWEN, recipe, small, dtype_bytes=2)
+    assert (fitted.batch_size, fitted.gradient_accumulation_steps, fitted.gradient_checkpointing) == (2, 8, True)
+    assert said[-1] == f"batch size 8 -> 2 with 8 forward passes a step (the same 16 samples a step) to fit: about {need[2] / GIB:.1f} GiB"
+    for asked in ({"batch_size"}, {"gradient_accumulation_steps"}):  # the request's own batch is kept, with a warning
+        kept, said = fitting.fit(QWEN, recipe, small, dtype_bytes=2, asked=asked)
+        assert (kept.batch_size, kept.gradient_accumulation_steps) == (8, 2) and "may run out of memory" in said[-1]
+    none = fitting.Device("no room", free_bytes=1, total_bytes=1)
+    fitted, said = fitting.fit(QWEN, recipe, none, dtype_bytes=2)
+    assert fitted.batch_size == 1 and fitted.gradient_accumulation_steps == 16
+    assert "even with gradient checkpointing" in said[-1] and "QLoRA or LoRA" in said[-1]
 
 
 def test_the_cpu_reports_its_available_memory():

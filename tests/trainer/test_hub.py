@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import time
 import types
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,7 +15,7 @@ from doppel.bases import BASES
 from doppel.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from doppel.store import open_store
 from doppel.store.base import Store
-from services.trainer.hub import PullProgress, default_name, pull
+from services.trainer.hub import Cancelled, PullProgress, default_name, pull
 from support.hubserver import tiny_repo_files
 
 REPO = "doppel-test/Tiny-GPT2"
@@ -114,6 +115,28 @@ def test_a_dropped_connection_is_resumed_where_it_stopped(hub, store, tiny_files
     assert first.dropped and (second.status, second.range_start) == (206, 2 * CHUNK)
     assert store.get("base-models/tiny-gpt2/model.safetensors") == tiny_files["model.safetensors"]
     assert max(p.done_bytes for p in seen) == manifest.size_bytes  # the resumed bytes are not counted twice
+
+
+def test_a_cancelled_pull_stops_downloading_stores_nothing_and_resumes_later(hub, store, tiny_files, tmp_path, monkeypatch):
+    monkeypatch.setattr(constants, "DOWNLOAD_CHUNK_SIZE", CHUNK)
+    hub.add_repo(REPO, tiny_files)
+    seen: list[PullProgress] = []
+    with pytest.raises(Cancelled, match=r"cancelled at [\d,]+ of [\d,]+ bytes; pulling it again downloads the rest"):
+        pull(store, REPO, cache_dir=tmp_path / "cache", progress=seen.append,
+             should_stop=lambda: any(p.done_bytes >= CHUNK for p in seen))
+    deadline = time.monotonic() + 10
+    while not hub.downloads(REPO, "model.safetensors") and time.monotonic() < deadline:
+        time.sleep(0.05)  # the stand-in logs a request once it has done with it: when it sees the hang-up
+    (first,) = hub.downloads(REPO, "model.safetensors")
+    assert first.status == 200 and not list(store.list("base-models/"))
+    assert 0 < max(p.done_bytes for p in seen) < len(tiny_files["model.safetensors"])  # it stopped mid-file
+    finished = [n for n in tiny_files if n != "model.safetensors" and hub.downloads(REPO, n)]
+
+    manifest = pull(store, REPO, cache_dir=tmp_path / "cache")
+    assert len(hub.downloads(REPO, "model.safetensors")) == 2
+    assert finished and all(len(hub.downloads(REPO, n)) == 1 for n in finished)  # whole files are not fetched again
+    assert store.get("base-models/tiny-gpt2/model.safetensors") == tiny_files["model.safetensors"]
+    assert manifest.size_bytes == sum(len(b) for b in tiny_files.values() if not isinstance(b, str))
 
 
 def test_the_catalog_lists_built_in_stored_and_curated_bases_with_memory(hub, store, tiny_files, tmp_path):

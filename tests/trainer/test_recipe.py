@@ -97,7 +97,7 @@ def test_empty_base_model_means_the_default() -> None:
         ({"hyperparameters": {"lr_schedule": "step"}}, "hyperparameters.lr_schedule"),
         ({"hyperparameters": {"batchsize": 4}}, "hyperparameters.batchsize"),
         ({"lora": {"rank": 0}}, "lora.rank"),
-        ({"method": "qlora"}, "method"),
+        ({"method": "dora"}, "method"),
         ({"dataset_id": None}, "dataset_id"),
     ],
 )

@@ -15,6 +15,7 @@ import sys
 import time
 import uuid
 from dataclasses import replace
+from datetime import timedelta
 
 import grpc
 import pytest
@@ -26,11 +27,13 @@ from doppel.clients import InferenceClient, TrainerClient
 from doppel.config import Settings
 from doppel.rpc.server import Service
 from doppel.store import open_store
+from doppel.transcript import Transcript
 from doppel.v1 import common_pb2, trainer_pb2_grpc
 from doppel.v1 import trainer_pb2 as tr
-from services.trainer import runs
+from services.trainer import finetune, runs
 from services.trainer.flow import DEPLOYMENT
 from services.trainer.orchestrator import Orchestrator
+from services.trainer.samples import split_sessions, tokenise
 from services.trainer.server import TrainerServicer
 from support.chats import chat, ingest_chat
 from support.grpcserver import BackgroundServer
@@ -243,6 +246,47 @@ def test_cli_trains_follows_and_lists(trainer):
     assert models.returncode == 0 and model_id in models.stdout and "tiny  lora" in models.stdout
     bad = _doppel(settings, addr, "train", "--dataset", dataset, "--persona", "Zed", "--base-model", "tiny")
     assert bad.returncode == 1 and "unknown speaker 'Zed'" in bad.stderr and "Alice (180)" in bad.stderr
+
+
+def test_a_qlora_run_trains_on_a_4_bit_base_and_is_served_on_the_full_one(trainer, tmp_path):
+    from doppel.v1 import inference_pb2 as inf
+    from doppel.v1 import inference_pb2_grpc
+    from services.inference.remote import EngineProcess
+    from services.inference.server import InferenceServicer
+
+    client, store, settings, dataset = trainer
+    done = _doppel(settings, client.addr, "train", "--dataset", dataset, "--persona", "Alice", "--base-model", "tiny",
+                   "--method", "qlora", "--steps", "30", "--block-size", "128", "--lr", "0.01", "--seed", "1")
+    assert done.returncode == 0, done.stderr
+    assert "loading base model tiny in 4 bits" in done.stderr
+    model = client.get_model(tr.GetModelRequest(model_id=done.stdout.split("model ")[-1].split()[0])).model
+    assert model.method == tr.METHOD_QLORA
+    ev = model.evaluation  # measured on the 4-bit base the adapter trained on
+    assert ev.held_out_loss < ev.base_held_out_loss
+
+    # published as an adapter over the full-precision base, as a LoRA one; on it the adapter still
+    # does what it learned: the held-out loss moves far less than training moved it
+    local = tmp_path / "model"
+    for info in store.list(f"models/{model.id}/"):
+        store.get_file(info.key, local / info.key.removeprefix(f"models/{model.id}/"))
+    assert (local / "adapter_config.json").exists() and not (local / "model.safetensors").exists()
+    tuned = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(local / "base", dtype=torch.float32), local).eval()
+    tokenizer = AutoTokenizer.from_pretrained(local)
+    split = split_sessions(chat(), ["Alice"], session_gap=timedelta(hours=6), held_out_fraction=0.1)
+    loss, _ = finetune.held_out_loss(tuned, tokenise(split.held_out, Transcript(tokenizer, ["Alice"]), 128),
+                                     pad_id=tokenizer.pad_token_id)
+    assert abs(loss - ev.held_out_loss) < 0.2 * (ev.base_held_out_loss - ev.held_out_loss), (loss, ev)
+
+    servicer = InferenceServicer(EngineProcess(Settings(home=tmp_path / "inference", store_url=settings.store_url)))
+    server = BackgroundServer([Service.of(inf, inference_pb2_grpc, "InferenceService", servicer)])
+    try:
+        with InferenceClient(server.addr, timeout=120) as inference:
+            reply = inference.chat(inf.ChatRequest(model_id=model.id, history=[inf.Turn(speaker="Bob", text="how was work")],
+                                                   sampling=common_pb2.SamplingParams(max_new_tokens=8, seed=1)))
+        assert reply.speaker == "Alice" and reply.candidates[0].tokens > 0
+    finally:
+        server.stop()
+        servicer.close()
 
 
 def test_runs_leave_progress_report_and_fidelity_artifacts_in_prefect(trainer, prefect_api_url):

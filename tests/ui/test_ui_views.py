@@ -8,6 +8,7 @@ server for training runs; the handlers are called as Gradio would call them, thr
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import gradio as gr
@@ -402,7 +403,8 @@ def test_the_train_tab_pulls_a_base_from_the_hub_and_says_what_it_needs(stack, t
     assert "7,615.6M parameters · chat template · on the Hub: pulled when a run starts" in details
     assert "Memory of a training step (8 × 512 tokens, bf16; with gradient checkpointing): lora " in details
     assert "in the store" in tab.describe_base("smollm2-360m-instruct")
-    assert "On the trainer's CPU (" in details and "lora fits" in details  # 8 × 512 LoRA of a 7B base: this box has RAM
+    # what fits this box depends on its free memory now: the verdicts are checked on a fixed device below
+    assert re.search(r"On the trainer's CPU \([\d.]+ GiB free of [\d.]+ GiB\): lora (does not fit|fits)", details)
     device = tr.TrainerDevice(name="Small GPU", free_bytes=20 * 2**30, total_bytes=24 * 2**30)
     listed = {b.name: b for b in backend.trainer.list_base_models(tr.ListBaseModelsRequest()).base_models}
     shown = views.base_details(listed["qwen2.5-7b-instruct"], device)
