@@ -185,6 +185,10 @@ def test_forms_leave_blanks_to_the_service_and_name_bad_fields():
     assert not spec.hyperparameters.HasField("seed") and not spec.lora.HasField("rank")
     with pytest.raises(ValueError, match="Steps: '1.5' is not a whole number"):
         forms.training_spec(dataset_id="d", speakers=["A"], base_model="tiny", max_steps="1.5")
+    qlora = forms.training_spec(dataset_id="d", speakers=["A"], base_model="tiny", method="qlora", lora_rank="8")
+    assert qlora.method == tr.METHOD_QLORA and qlora.lora.rank == 8 and views.method_name(qlora.method) == "qlora"
+    full = forms.training_spec(dataset_id="d", speakers=["A"], base_model="tiny", method="full", lora_rank="8")
+    assert full.method == tr.METHOD_FULL and not full.lora.HasField("rank")
     options = forms.ingest_options(format="whatsapp", session_gap="6h", exclude_senders="Ann, Bo\nCy", min_messages=3)
     assert options.format == ingest_pb2.EXPORT_FORMAT_WHATSAPP and options.session_gap.seconds == 6 * 3600
     assert list(options.exclude_senders) == ["Ann", "Bo", "Cy"] and not options.HasField("merge_window")
