@@ -151,7 +151,11 @@ def inspect(
     dedupe: Annotated[bool, typer.Option("--dedupe", help="Drop repeated messages.")] = False,
     timezone: Timezone = "",
 ) -> None:
-    """Parse an export here, with no service, and print what it holds as JSON."""
+    """Parse an export here, with no service, and print what it holds as JSON.
+
+    What the parser read past and the filters dropped is listed under `warnings`; with
+    `--messages` it goes to stderr, one `note:` line each, like `ingest` prints it.
+    """
     from doppel.conversation import format_timestamp
     from doppel.dataset import StatsAccumulator
     from doppel.errors import DoppelError
@@ -167,7 +171,8 @@ def inspect(
         stats = StatsAccumulator()
         with open_source(path) as source:
             name, parsed = parse(source, options.format)
-            for c in Filters(options, SeenIndex()).apply_all(parsed):
+            filters = Filters(options, SeenIndex())
+            for c in filters.apply_all(parsed):
                 stats.add(c)
                 if messages:
                     out.write(b"".join(
@@ -178,6 +183,7 @@ def inspect(
                         )
                         for m in c.messages
                     ))
+            warnings = [*source.warnings, *filters.counts.warnings()]
     except DoppelError as e:
         fail(str(e))
     if not messages:
@@ -189,9 +195,13 @@ def inspect(
             "participants": s.participants,
             "first": format_timestamp(s.first) if s.first else None,
             "last": format_timestamp(s.last) if s.last else None,
+            "warnings": warnings,
         }
         out.write(orjson.dumps(summary, option=orjson.OPT_APPEND_NEWLINE | orjson.OPT_INDENT_2))
     out.flush()
+    if messages:
+        for w in warnings:
+            typer.echo(f"note: {w}", err=True)
 
 
 datasets_app = typer.Typer(help="List, show and delete datasets in the ingest service.", no_args_is_help=True)

@@ -168,9 +168,10 @@ def _build(
                 senders.update(m.sender for m in conversation.messages)
                 if progress:
                     progress(shards.conversations, shards.messages)
+        dropped = filters.counts.warnings()
         if not shards.conversations and not old:
-            dropped = "; ".join(filters.counts.warnings()) or "the export holds no text messages"
-            raise InvalidArgument(f"{source.name}: nothing to store as a {parser.format} dataset ({dropped})")
+            why = "; ".join([*source.warnings, *dropped]) or "the export holds no text messages"
+            raise InvalidArgument(f"{source.name}: nothing to store as a {parser.format} dataset ({why})")
         seen_key = seen_name(import_no)
         store.put(prefix + seen_key, seen.to_bytes())
         written.append(prefix + seen_key)
@@ -186,7 +187,8 @@ def _build(
             stats=stats.result(),
             files=[*(old.files if old else []), *(k[len(prefix) :] for k in written if k != prefix + seen_key)],
             seen=seen_key,
-            warnings=[f"{raw.filename}: {w}" for w in filters.counts.warnings()],
+            # what the parser read past (its notes name the file), then what the filters dropped
+            warnings=[*source.warnings, *(f"{raw.filename}: {w}" for w in dropped)],
         )
         datasets.put(store, manifest)
     except BaseException:

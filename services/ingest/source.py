@@ -4,14 +4,19 @@ Parsers see one interface, `Source`: a sorted list of relative file paths they c
 peek at and name in errors. Zip safety lives here, checked before any parser runs: entries
 with `..` or absolute paths, symlinks, too many entries, too many bytes in all, or a
 compression ratio no real export has are refused with an error naming the entry, so
-nothing is ever extracted or written from such a file.
+nothing is ever extracted or written from such a file. A zip that is itself one of a source's
+files (an export zipped beside another) opens as a source of its own (`open_inner_zip`).
+
+A source also carries `warnings`: what a parser read past but the user should hear about.
 """
 
 from __future__ import annotations
 
 import io
 import os
+import shutil
 import stat
+import tempfile
 import zipfile
 import zlib
 from abc import ABC, abstractmethod
@@ -22,6 +27,7 @@ from typing import IO, Any, BinaryIO
 from doppel.errors import InvalidArgument, NotFound, ParseError
 
 HEAD_BYTES = 64 * 1024
+SPOOL_BYTES = 64 << 20  # a zip inside a zip is copied out to memory up to this size, then to a temporary file
 
 
 @dataclass(frozen=True)
@@ -64,6 +70,14 @@ class Source(ABC):
         """The first `n` bytes of a file, for detection."""
         with self.open(path) as f:
             return f.read(n)
+
+    @property
+    def warnings(self) -> list[str]:
+        """Notes for the user, each naming the file it is about: what parsing read past (lines it
+        could not place, repeats it dropped) instead of failing. Parsers append; the pipeline and
+        `inspect` report them. Made on first use, so subclasses need no `__init__` for it."""
+        notes: list[str] = self.__dict__.setdefault("_warnings", [])
+        return notes
 
     def close(self) -> None:  # noqa: B027 - a no-op by default: most sources hold nothing open
         """Release what the source holds open."""
@@ -138,19 +152,23 @@ class FolderSource(Source):
 
 
 class ZipSource(Source):
-    """A zip archive, read in place (never extracted), checked against `ZipLimits` on open."""
+    """A zip archive, read in place (never extracted), checked against `ZipLimits` on open.
 
-    def __init__(self, path: Path, limits: ZipLimits | None = None, name: str | None = None):
+    `path` is a file name, or a seekable binary file that the source then owns and closes.
+    """
+
+    def __init__(self, path: Path | IO[bytes], limits: ZipLimits | None = None, name: str | None = None):
         self.path = path
         self.name = name or str(path)
         try:
             self._zip = zipfile.ZipFile(path)
         except zipfile.BadZipFile as e:
+            self._close_file()
             raise ParseError(self.name, f"not a readable zip archive ({e})") from None
         try:
             self._entries = self._check_entries(limits or ZipLimits())
         except BaseException:
-            self._zip.close()
+            self.close()
             raise
 
     def _check_entries(self, limits: ZipLimits) -> dict[str, zipfile.ZipInfo]:
@@ -208,6 +226,11 @@ class ZipSource(Source):
 
     def close(self) -> None:
         self._zip.close()
+        self._close_file()
+
+    def _close_file(self) -> None:
+        if not isinstance(self.path, Path):
+            self.path.close()
 
 
 class _Entry(io.RawIOBase):
@@ -248,6 +271,27 @@ def _bad_entry_name(name: str) -> str:
     if any(ord(c) < 0x20 for c in name):
         return "has a control character in its name"
     return ""
+
+
+def open_inner_zip(source: Source, path: str, limits: ZipLimits | None = None) -> ZipSource:
+    """A zip that is one of `source`'s files, as a source of its own named `source.where(path)`.
+
+    A folder's zip is read in place. Any other is copied out first (to memory, or a temporary
+    file when large): reading a zip needs seeking, which a zip member's stream cannot do.
+    Raises ParseError (not a zip, or damaged) or InvalidArgument (refused, as `ZipLimits` says).
+    """
+    name = source.where(path)
+    if isinstance(source, FolderSource):
+        return ZipSource(source.root / source._check(path), limits, name)
+    spool = tempfile.SpooledTemporaryFile(max_size=SPOOL_BYTES)
+    try:
+        with source.open(path) as f:
+            shutil.copyfileobj(f, spool)
+        spool.seek(0)
+    except BaseException:
+        spool.close()
+        raise
+    return ZipSource(spool, limits, name)
 
 
 def open_source(path: str | os.PathLike[str], limits: ZipLimits | None = None, *, name: str | None = None) -> Source:

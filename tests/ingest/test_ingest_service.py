@@ -114,6 +114,7 @@ def test_cli_ingest_prints_the_dataset_and_inspect_parses_locally(service, tmp_p
         "participants": {"Ann": 3, "Bob": 1, "Cy": 1},
         "first": "2024-01-01T10:00:00Z",
         "last": "2024-01-02T12:04:00",
+        "warnings": [],
     }
     result = runner.invoke(app, ["inspect", str(path), "--messages"])
     lines = [json.loads(line) for line in result.stdout.splitlines()]

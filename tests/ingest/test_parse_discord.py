@@ -192,6 +192,26 @@ def test_json_partitions_of_one_channel_merge_into_one_conversation():
         ("discord-42", ["one", "two", "three"]), ("discord-43", ["else"])]
 
 
+def test_json_a_repeated_message_id_counts_once_and_is_noted(tmp_path):
+    """The first message of each id is kept, in a file and across the files of one channel."""
+    folder = tmp_path / "export"
+    folder.mkdir()
+    (folder / "G - C - chat [42].json").write_bytes(channel(
+        msg("first", ts="2024-01-01T10:00:00+00:00", mid="1"),
+        msg("first, edited", ts="2024-01-01T10:00:00+00:00", mid="1"),
+        msg("second", ts="2024-01-01T10:01:00+00:00", mid="2"),
+        msg("first", ts="2024-01-01T10:00:00+00:00", mid="1"),
+    ))
+    (folder / "G - C - chat [42] (2024-01-01 to 2024-02-01).json").write_bytes(channel(
+        msg("second", ts="2024-01-01T10:01:00+00:00", mid="2"), msg("third", ts="2024-01-02T10:00:00+00:00", mid="3"),
+    ))
+    with open_source(folder) as src:
+        [c] = parser_for("discord_json").parse(src)
+        warnings = list(src.warnings)
+    assert [(m.id, m.text) for m in c.messages] == [("1", "first"), ("2", "second"), ("3", "third")]
+    # files are read in path order: the date-range file first, so its "second" is the one kept
+    assert warnings == [f"{folder}/G - C - chat [42].json: 3 messages dropped whose id an earlier message has (the first kept)"]
+
 def test_json_the_same_channel_under_two_unrelated_names_keeps_ids_unique():
     convs = parse("discord_json", {"a.json": channel(msg("x")), "b.json": channel(msg("y"))})
     assert [c.id for c in convs] == ["discord-42", "discord-42-2"]

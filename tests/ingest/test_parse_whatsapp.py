@@ -398,6 +398,147 @@ def test_detect_never_raises():
     assert not wa_detect(Broken({"_chat.txt": IOS}))
 
 
+# --- nothing dropped without a word: zips beside chats, placeholder case, misfit headers ------
+
+
+def parse_path(path: Path) -> tuple[list, list[str]]:
+    """The conversations of the export at `path` (a real file or folder) and its source's warnings."""
+    with open_source(path) as src:
+        return list(parser_for("whatsapp").parse(src)), list(src.warnings)
+
+
+def test_a_zipped_export_beside_a_chat_file_is_read_too(tmp_path):
+    """A folder with a chat `.txt` and a zipped export: both are read, neither is dropped silently."""
+    folder = tmp_path / "exports"
+    folder.mkdir()
+    (folder / "WhatsApp Chat with Ann Lee.txt").write_bytes(ANDROID)
+    write_zip(folder / "WhatsApp Chat - Hiking Club.zip", {"_chat.txt": IOS, "00000042-PHOTO-1.jpg": b"\xff\xd8"})
+    convs, warnings = parse_path(folder)
+    assert [(c.id, c.title) for c in convs] == [
+        ("whatsapp-WhatsApp Chat with Ann Lee.txt", "Ann Lee"),
+        ("whatsapp-_chat.txt", "Hiking Club"),  # the id the zip gets when imported alone
+    ]
+    assert rows(convs[0]) == ANDROID_ROWS and rows(convs[1]) == IOS_ROWS
+    assert warnings == []
+
+
+def test_the_same_chat_as_text_and_zipped_is_one_conversation(tmp_path):
+    """The same file name under the same title, loose and zipped: one conversation, merged in time order."""
+    folder = tmp_path / "Hiking Club"
+    folder.mkdir()
+    (folder / "_chat.txt").write_bytes(IOS)
+    write_zip(folder / "WhatsApp Chat - Hiking Club.zip", {"_chat.txt": IOS})
+    write_zip(folder / "WhatsApp Chat - Family.zip", {"_chat.txt": GERMAN})  # same path, another chat
+    convs, _ = parse_path(folder)
+    assert [(c.id, c.title) for c in convs] == [
+        ("whatsapp-_chat.txt", "Hiking Club"), ("whatsapp-_chat.txt-2", "Family")
+    ]
+    assert rows(convs[0]) == sorted(IOS_ROWS * 2, key=lambda r: r[2])  # the pipeline's dedupe drops the repeats
+    assert rows(convs[1]) == GERMAN_ROWS
+
+
+def test_a_zip_that_is_no_chat_or_cannot_be_read_is_a_warning(tmp_path):
+    folder = tmp_path / "export"
+    folder.mkdir()
+    (folder / "WhatsApp Chat with Ann Lee.txt").write_bytes(ANDROID)
+    write_zip(folder / "photos.zip", {"IMG-1.jpg": b"\xff\xd8", "notes.txt": b"hello\n"})
+    (folder / "broken.zip").write_bytes(b"PK\x03\x04 cut off")
+    convs, warnings = parse_path(folder)
+    assert [c.title for c in convs] == ["Ann Lee"]
+    assert warnings == [
+        f"{folder}/broken.zip: a zip that was not read (not a readable zip archive (File is not a zip file))",
+        f"{folder}/photos.zip: a zip with no WhatsApp chat in it, not read",
+    ]
+
+
+def test_a_folder_zipped_for_upload_reads_the_zip_inside_it_and_ingest_drops_the_repeats(store, tmp_path):
+    """`doppel ingest <folder>` zips the folder: the chat zip is then a zip inside the upload."""
+    from services.ingest.pipeline import ingest_file, local_export
+
+    folder = tmp_path / "chats"
+    folder.mkdir()
+    (folder / "WhatsApp Chat with Ann Lee.txt").write_bytes(ANDROID)
+    write_zip(folder / "WhatsApp Chat with Ann Lee.zip", {"WhatsApp Chat with Ann Lee.txt": ANDROID + (
+        f"1/14/24, 8:00{NNBSP}AM - Sam Okafor: only in the newer export\n".encode())})
+    with local_export(folder) as upload:
+        m = ingest_file(store, upload, filename="chats.zip")
+    assert (m.stats.conversations, m.stats.messages) == (1, len(ANDROID_ROWS) + 1)
+    assert m.warnings == [f"chats.zip: {len(ANDROID_ROWS)} duplicate messages dropped (already in the dataset or repeated)"]
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        "<media omitted>", "<MEDIA OMITTED>", "<medien ausgeschlossen>", "Image omitted", "GIF Omitted",
+        "contact card omitted", "this message was deleted", "You Deleted This Message.", "bild weggelassen",
+        f"Trail map.pdf • {LRM}3 pages {LRM}Document Omitted", "<Attached: 00000042-PHOTO-2020-06-07-15-13-20.jpg>",
+        "<ANHANG: 00000013-AUDIO-2020-06-07-15-13-20.opus>", "IMG-20210428-WA0001.jpg (File Attached)",
+    ],
+)  # fmt: skip
+def test_placeholders_do_not_count_whatever_their_case(tmp_path, body):
+    path = tmp_path / "chat.txt"
+    for header in ("[01/02/2024, 10:00:00] Ann: ", "01/02/2024, 10:00 - Ann: "):
+        path.write_text(f"{header}{body}\n{header}kept\n", encoding="utf-8")
+        [c], _ = parse_path(path)
+        assert [m.text for m in c.messages] == ["kept"]
+
+
+MISFITS = (
+    "12/01/2024, 10:00 - Ann: hi\n"
+    "2024-01-12 10:01 - Bob: another date format\n"  # line 2
+    "12/01/2024, 10:02 - Bob: fine\n"
+    "still Bob\n"
+    "[12/01/2024, 10:03:00] Cy: an iOS header\n"  # line 5
+    "12/01/2024, 10:04 - Ann: bye\n"
+)
+
+
+def test_lines_with_a_header_of_another_shape_are_kept_as_text_and_reported(tmp_path):
+    path = tmp_path / "chat.txt"
+    path.write_text(MISFITS, encoding="utf-8")
+    [c], warnings = parse_path(path)
+    assert [m.text for m in c.messages] == [
+        "hi\n2024-01-12 10:01 - Bob: another date format", "fine\nstill Bob\n[12/01/2024, 10:03:00] Cy: an iOS header",
+        "bye",
+    ]
+    assert warnings == [
+        f"{path}: 2 lines start with a message header of another format than the file's first header "
+        "and were read as text of the message before them (lines 2, 5)"
+    ]
+    many = "01/02/2024, 10:00 - Ann: x\n" + "2024-01-02 10:01 - Bob: y\n" * 7 + "01/13/2024, 10:02 - Ann: month-first\n"
+    path.write_text(many, encoding="utf-8")  # month-first found late: the file is read twice, counted once
+    _, warnings = parse_path(path)
+    assert warnings == [
+        f"{path}: 7 lines start with a message header of another format than the file's first header "
+        "and were read as text of the message before them (lines 2, 3, 4, 5, 6, ...)"
+    ]
+    assert parse_path(_write(tmp_path / "ok.txt", ANDROID))[1] == []  # its `1/13/24, 07:00 at ...` line is no header
+
+
+def _write(path: Path, data: bytes) -> Path:
+    path.write_bytes(data)
+    return path
+
+
+def test_misfit_header_warnings_reach_inspect_and_the_dataset(store, tmp_path):
+    from typer.testing import CliRunner
+
+    from doppel.cli.main import app
+    from services.ingest.pipeline import ingest_file
+
+    path = _write(tmp_path / "WhatsApp Chat with Ann.txt", MISFITS.encode())
+    note = "2 lines start with a message header of another format than the file's first header"
+    result = CliRunner().invoke(app, ["inspect", str(path)])
+    assert result.exit_code == 0, result.output
+    [warning] = orjson.loads(result.stdout)["warnings"]
+    assert warning.startswith(f"{path}: {note}") and warning.endswith("(lines 2, 5)")
+    result = CliRunner().invoke(app, ["inspect", str(path), "--messages"])
+    assert result.exit_code == 0 and f"note: {path}: {note}" in result.stderr
+    assert len(result.stdout.splitlines()) == 3
+    m = ingest_file(store, path, filename="ann.txt")  # errors and warnings name the file as the user named it
+    assert m.warnings[0].startswith(f"ann.txt: {note}")
+
+
 # --- malformed input --------------------------------------------------------------------------
 
 

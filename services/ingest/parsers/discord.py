@@ -7,9 +7,11 @@ channel and its messages are merged (and sorted) into one conversation `discord-
 
 JSON holds absolute instants (ISO-8601 with an offset, stored as UTC), the message kind, the
 author with discriminator, the message id and the replied-to id. Only `Default` and `Reply`
-messages from people (not `isBot`) with non-empty `content` count. DCE writes `messageCount`
-last, so a file without it was cut off. orjson reads both the upper-case surrogate escapes of
-current exports and the all-escaped text of pre-2021 ones.
+messages from people (not `isBot`) with non-empty `content` count, each id once per channel:
+a repeat (within a file, or in an overlapping export of the channel) is dropped, the first kept,
+and the count noted in the source's warnings. DCE writes `messageCount` last, so a file without
+it was cut off. orjson reads both the upper-case surrogate escapes of current exports and the
+all-escaped text of pre-2021 ones.
 
 CSV has no kind column: system notifications are recognised by DCE's exact fallback texts
 (FORMATS.md 3.1), and attachment-only rows have empty `Content`. The `Date` column changed four
@@ -378,6 +380,18 @@ def _json_file(source: Source, path: str) -> tuple[str, str, list[Message]]:
         return channel_id, title, _collect(doc["messages"], where)
 
 
+def _first_of_each_id(messages: list[Message], ids: set[str]) -> list[Message]:
+    """`messages` without those whose id is in `ids` or came earlier; `ids` takes the new ones."""
+    kept = []
+    for m in messages:
+        if m.id is not None:
+            if m.id in ids:
+                continue
+            ids.add(m.id)
+        kept.append(m)
+    return kept
+
+
 def parse_json(source: Source) -> Iterator[Conversation]:
     """One conversation per channel of DCE JSON files in `source`."""
     paths = [p for p in candidates(source, ".json") if _is_json_head(read_head(source, p))]
@@ -386,10 +400,17 @@ def parse_json(source: Source) -> Iterator[Conversation]:
     seen: dict[str, int] = {}
     for _, _, group in _channels(paths):
         channel_id, title, messages = "", "", []
+        ids: set[str] = set()
         for path in group:
             cid, name, found = _json_file(source, path)
             channel_id, title = channel_id or cid, title or name
-            messages += found
+            kept = _first_of_each_id(found, ids)
+            if len(kept) < len(found):
+                repeats = len(found) - len(kept)
+                source.warnings.append(
+                    f"{source.where(path)}: {repeats} messages dropped whose id an earlier message has (the first kept)"
+                )
+            messages += kept
         if messages:
             yield Conversation(_unique(f"discord-{channel_id}", seen), title, JSON_FORMAT, sort_messages(messages))
 

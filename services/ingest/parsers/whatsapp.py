@@ -4,7 +4,12 @@ Each chat is one `.txt` (iOS `_chat.txt`, Android `WhatsApp Chat with <Name>.txt
 zip or folder with media, maybe several side by side. A file is a chat by its content, never its
 name: its first non-blank line is a full message header, and another header follows within the
 first 64 KiB unless the file is only a few lines long. A header starts a line; any other line
-continues the message before it.
+continues the message before it. A line that starts with a header of another shape than the
+file's first one (another date format, say) stays text too, but is reported in the source's
+warnings with its line number. A zip beside the chats (an export zipped next to another) is read
+as well; the same chat found twice, in the same file name under the same title, is one
+conversation, whose repeated messages the pipeline's dedupe drops. A zip holding no chat is a
+warning, not an error: Android exports carry zipped documents among their media.
 
 Speed: the header grammar has many locale variants (`[d/m/y, h:mm:ss]`, `d.m.yy h.mm - `, `y/m/d`,
 `klo`, 12-hour clocks with `p. m.` or U+202F, ...) but a file uses one. A loose probe matches the
@@ -13,6 +18,9 @@ over the file's UTF-8 bytes. It starts with a literal newline, which `re` scans 
 continuation lines cost no Python, and only bodies and authors are decoded (a chat full of emoji
 is never held as a 4-bytes-a-character str; every byte is still checked). Timestamps come from
 caches of parsed dates and times (no strptime); each distinct author spelling is normalised once.
+
+Placeholders (`<Media omitted>`, `image omitted`, `This message was deleted`, ...) are matched
+whatever their case: exports differ in it, and a placeholder kept as text would be learnt.
 
 Timestamps are naive wall-clock time as written. Day/month order is not in the file: a component
 above 12 decides it for the whole file. Day-first is assumed until then; a file that turns out
@@ -24,20 +32,23 @@ from __future__ import annotations
 import gc
 import re
 from collections.abc import Iterator
+from contextlib import ExitStack
+from dataclasses import dataclass
 from datetime import date, datetime, time
 from itertools import chain
 from pathlib import PurePosixPath
 
 from doppel.conversation import Conversation, Message
-from doppel.errors import ParseError
+from doppel.errors import InvalidArgument, ParseError
 
-from ..source import Source
+from ..source import Source, open_inner_zip
 from .base import BOM, Parser, decode_text, sort_messages
 
 FORMAT = "whatsapp"
 HEAD = 64 * 1024  # bytes of a file that detection and the is-it-a-chat test look at
 DETECT_PEEKS = 32  # at most this many .txt files are peeked at by `detect`
 SHORT_FILE = 5  # a head with at most this many non-blank lines needs no second header
+SHOWN_LINES = 5  # line numbers a warning about misfit header lines lists
 
 _BIDI = "\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069"
 _LEAD = _BIDI + "\ufeff"  # allowed before the first header
@@ -52,6 +63,7 @@ _PROBE = re.compile(
     r"(?P<time>\d{1,2}(?P<ts>[:.])\d{2}(?P<sec>(?P=ts)\d{2})?(?P<ampm>" + _AMPM + r")?)"
     r"(?P<close>(?(open)\] |(?: - |: | )))"
 )
+_HEADER_FIRST = frozenset("0123456789[")  # what a header starts with, bidi marks aside
 _CONTENT_LINE = re.compile(rf"^(?:[^\S\n]|[{_LEAD}])*[^\s{_LEAD}].*", re.MULTILINE)  # a non-blank line
 _DIGITS = re.compile(r"\d+")
 _TIME = re.compile(r"(\d{1,2})[:.](\d{2})(?:[:.](\d{2}))?(?:\D*?([AaPp]))?")
@@ -60,14 +72,16 @@ _NOT_A_CHAT = "not a WhatsApp chat: it does not start with a header such as '31/
 _STEM_PREFIXES = ("WhatsApp Chat - ", "WhatsApp Chat with ", "WhatsApp Chat mit ")
 
 # --- what is not typed text (FORMATS.md 4.3, 4.4) -----------------------------------------
-_SKIP = frozenset({
+# Placeholders are held lower-cased and matched against the lower-cased body.
+_SKIP = frozenset(s.lower() for s in (
     "<Media omitted>", "<Medien ausgeschlossen>", "image omitted", "video omitted", "audio omitted",
     "sticker omitted", "GIF omitted", "document omitted", "Contact card omitted", "Bild weggelassen",
     "Video weggelassen", "Audio weggelassen", "Sticker weggelassen", "GIF weggelassen", "Dokument weggelassen",
     "This message was deleted", "This message was deleted.", "You deleted this message", "You deleted this message.",
     "Diese Nachricht wurde gelöscht", "Diese Nachricht wurde gelöscht.",
     "Du hast diese Nachricht gelöscht", "Du hast diese Nachricht gelöscht.",
-})  # fmt: skip
+))  # fmt: skip
+_SKIP_LENGTHS = frozenset(map(len, _SKIP))  # a body of another length is no placeholder: it is not lower-cased
 _SKIP_PREFIXES = (
     "Messages and calls are end-to-end encrypted", "Messages to this group are now secured with end-to-end encryption",
     "Messages to this chat and calls are now secured with end-to-end encryption",
@@ -75,14 +89,16 @@ _SKIP_PREFIXES = (
     "Messages you send to this group are now secured with end-to-end encryption",
     "Nachrichten und Anrufe sind Ende-zu-Ende-verschlüsselt",
 )  # fmt: skip
-_ATTACHMENT_PREFIXES = ("<attached: ", "<adjunto: ", "<Anhang: ")
-_SKIP_SUFFIXES = ("document omitted", "Dokument weggelassen", "<\u200eattached>", "<attached>")
-_FILE_ATTACHED = (" (file attached)", " (Datei angehängt)")
+_ATTACHMENT_PREFIXES = ("<attached: ", "<adjunto: ", "<anhang: ")  # lower-case, as `_SKIP`
+_SKIP_SUFFIXES = ("document omitted", "dokument weggelassen", "<\u200eattached>", "<attached>")
+_FILE_ATTACHED = (" (file attached)", " (datei angehängt)")
 _EDITED = (
     " <This message was edited>", " \u200e<This message was edited>",
     " <Diese Nachricht wurde bearbeitet.>", " \u200e<Diese Nachricht wurde bearbeitet.>",
 )  # fmt: skip
-_ODD_ENDINGS = (*_EDITED, *_SKIP_SUFFIXES, *_FILE_ATTACHED, ">")  # sends a body to `_odd_text`
+# sends a body to `_odd_text`: the last words of the suffix placeholders in their usual cases
+_ODD_ENDINGS = (*_EDITED, ">", *(f(w) for w in ("omitted", "weggelassen", "attached)", "angehängt)")
+                                 for f in (str.lower, str.capitalize, str.upper)))
 # iOS system lines written as if by the person they are about ("Boris: Boris created group ...")
 _SELF_EVENTS = (' created group "', ' changed the subject to "', ' changed the subject from "',
                 ' changed the group name to "', " changed this group's icon", " deleted this group's icon",
@@ -190,7 +206,7 @@ def _text(body: str, ios: bool) -> str | None:
         if ios and body[0] == "\u200e":
             return None  # iOS marks media, deleted and system bodies this way
         body = body.lstrip(_BIDI)
-    if body in _SKIP or body.startswith(_SKIP_PREFIXES):
+    if (len(body) in _SKIP_LENGTHS and body.lower() in _SKIP) or body.startswith(_SKIP_PREFIXES):
         return None
     if body.endswith(_ODD_ENDINGS) or ")\n" in body:
         return _odd_text(body)
@@ -203,12 +219,13 @@ def _odd_text(body: str) -> str | None:
         if body.endswith(suffix):
             body = body[: -len(suffix)]
             break
-    if not body or body in _SKIP or body.endswith(_SKIP_SUFFIXES):
+    folded = body.lower()
+    if not body or folded in _SKIP or folded.endswith(_SKIP_SUFFIXES):
         return None
-    if body[0] == "<" and body[-1] == ">" and body.startswith(_ATTACHMENT_PREFIXES) and "\n" not in body:
+    if body[0] == "<" and body[-1] == ">" and folded.startswith(_ATTACHMENT_PREFIXES) and "\n" not in body:
         return None
     first, _, caption = body.partition("\n")
-    if first.endswith(_FILE_ATTACHED):
+    if first.lower().endswith(_FILE_ATTACHED):
         return caption or None  # the caption, on the lines after the file name
     return body
 
@@ -217,7 +234,12 @@ def _odd_text(body: str) -> str | None:
 
 
 class _Chat:
-    """One chat file's bytes (BOM gone, CRLF made LF) and its header grammar; `messages()` parses it."""
+    """One chat file's bytes (BOM gone, CRLF made LF) and its header grammar; `messages()` parses it.
+
+    After it, `misfits` counts the lines that start with a header of another shape than the
+    file's (kept as text: the strict grammar is what keeps continuation lines apart from
+    headers), and `misfit_lines` holds the first few of their line numbers.
+    """
 
     def __init__(self, data: bytes, start: int, probe: re.Match[str], where: str, times: dict[bytes, time]):
         self.data, self.start, self.where = data, start, where
@@ -227,6 +249,8 @@ class _Chat:
         self.dayfirst, self.decided = True, False
         self.dates: dict[bytes, date] = {}
         self.times = times
+        self.misfits = 0
+        self.misfit_lines: list[int] = []
 
     def error(self, pos: int, reason: str) -> ParseError:
         return ParseError(self.where, reason, line=self.data.count(b"\n", 0, pos) + 1)
@@ -256,6 +280,7 @@ class _Chat:
 
     def _messages(self) -> list[Message]:
         data, ios = self.data, self.ios
+        self.misfits, self.misfit_lines = 0, []
         dates, times = self.dates, self.times
         senders: dict[bytes, str] = {}
         out: list[Message] = []
@@ -273,6 +298,8 @@ class _Chat:
         for m in chain((first,), self.rx.finditer(data, first.end()), (None,)):
             at = end if m is None else m.start()
             body = data[body_at:at].decode()  # system lines too: every byte is checked
+            if "\n" in body:
+                self._misfit(body, body_at)
             if sender is not None:
                 typed = _text(body, ios)
                 if typed and not (bare and typed == ".") and not (ios and _self_event(typed, sender)):
@@ -302,6 +329,15 @@ class _Chat:
                     raise self.error(m.start(1), "a message header has an empty author name")
         self._check_last_line(end)
         return out if ordered else sort_messages(out)
+
+    def _misfit(self, body: str, at: int) -> None:
+        """Count the continuation lines of the body at byte `at` that start with a header of another
+        shape than the file's, noting the first few line numbers."""
+        for i, line in enumerate(body.split("\n")[1:], 1):
+            if line.lstrip(_LEAD)[:1] in _HEADER_FIRST and _probe(line):
+                self.misfits += 1
+                if len(self.misfit_lines) < SHOWN_LINES:
+                    self.misfit_lines.append(self.data.count(b"\n", 0, at) + 1 + i)
 
     def _date(self, raw: bytes, at: int) -> date:
         s = raw.decode()
@@ -392,9 +428,9 @@ def detect(source: Source) -> bool:
         return False
 
 
-def _title(source: Source, path: str) -> str:
-    """`<Name>` of `WhatsApp Chat with <Name>.txt`, else the folder or zip holding the chat."""
-    inner, outer = PurePosixPath(path), PurePosixPath(source.name.replace("\\", "/"))
+def _title(container: str, path: str) -> str:
+    """`<Name>` of `WhatsApp Chat with <Name>.txt`, else the folder or zip (`container`) holding the chat."""
+    inner, outer = PurePosixPath(path), PurePosixPath(container.replace("\\", "/"))
     for name in (inner.name, outer.name):  # the outer name is the file's when it came alone
         if m := _CHAT_WITH.fullmatch(name):
             return m[1]
@@ -409,7 +445,17 @@ def _title(source: Source, path: str) -> str:
     return stem if stem and stem != "_chat" else "WhatsApp chat"
 
 
-def _parse_chat(source: Source, path: str, times: dict[bytes, time]) -> Conversation | None:
+@dataclass(frozen=True)
+class _ChatFile:
+    """A chat file: in `source` (the export, or a zip in it) at `path`."""
+
+    source: Source
+    path: str
+    title: str
+
+
+def _parse_chat(chat: _ChatFile, times: dict[bytes, time], warnings: list[str]) -> list[Message]:
+    source, path = chat.source, chat.path
     where = source.where(path)
     try:
         data = source.read(path).removeprefix(BOM)
@@ -422,23 +468,59 @@ def _parse_chat(source: Source, path: str, times: dict[bytes, time]) -> Conversa
     if found is None:
         raise ParseError(where, _NOT_A_CHAT, line=1)
     start = len(text[: found[0]].encode())
-    messages = _Chat(data, start, found[1], where, times).messages()
-    return Conversation(f"whatsapp-{path}", _title(source, path), FORMAT, messages) if messages else None
+    parsed = _Chat(data, start, found[1], where, times)
+    messages = parsed.messages()
+    if parsed.misfits:
+        lines = ", ".join(map(str, parsed.misfit_lines)) + (", ..." if parsed.misfits > SHOWN_LINES else "")
+        warnings.append(
+            f"{where}: {parsed.misfits} lines start with a message header of another format than the "
+            f"file's first header and were read as text of the message before them (lines {lines})"
+        )
+    return messages
+
+
+def _zipped_chats(source: Source, path: str, stack: ExitStack) -> list[_ChatFile]:
+    """The chats in a zip among the export's files; a zip that holds none, or cannot be read, is a warning."""
+    where = source.where(path)
+    try:
+        inner = stack.enter_context(open_inner_zip(source, path))
+        chats = [p for p in _candidates(inner) if _looks_like_chat(inner, p)]
+    except InvalidArgument as e:  # ParseError too: not a zip, damaged, or refused by the zip limits
+        source.warnings.append(f"{where}: a zip that was not read ({str(e).removeprefix(f'{where}: ')})")
+        return []
+    if not chats:
+        source.warnings.append(f"{where}: a zip with no WhatsApp chat in it, not read")
+    return [_ChatFile(inner, p, _title(path, p)) for p in chats]
 
 
 def parse(source: Source) -> Iterator[Conversation]:
-    """One conversation per chat file, in path order; a source without a chat is a ParseError."""
+    """One conversation per chat file, in path order, then those of the zips among the files; a
+    source without a chat is a ParseError. A chat found twice (the same path, in the export and in
+    a zip, under the same title) is one conversation, its files' messages merged in time order."""
     candidates = _candidates(source)
     chats = [path for path in candidates if _looks_like_chat(source, path)]
-    if not chats and len(candidates) == 1:
-        raise ParseError(source.where(candidates[0]), _NOT_A_CHAT, line=1)
-    if not chats:
-        raise ParseError(source.name, "no WhatsApp chat found: no .txt file starts with a message header")
-    times: dict[bytes, time] = {}  # shared by the chats: the same clock strings recur
-    for path in chats:
-        conversation = _parse_chat(source, path, times)
-        if conversation is not None:
-            yield conversation
+    with ExitStack() as stack:
+        files = [_ChatFile(source, path, _title(source.name, path)) for path in chats]
+        read = set(chats)  # a chat under a .zip name (the content decides) is not a zip
+        for path in source.files():
+            if path.lower().endswith(".zip") and path not in read:
+                files += _zipped_chats(source, path, stack)
+        if not files and len(candidates) == 1:
+            raise ParseError(source.where(candidates[0]), _NOT_A_CHAT, line=1)
+        if not files:
+            raise ParseError(source.name, "no WhatsApp chat found: no .txt file starts with a message header")
+        same: dict[tuple[str, str], list[_ChatFile]] = {}
+        for chat in files:
+            same.setdefault((chat.path, chat.title), []).append(chat)
+        times: dict[bytes, time] = {}  # shared by the chats: the same clock strings recur
+        ids: dict[str, int] = {}
+        for (path, title), group in same.items():
+            messages = [m for chat in group for m in _parse_chat(chat, times, source.warnings)]
+            if not messages:
+                continue
+            n = ids[path] = ids.get(path, 0) + 1  # another chat under the same path: keep ids unique
+            cid = f"whatsapp-{path}" if n == 1 else f"whatsapp-{path}-{n}"
+            yield Conversation(cid, title, FORMAT, sort_messages(messages) if len(group) > 1 else messages)
 
 
 PARSERS = [Parser(FORMAT, detect, parse)]
