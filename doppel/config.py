@@ -67,6 +67,17 @@ class Settings(BaseSettings):
     inference_queue: int = Field(
         default=256, ge=1, description="DOPPEL_INFERENCE_QUEUE: requests that may wait per base model before RESOURCE_EXHAUSTED."
     )
+    restart_backoff_s: float = Field(
+        default=1.0, gt=0, description="DOPPEL_RESTART_BACKOFF_S: `doppel up` restarts a child that died after this "
+        "long, doubled for each earlier crash of it within DOPPEL_RESTART_WINDOW_S (at most 30 s).",
+    )
+    restart_limit: int = Field(
+        default=5, ge=1, description="DOPPEL_RESTART_LIMIT: crashes of one child within DOPPEL_RESTART_WINDOW_S that "
+        "stop `doppel up` instead of a restart (1: the first one does).",
+    )
+    restart_window_s: float = Field(
+        default=60.0, gt=0, description="DOPPEL_RESTART_WINDOW_S: how far back `doppel up` counts a child's crashes."
+    )
     log_level: str = Field(default="INFO", description="DOPPEL_LOG_LEVEL: Python logging level.")
 
     @model_validator(mode="after")

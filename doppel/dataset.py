@@ -138,11 +138,12 @@ def _message_key(m: Message) -> datetime:
 class SourceExport(BaseModel):
     """One export a dataset was built from: where it is stored, its hash, size, name and format."""
 
-    key: str
+    key: str  # "" when it was not kept
     sha256: str
     size_bytes: int
     filename: str
     format: str
+    kept: bool = True  # the export itself is in the store at `key` (datasets from before this field kept it)
 
 
 class DatasetManifest(BaseModel):

@@ -7,6 +7,7 @@ import http.server
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -14,6 +15,7 @@ import time
 import urllib.request
 from pathlib import Path
 
+import grpc
 import pytest
 import typer.main
 from typer.testing import CliRunner
@@ -27,6 +29,8 @@ from doppel.v1 import ingest_pb2
 from services.ingest.server import build as build_ingest
 from services.trainer.recipe import MIN_MESSAGES
 from support.processes import free_port, read_until
+from ui.app import health as ui_health
+from ui.backend import Backend
 
 runner = CliRunner()
 
@@ -303,16 +307,64 @@ def test_up_refuses_to_start_twice(grpc_server, prefect_server, tmp_path):
     assert not (tmp_path / "logs" / "prefect.log").exists()
 
 
-@pytest.mark.parametrize("victim", ["ui", "trainer", "prefect"])
-def test_up_stops_the_stack_when_a_child_dies(stack, victim):
-    proc, _, output = stack
+def test_up_restarts_a_service_that_dies_and_leaves_the_rest_running(stack):
+    proc, env, output = stack
     pids = child_pids(output)
-    os.kill(pids[victim], signal.SIGKILL)
+    addr = env["DOPPEL_INFERENCE_ADDR"]
+    backend = Backend(Settings(**{k.removeprefix("DOPPEL_").lower(): v for k, v in env.items()}))
+    try:
+        assert ui_health(backend).count("#16a34a") == 3
+        os.kill(pids["inference"], signal.SIGKILL)
+        # Down until its restart (1 s of backoff, then seconds of start-up): the UI's line says so, and no more.
+        down = ui_health(backend)
+        assert down.count("#dc2626") == 1 and f"Not answering: inference at `{addr}`" in down
+        said = read_until(proc, "inference healthy again", timeout=120)
+        assert "inference was killed by SIGKILL; restarting it in 1 s (attempt 1 of 4 within 60 s" in said
+        new_pid = int(said.split("restarted inference (pid ", 1)[1].split(",", 1)[0])
+        assert f"restarted inference (pid {new_pid}, attempt 1)" in said and "stopping" not in said
+        assert new_pid != pids["inference"]
+        with ServiceClient(addr) as client:
+            assert client.health() == 1
+        # The others never stopped: same processes, still the supervisor's only children.
+        others = {name: pid for name, pid in pids.items() if name != "inference"}
+        assert children_of(proc.pid) == {*others.values(), new_pid}
+        assert http_status(ui_url(env)) == 200
+        # The UI's line turns green by itself, over the same channels (no UI restart, no new client).
+        deadline = time.monotonic() + 10
+        while ui_health(backend).count("#16a34a") < 3:
+            assert time.monotonic() < deadline, ui_health(backend)
+            time.sleep(0.5)
+    finally:
+        backend.close()
+    proc.send_signal(signal.SIGINT)
     rest = read_all(proc)
-    assert proc.returncode == 1
-    assert f"{victim} exited with code -9" in rest
-    assert f"logs/{victim}.log" in rest
-    assert not any(pid_alive(pid) for pid in pids.values())
+    assert proc.returncode == 0, rest
+    assert not any(pid_alive(pid) for pid in [*others.values(), new_pid])
+
+
+def test_up_stops_when_a_child_crashes_in_a_loop(up_home, tmp_path):
+    """Ingest's port is taken (bound, not listening: nothing answers there), so it dies at every start."""
+    env = {**stack_env(up_home), "DOPPEL_STORE_URL": (tmp_path / "store").as_uri(),
+           "DOPPEL_RESTART_BACKOFF_S": "0.1", "DOPPEL_RESTART_LIMIT": "3"}
+    host, port = env["DOPPEL_INGEST_ADDR"].split(":")
+    with socket.socket() as taken:
+        taken.bind((host, int(port)))
+        proc = doppel("up", env=env)
+        try:
+            out = proc.communicate(timeout=180)[0]
+        finally:
+            stop_up(proc, set())
+    assert proc.returncode == 1, out
+    assert "ingest exited with code 1; restarting it in 0.1 s (attempt 1 of 2 within 60 s" in out
+    assert "ingest exited with code 1; restarting it in 0.2 s (attempt 2 of 2 within 60 s" in out
+    error = f"error: ingest exited with code 1, 3 crashes within 60 s: not restarting it; the end of {up_home}"
+    assert error in out and "logs/ingest.log:" in out
+    assert f"cannot listen on {env['DOPPEL_INGEST_ADDR']}" in out.split(error, 1)[1]  # the log's tail
+    assert "Doppel is up" not in out and out.rstrip().endswith("stopped")
+    # The rest of the stack stopped with it.
+    assert http_status(f"{env['DOPPEL_PREFECT_API_URL']}/health") is None
+    with ServiceClient(env["DOPPEL_TRAINER_ADDR"]) as client, pytest.raises(grpc.RpcError):
+        client.health(timeout=1)
 
 
 @pytest.mark.timeout(600)  # two stacks, one after the other

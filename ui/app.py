@@ -1,5 +1,8 @@
 """The Gradio app: a header with the services' health, then one tab per task, built from `Settings`.
 
+The health line checks again every `HEALTH_EVERY_S`, so a service that `doppel up` is
+restarting shows as not answering, and as answering again once it is back, with no reload.
+
 `build` makes the Blocks (tests drive its tab classes directly); `launch` serves it on
 `DOPPEL_UI_HOST:DOPPEL_UI_PORT` until the process is stopped. The app talks to the services
 only through `ui.backend.Backend`, i.e. doppel's gRPC clients.
@@ -24,6 +27,7 @@ CSS = """
 .doppel-run div { margin-top: 4px; font-size: var(--text-md); }
 """
 CONCURRENCY = 16  # handlers mostly wait on RPCs; inference batches concurrent requests itself
+HEALTH_EVERY_S = 5.0  # how often the open page checks the services again
 
 
 def health(backend: Backend) -> str:
@@ -37,7 +41,10 @@ def health(backend: Backend) -> str:
             down.append(f"{service_name(client)} at `{client.addr}`")
     line = "Services: " + " · ".join(dots)
     if down:
-        line += f"  \n**Not answering: {', '.join(down)}.** Start the stack with `doppel up`, then *Check services*."
+        line += (
+            f"  \n**Not answering: {', '.join(down)}.** `doppel up` restarts a service that stopped, and this line "
+            f"checks again every {HEALTH_EVERY_S:g} s; if the stack is not running, start it with `doppel up`."
+        )
     return line
 
 
@@ -61,6 +68,7 @@ def build(settings: Settings, backend: Backend | None = None) -> gr.Blocks:
         app.load(lambda: health(backend), None, status, api_visibility="private")
         app.load(importer.load, importer.load_io, importer.load_io, api_visibility="private")
         check.click(lambda: health(backend), None, status, api_visibility="private")
+        gr.Timer(HEALTH_EVERY_S).tick(lambda: health(backend), None, status, api_visibility="private")
     app.queue(default_concurrency_limit=CONCURRENCY)
     return app
 

@@ -42,6 +42,7 @@ def ingest_options(
     redaction: str = "",
     keep_duplicates: bool = False,
     timezone: str = "",
+    keep_raw: bool = False,
 ) -> ingest_pb2.IngestOptions:
     """IngestOptions from the Import tab's fields."""
     options = ingest_pb2.IngestOptions(
@@ -52,6 +53,7 @@ def ingest_options(
         redaction=REDACTIONS.get(redaction, ingest_pb2.REDACTION_UNSPECIFIED),
         keep_duplicates=keep_duplicates,
         timezone=(timezone or "").strip(),
+        keep_raw=keep_raw,
     )
     if min_messages is not None:
         options.min_messages = int(min_messages)

@@ -30,7 +30,8 @@ class ImportTab:
     def upload(
         self, file: str | None, dataset_name: str, target: str, format: str, redaction: str, min_messages: float | None,
         exclude_conversations: str, exclude_senders: str, session_gap: str, merge_window: str, scripts: list[str],
-        script_min_fraction: float, timezone: str, keep_duplicates: bool, progress: gr.Progress = gr.Progress(),
+        script_min_fraction: float, timezone: str, keep_duplicates: bool, keep_raw: bool,
+        progress: gr.Progress = gr.Progress(),
     ) -> tuple[Any, ...]:
         """Upload `file` into a new dataset (or `target`), then show it: (datasets, targets, *`show`)."""
         if not file:
@@ -40,7 +41,7 @@ class ImportTab:
                 format=format, exclude_conversations=exclude_conversations, exclude_senders=exclude_senders,
                 min_messages=min_messages, session_gap=session_gap, merge_window=merge_window, scripts=scripts,
                 script_min_fraction=script_min_fraction, redaction=redaction, keep_duplicates=keep_duplicates,
-                timezone=timezone,
+                timezone=timezone, keep_raw=keep_raw,
             )
         path = Path(file)
         header = ingest_pb2.UploadHeader(filename=path.name, dataset_id=target or "", dataset_name=dataset_name or "",
@@ -133,6 +134,8 @@ class ImportTab:
                     script_fraction = gr.Slider(label="Share of letters in those scripts", minimum=0, maximum=1,
                                                 value=0.5, step=0.05)
                     keep_duplicates = gr.Checkbox(label="Keep messages the dataset already holds", value=False)
+                    keep_raw = gr.Checkbox(label="Keep the export itself in the store (unredacted; by default it is "
+                                                 "deleted once parsed)", value=False, elem_id="import-keep-raw")
             gr.Markdown("## Dataset")
             with gr.Row():
                 dataset = gr.Dropdown(label="Dataset", choices=[], value=None, scale=4, elem_id="import-dataset")
@@ -151,7 +154,7 @@ class ImportTab:
             start.click(
                 self.upload,
                 [file, name, target, fmt, redaction, min_messages, exclude_conversations, exclude_senders, session_gap,
-                 merge_window, scripts, script_fraction, timezone, keep_duplicates],
+                 merge_window, scripts, script_fraction, timezone, keep_duplicates, keep_raw],
                 [dataset, target, *shown],
                 api_visibility="private",
             )

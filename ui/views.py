@@ -105,6 +105,12 @@ def dataset_summary(d: ingest_pb2.Dataset) -> str:
     ]
     if s.HasField("first"):
         lines.append(f"From {s.first.ToDatetime():%Y-%m-%d} to {s.last.ToDatetime():%Y-%m-%d}.")
+    kept = [src for src in d.sources if src.kept]
+    lines.append("The exports it was made from were deleted once parsed; only this dataset's (redacted) messages "
+                 "are stored." if not kept else
+                 f"{len(kept)} of the {len(d.sources)} exports it was made from "
+                 f"{'is' if len(kept) == 1 else 'are'} kept in the store, unredacted: " + ", ".join(
+                     escape(src.filename) for src in kept) + " (deleting the dataset deletes them).")
     if len(s.participants) > PARTICIPANT_BARS:
         lines.append(f"The chart shows the {PARTICIPANT_BARS} most active of {len(s.participants)} participants.")
     notes = "\n".join(f"- ⚠ {escape(w)}" for w in d.warnings)

@@ -88,6 +88,8 @@ def ingest(
     redact: Annotated[str, typer.Option("--redact", help="off, personal, or personal_and_urls.")] = "personal",
     keep_duplicates: Annotated[bool, typer.Option("--keep-duplicates", help="Keep messages the dataset holds already.")] = False,
     timezone: Timezone = "",
+    keep_raw: Annotated[bool, typer.Option("--keep-raw", help="Keep the export itself in the store; by default "
+                                           "it is deleted once parsed.")] = False,
 ) -> None:
     """Upload an export to the ingest service and print the new dataset's id and stats."""
     import grpc
@@ -103,7 +105,7 @@ def ingest(
     if not path.exists():
         fail(f"{path}: no such file or folder")
     try:
-        options = _options(params, keep_duplicates=keep_duplicates)
+        options = _options(params, keep_duplicates=keep_duplicates, keep_raw=keep_raw)
     except DoppelError as e:
         fail(str(e), 2)
     header = ingest_pb2.UploadHeader(
@@ -124,6 +126,8 @@ def ingest(
     stats = d.stats
     typer.echo(f"dataset {d.id}  ({d.name})")
     typer.echo(f"  format         {_format_name(d.sources[-1].format)}")
+    source = d.sources[-1]
+    typer.echo(f"  export         {f'kept at {source.key}' if source.kept else 'deleted once parsed (--keep-raw keeps it)'}")
     typer.echo(f"  conversations  {stats.conversations}")
     typer.echo(f"  messages       {stats.messages}")
     if stats.HasField("first"):

@@ -8,7 +8,15 @@ Once they answer their gRPC health checks, the UI starts (`python -m doppel ui`)
 talks to them. The supervisor waits for every child's health check, says where each one
 is reached, then runs an optional step in the background (the demo import), and stops
 them all cleanly on SIGINT or SIGTERM, the UI first and the server the services talk to
-last. When a child dies it says which, with the end of its log, and stops the rest.
+last.
+
+A child that dies on its own, during start-up or later, is restarted alone, like
+docker compose's `restart:` policy: after `DOPPEL_RESTART_BACKOFF_S` (1 s), doubled for each
+earlier crash of that child within `DOPPEL_RESTART_WINDOW_S` (60 s), at most
+`RESTART_BACKOFF_MAX_S`; the others keep running. The log says which child ended, how, the
+restart and its attempt, then when the child is healthy again. Only a child that crashes
+`DOPPEL_RESTART_LIMIT` (5) times within the window stops the stack, with the end of its log:
+a crash loop (a taken port, a bad setting) is not fixed by restarting.
 """
 
 from __future__ import annotations
@@ -22,6 +30,7 @@ import sys
 import threading
 import time
 import urllib.request
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
@@ -36,6 +45,7 @@ from doppel.config import Settings
 
 POLL_S = 0.25
 PREFECT_GRACE_S = 10.0  # the server stops in ~2 s on SIGTERM
+RESTART_BACKOFF_MAX_S = 30.0  # the longest wait before a restart, whatever DOPPEL_RESTART_* say
 # No Prefect process phones home, whatever the user's environment says.
 QUIET = {"DO_NOT_TRACK": "1", "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
 
@@ -100,6 +110,16 @@ def _serving(addr: str, timeout: float = 1.0) -> bool:
 _direct = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # loopback never goes through a proxy
 
 
+def _ended(returncode: int) -> str:
+    """How a child ended, for a person: its exit code, or the signal that killed it."""
+    if returncode >= 0:
+        return f"exited with code {returncode}"
+    try:
+        return f"was killed by {signal.Signals(-returncode).name}"
+    except ValueError:
+        return f"was killed by signal {-returncode}"
+
+
 def _http_ok(url: str, timeout: float = 1.0) -> bool:
     """Whether GET `url` answers 200."""
     try:
@@ -121,6 +141,9 @@ class Child:
     env: dict[str, str] = field(default_factory=dict)  # on top of the supervisor's environment
     grace_s: float = 10.0  # how long a SIGTERM may take before SIGKILL
     proc: subprocess.Popen | None = None
+    crashes: deque[float] = field(default_factory=deque)  # when it died, within the restart window
+    restart_at: float | None = None  # while it waits for a restart
+    restarted_at: float | None = None  # from a restart until it is healthy again
 
     def start(self) -> None:
         with self.log_path.open("ab") as log:
@@ -133,9 +156,6 @@ class Child:
                 env={**os.environ, **self.env},
                 start_new_session=True,
             )
-
-    def dead(self) -> bool:
-        return self.proc is not None and self.proc.poll() is not None
 
     def log_tail(self, lines: int = 15) -> str:
         try:
@@ -195,18 +215,54 @@ class Stack:
         self._stopping = threading.Event()
 
     def _say(self, message: str) -> None:
-        print(message, flush=True)
+        try:
+            print(message, flush=True)
+        except OSError:  # the terminal or pipe went away: the children must still be tended and stopped
+            pass
 
-    def _dead(self) -> Child | None:
-        return next((c for c in self.children if c.dead()), None)
-
-    def _report_death(self, child: Child) -> None:
-        proc = child.proc
-        assert proc is not None  # only a started child can die
+    def _crashed(self, child: Child, returncode: int, now: float) -> bool:
+        """Count a crash of `child` and plan its restart; False, with the end of its log, when it crashed too often."""
+        limit, window = self.settings.restart_limit, self.settings.restart_window_s
+        child.crashes.append(now)
+        while child.crashes[0] < now - window:
+            child.crashes.popleft()
+        crashes = len(child.crashes)
+        if crashes >= limit:
+            self._say(
+                f"error: {child.name} {_ended(returncode)}, {crashes} crash{'es' if crashes > 1 else ''} within "
+                f"{window:g} s: not restarting it; the end of {child.log_path}:\n{child.log_tail()}"
+            )
+            return False
+        delay = min(self.settings.restart_backoff_s * 2 ** (crashes - 1), RESTART_BACKOFF_MAX_S)
+        child.restart_at, child.restarted_at = now + delay, None
         self._say(
-            f"error: {child.name} exited with code {proc.returncode}; the end of {child.log_path}:\n"
-            f"{child.log_tail()}"
+            f"{child.name} {_ended(returncode)}; restarting it in {delay:g} s "
+            f"(attempt {crashes} of {limit - 1} within {window:g} s; log in {child.log_path})"
         )
+        return True
+
+    def _tend(self) -> bool:
+        """Restart the children that died, once their backoff is over, and say when each is healthy again.
+
+        False when one crashed too often: the stack stops.
+        """
+        now = time.monotonic()
+        for child in self.children:
+            proc = child.proc
+            if proc is None:
+                continue  # a later stage, not started yet
+            if child.restart_at is None and (returncode := proc.poll()) is not None:
+                if not self._crashed(child, returncode, now):
+                    return False
+            elif child.restart_at is not None and now >= child.restart_at:
+                child.restart_at, child.restarted_at = None, now
+                child.start()
+                assert child.proc is not None  # just started
+                self._say(f"restarted {child.name} (pid {child.proc.pid}, attempt {len(child.crashes)})")
+            elif child.restarted_at is not None and child.healthy():
+                self._say(f"{child.name} healthy again, {now - child.restarted_at:.1f} s after its restart (pid {proc.pid})")
+                child.restarted_at = None
+        return True
 
     def _wait_healthy(self, stage: list[Child], timeout: float) -> bool:
         pending = list(stage)
@@ -214,8 +270,7 @@ class Stack:
         while pending:
             if self._stop_signal is not None:
                 return False
-            if dead := self._dead():
-                self._report_death(dead)
+            if not self._tend():
                 return False
             if time.monotonic() > deadline:
                 self._say(
@@ -229,7 +284,7 @@ class Stack:
         return True
 
     def _start_stage(self, stage: list[Child], timeout: float) -> bool:
-        """Start a stage's children and wait until each is healthy (False on a signal, death or timeout)."""
+        """Start a stage's children and wait until each is healthy (False on a signal, a crash loop or timeout)."""
         started = time.monotonic()
         for child in stage:
             child.start()
@@ -280,7 +335,7 @@ class Stack:
             self._say(message)
 
     def run(self, timeout: float = 120.0) -> int:
-        """Start stage by stage, waiting for health; watch until a signal or a death; the process exit code."""
+        """Start stage by stage, waiting for health; restart what dies until a signal or a crash loop; the exit code."""
         if problem := self._taken():
             self._say(problem)
             return 1
@@ -313,8 +368,7 @@ class Stack:
             if self.after_up is not None:
                 threading.Thread(target=self._run_after_up, name="after-up", daemon=True).start()
             while self._stop_signal is None:
-                if dead := self._dead():
-                    self._report_death(dead)
+                if not self._tend():
                     return 1
                 time.sleep(POLL_S)
             return 0

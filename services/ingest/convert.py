@@ -40,6 +40,7 @@ def options_from_proto(p: ingest_pb2.IngestOptions) -> IngestOptions:
         "scripts": list(p.scripts),
         "redaction": REDACTIONS.get(p.redaction, Redaction.personal),
         "keep_duplicates": p.keep_duplicates,
+        "keep_raw": p.keep_raw,
         "timezone": p.timezone,
     }
     if p.HasField("min_messages"):
@@ -59,6 +60,7 @@ def options_to_proto(o: IngestOptions) -> ingest_pb2.IngestOptions:
         script_min_fraction=o.script_min_fraction,
         redaction=REDACTION_ENUMS[o.redaction],
         keep_duplicates=o.keep_duplicates,
+        keep_raw=o.keep_raw,
         timezone=o.timezone,
     )
     if o.session_gap is not None:
@@ -101,6 +103,7 @@ def dataset_to_proto(m: DatasetManifest) -> ingest_pb2.Dataset:
                 size_bytes=s.size_bytes,
                 filename=s.filename,
                 format=FORMAT_ENUMS.get(s.format, ingest_pb2.EXPORT_FORMAT_UNSPECIFIED),
+                kept=s.kept,
             )
             for s in m.sources
         ],

@@ -39,6 +39,9 @@ class IngestOptions(BaseModel):
     redaction: Redaction = Redaction.personal
     keep_duplicates: bool = False
     timezone: str = ""  # IANA zone applied to naive local times; "" keeps them naive
+    # keep an uploaded export itself (raw/<sha256>) for the dataset's life; by default it is
+    # deleted once parsed: it holds everyone's messages, media and contacts, unredacted
+    keep_raw: bool = False
 
     @field_validator("format")
     @classmethod

@@ -1,10 +1,13 @@
-"""An export in, a dataset out: store the raw file once, parse, filter, write shards, manifest last.
+"""An export in, a dataset out: parse, filter, write shards, manifest last.
 
-Nothing here knows about gRPC. The order of writes is what makes a failed ingest leave no
-trace: the raw export is content-addressed (the same bytes are stored once), shards and the
-dedupe index get names no earlier import used, and the manifest, which is what makes a
-dataset exist, is written last. If anything fails before it, every object this import wrote
-is deleted again, including the raw export when no dataset uses it.
+Nothing here knows about gRPC. An uploaded export is parsed from the uploader's temporary file
+and not stored: it holds everyone's messages, media and contact details as written, while the
+dataset holds only the (redacted) text. Asked to (`IngestOptions.keep_raw`), it is stored
+first, content-addressed (the same bytes once), for the dataset's life. The order of writes is
+what makes a failed ingest leave no trace: shards and the dedupe index get names no earlier
+import used, and the manifest, which is what makes a dataset exist, is written last. If
+anything fails before it, every object this import wrote is deleted again, including a kept
+raw export when no dataset uses it.
 
 Memory stays bounded by the largest conversation: parsers yield one conversation at a time,
 shards stream into the store, and only the dedupe fingerprints (8 bytes a message on disk)
@@ -83,15 +86,16 @@ def ingest_file(
     sha256: str = "",
     progress: Progress | None = None,
 ) -> DatasetManifest:
-    """Store `path` as a raw export (once per content) and parse it into a dataset."""
+    """Parse `path` into a dataset; store it as a raw export too (once per content) if `options.keep_raw`."""
     started = time.monotonic()
     sha = sha256 or file_sha256(path)
-    key = raw_export_key(sha)
+    key = raw_export_key(sha) if options.keep_raw else ""
     with _WRITE_LOCK:
-        created = not store.exists(key)
+        created = bool(key) and not store.exists(key)
         if created:
             store.put_file(key, path)
-        raw = SourceExport(key=key, sha256=sha, size_bytes=path.stat().st_size, filename=filename, format="")
+        raw = SourceExport(key=key, sha256=sha, size_bytes=path.stat().st_size, filename=filename, format="",
+                           kept=bool(key))
         try:
             with open_source(path, name=filename) as source:
                 return _build(store, source, raw, target, options, progress, started)

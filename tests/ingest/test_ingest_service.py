@@ -56,9 +56,17 @@ def test_upload_a_zip_read_stats_preview_and_delete_leaving_nothing(service, tmp
     assert preview[1].messages[0].timestamp.ToDatetime().isoformat() == "2024-01-02T12:00:00"
     listed = client.list_datasets(ingest_pb2.ListDatasetsRequest()).datasets
     assert [x.id for x in listed] == [d.id]
+    assert (d.sources[0].key, d.sources[0].kept) == ("", False)  # the export itself was not stored
+    assert not [k for k in keys(store) if k.startswith("raw/")]
     deleted = client.delete_dataset(ingest_pb2.DeleteDatasetRequest(dataset_id=d.id))
-    assert deleted.raw_exports_deleted == [d.sources[0].key]
+    assert deleted.raw_exports_deleted == [] and deleted.objects_deleted == 3  # manifest, shard, dedupe index
     assert keys(store) == []
+
+    kept = client.upload_file(z, ingest_pb2.UploadHeader(filename="export.zip", options=ingest_pb2.IngestOptions(keep_raw=True)))
+    source = kept.dataset.sources[0]
+    assert source.kept and source.key == f"raw/{source.sha256}" and store.get(source.key) == z.read_bytes()
+    deleted = client.delete_dataset(ingest_pb2.DeleteDatasetRequest(dataset_id=kept.dataset.id))
+    assert deleted.raw_exports_deleted == [source.key] and keys(store) == []
 
 
 def test_bad_uploads_are_invalid_argument_naming_the_file_and_store_nothing(service, tmp_path):

@@ -40,10 +40,24 @@ def all_messages(store, manifest):
     return [(c.id, m.sender, m.text) for c in dataset.conversations(store, manifest) for m in c.messages]
 
 
-def test_an_export_becomes_a_dataset_with_stats_and_the_raw_file_once(store, tmp_path):
+def test_an_export_becomes_a_dataset_and_the_export_itself_is_not_kept(store, tmp_path):
     path = export(tmp_path, FIRST)
     m = ingest_file(store, path, filename="chat.jsonl")
-    assert m.name == "chat" and m.sources[0].format == "jsonl"
+    (source,) = m.sources
+    assert (source.key, source.kept, source.sha256, source.filename) == ("", False, file_sha256(path), "chat.jsonl")
+    assert sorted(keys(store)) == sorted([f"datasets/{m.id}/manifest.json", f"datasets/{m.id}/{m.files[0]}",
+                                          f"datasets/{m.id}/{m.seen}"])  # no raw/ object, ever
+    merged = ingest_file(store, export(tmp_path, OVERLAP, "b.jsonl"), filename="b.jsonl", target=Target(m.id))
+    assert merged.stats.messages == 6 and any("2 duplicate messages dropped" in w for w in merged.warnings)
+    again = ingest_file(store, path, filename="chat.jsonl", target=Target(m.id))  # re-imported: nothing doubles
+    assert again.stats.messages == 6 and not [k for k in keys(store) if k.startswith("raw/")]
+    assert datasets.delete(store, m.id).raw_exports == [] and keys(store) == []
+
+
+def test_an_export_asked_to_be_kept_is_stored_once_with_the_dataset(store, tmp_path):
+    path = export(tmp_path, FIRST)
+    m = ingest_file(store, path, filename="chat.jsonl", options=IngestOptions(keep_raw=True))
+    assert m.name == "chat" and m.sources[0].format == "jsonl" and m.sources[0].kept
     assert m.sources[0].key == raw_export_key(file_sha256(path))
     assert store.get(m.sources[0].key) == FIRST
     assert (m.stats.conversations, m.stats.messages) == (2, 4)
@@ -53,7 +67,7 @@ def test_an_export_becomes_a_dataset_with_stats_and_the_raw_file_once(store, tmp
     assert sorted(keys(store)) == sorted(
         [m.sources[0].key, f"datasets/{m.id}/manifest.json", f"datasets/{m.id}/{m.files[0]}", f"datasets/{m.id}/{m.seen}"]
     )
-    again = ingest_file(store, path, filename="again.jsonl", target=Target(name="second"))
+    again = ingest_file(store, path, filename="again.jsonl", target=Target(name="second"), options=IngestOptions(keep_raw=True))
     assert again.id != m.id and again.name == "second"
     assert [k for k in keys(store) if k.startswith("raw/")] == [m.sources[0].key]
 
@@ -119,8 +133,8 @@ def test_missing_dataset_is_not_found_and_writes_nothing(store, tmp_path):
 
 def test_delete_removes_everything_derived_and_unshared_raw_exports(store, tmp_path):
     path = export(tmp_path, FIRST)
-    a = ingest_file(store, path, filename="chat.jsonl")
-    b = ingest_file(store, path, filename="chat.jsonl")
+    a = ingest_file(store, path, filename="chat.jsonl", options=IngestOptions(keep_raw=True))
+    b = ingest_file(store, path, filename="chat.jsonl", options=IngestOptions(keep_raw=True))
     gone = datasets.delete(store, a.id)
     assert gone.raw_exports == []  # b still uses it
     assert store.exists(a.sources[0].key)

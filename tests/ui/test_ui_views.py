@@ -90,7 +90,7 @@ def upload(tab: ImportTab, path: Path | None, **options) -> tuple:
     """ImportTab.upload with the form's defaults, as the page sends them, and `options` over them."""
     form = dict(dataset_name="", target="", format="auto", redaction=next(iter(forms.REDACTIONS)), min_messages=2,
                 exclude_conversations="", exclude_senders="", session_gap="", merge_window="", scripts=[],
-                script_min_fraction=0.5, timezone="", keep_duplicates=False)
+                script_min_fraction=0.5, timezone="", keep_duplicates=False, keep_raw=False)
     return tab.upload(str(path) if path else None, **{**form, **options})
 
 
@@ -212,8 +212,17 @@ def test_import_uploads_and_shows_the_dataset(stack, dataset):
     assert people.values.tolist() == [["Alice", 80], ["Bob", 80], ["Carol", 3]]
     assert months["messages"].sum() == 163
     assert "**Bob**" in preview and "**Alice**" in preview
+    assert "The exports it was made from were deleted once parsed" in summary
     datasets, targets = tab.refresh(None, dataset)
     assert dataset in [v for _, v in datasets["choices"]] and targets["value"] == dataset
+
+    kept = upload(tab, whatsapp_export(tmp / "WhatsApp Chat with Bob.txt"), target=dataset, keep_raw=True)
+    summary = kept[2]
+    assert "1 of the 2 exports it was made from is kept in the store, unredacted: WhatsApp Chat with Bob\\.txt " in summary
+    store = open_store(backend.settings.store_url)
+    assert [k.key for k in store.list("raw/")] == [src.key for src in
+                                                   backend.ingest.get_dataset(ingest_pb2.GetDatasetRequest(dataset_id=dataset)).dataset.sources
+                                                   if src.kept]
 
 
 def test_import_errors_are_the_services_words(stack, tmp_path):
