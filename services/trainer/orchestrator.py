@@ -14,7 +14,7 @@ from typing import Any
 from uuid import UUID
 
 from prefect.client.orchestration import PrefectClient
-from prefect.client.schemas.filters import FlowFilter, FlowFilterName
+from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, FlowFilter, FlowFilterName
 from prefect.client.schemas.objects import FlowRun, StateType
 from prefect.client.schemas.objects import State as PrefectState
 from prefect.client.schemas.sorting import FlowRunSort
@@ -163,6 +163,29 @@ class Orchestrator:
 
         if view.state not in ("completed", "failed", "cancelled"):
             await self._call("cancel a flow run", go)
+
+    async def delete(self, run_id: str) -> int:
+        """Remove a run from Prefect: its artifacts (reports and fidelity pairs quote messages; Prefect
+        keeps them past their flow run), then the flow run, whose logs Prefect removes with it. The
+        number of objects removed; 0 for a run Prefect does not have."""
+        try:
+            uuid = UUID(run_id)
+        except ValueError:
+            return 0
+
+        async def go(client: PrefectClient) -> int:
+            found = ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[uuid]))
+            artifacts = await client.read_artifacts(artifact_filter=found)
+            for artifact in artifacts:
+                await client.delete_artifact(artifact.id)
+            try:
+                await client.delete_flow_run(uuid)
+            except ObjectNotFound:
+                return len(artifacts)
+            return len(artifacts) + 1
+
+        removed: int = await self._call("delete a flow run", go)
+        return removed
 
     async def reschedule(self, run_id: str) -> None:
         """Schedule a run again (what the dashboard's retry does): it resumes from its checkpoint."""

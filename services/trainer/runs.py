@@ -108,6 +108,14 @@ def find_record(store: Store, run_id: str) -> RunRecord | None:
     return RUNS.find(store, run_id)
 
 
+def delete(store: Store, run_id: str) -> int:
+    """Remove a run's record, events (their samples quote what the model wrote) and checkpoints;
+    the number of objects removed (0 when the store has none)."""
+    if RUNS.find(store, run_id) is None:
+        return store.delete_prefix(run_prefix(run_id))
+    return RUNS.delete(store, run_id)[1]
+
+
 def read_events(store: Store, run_id: str, after: int = -1) -> list[Event]:
     """Events with seq > `after`, in order; only the chunks that can hold them are read."""
     out: list[Event] = []

@@ -205,7 +205,13 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
         return trainer_pb2.GetModelResponse(model=model_to_proto(await asyncio.to_thread(model.MODELS.get, self.store, request.model_id)))
 
     async def DeleteModel(self, request, context):
-        n = await asyncio.to_thread(models.delete, self.store, request.model_id)
+        """The model and the run that made it, everywhere: Prefect first (if it is down nothing is
+        deleted and the call can be repeated), then the run's objects and the model's in the store."""
+        manifest = await asyncio.to_thread(model.MODELS.get, self.store, request.model_id)
+        n = await self.prefect.delete(manifest.run_id) if manifest.run_id else 0
+        n += await asyncio.to_thread(models.delete, self.store, request.model_id)
+        if manifest.run_id:
+            n += await asyncio.to_thread(runs.delete, self.store, manifest.run_id)
         return trainer_pb2.DeleteModelResponse(objects_deleted=n)
 
     async def EvaluateModel(self, request, context) -> AsyncIterator[trainer_pb2.EvaluateModelResponse]:

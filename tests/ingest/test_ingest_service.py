@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 
 import grpc
 import pytest
@@ -37,7 +38,8 @@ def service(grpc_server, s3_store_url):
     store.close()
 
 
-def test_upload_a_zip_read_stats_preview_and_delete_leaving_nothing(service, tmp_path):
+def test_upload_a_zip_read_stats_preview_and_delete_leaving_nothing(service, tmp_path, caplog):
+    caplog.set_level(logging.INFO)
     client, store, _ = service
     z = write_zip(tmp_path / "export.zip", {"chats/export.jsonl": EXPORT})
     sent = []
@@ -57,6 +59,10 @@ def test_upload_a_zip_read_stats_preview_and_delete_leaving_nothing(service, tmp
     listed = client.list_datasets(ingest_pb2.ListDatasetsRequest()).datasets
     assert [x.id for x in listed] == [d.id]
     assert (d.sources[0].key, d.sources[0].kept) == ("", False)  # the export itself was not stored
+    logged = caplog.text
+    assert f"dataset {d.id}: format=jsonl" in logged  # the service did log the import...
+    texts = [t for line in EXPORT.decode().splitlines() if line.strip() and len(t := json.loads(line)["text"]) >= 5]
+    assert texts and not [t for t in texts if t in logged]  # ...but no word anyone wrote
     assert not [k for k in keys(store) if k.startswith("raw/")]
     deleted = client.delete_dataset(ingest_pb2.DeleteDatasetRequest(dataset_id=d.id))
     assert deleted.raw_exports_deleted == [] and deleted.objects_deleted == 3  # manifest, shard, dedupe index

@@ -318,6 +318,38 @@ def test_runs_leave_progress_report_and_fidelity_artifacts_in_prefect(trainer, p
     assert figures.speaker == "Alice" and figures.replies > 0
     assert f"({figures.replies} held-out replies of {dataset})" in table and 0 <= figures.style_distance <= 1
 
+    # Deleting the model deletes what quotes messages: the run's events and record, and in Prefect
+    # the artifacts, the flow run and its logs.
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+    from prefect.exceptions import ObjectNotFound
+
+    async def logs():
+        async with PrefectClient(prefect_api_url) as c:
+            return await c.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[uuid.UUID(run.run_id)])))
+
+    said = [entry.message for entry in asyncio.run(logs())]
+    assert said and list(store.list(f"runs/{run.run_id}/"))
+    written = {m.text for c in chat() for m in c.messages if len(m.text) >= 12} | {s.text for s in MODELS.get(store, model_id).samples}
+    assert not [(line, t) for line in said for t in written if t.strip() and t.strip() in line]  # no message text in logs
+    deleted = client.delete_model(tr.DeleteModelRequest(model_id=model_id)).objects_deleted
+    assert deleted >= len(found) + 1 + 3  # artifacts, the flow run, the model's and the run's objects
+    assert not list(store.list(f"models/{model_id}/")) and not list(store.list(f"runs/{run.run_id}/"))
+    assert asyncio.run(artifacts()) == []
+
+    async def flow_run_gone() -> bool:
+        async with PrefectClient(prefect_api_url) as c:
+            try:
+                await c.read_flow_run(uuid.UUID(run.run_id))
+            except ObjectNotFound:
+                return True
+            return False
+
+    assert asyncio.run(flow_run_gone())
+    _wait(lambda: not asyncio.run(logs()))  # Prefect removes a deleted flow run's logs in the background
+    with pytest.raises(grpc.RpcError) as e:
+        client.delete_model(tr.DeleteModelRequest(model_id=model_id))
+    assert e.value.code() == grpc.StatusCode.NOT_FOUND
+
 
 def _same(a, b) -> bool:
     """Fidelity protos alike, NaN equal to NaN (proto equality says NaN != NaN)."""
