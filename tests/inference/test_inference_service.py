@@ -281,3 +281,37 @@ def test_a_dead_engine_process_fails_its_calls_and_the_next_call_starts_another(
         assert running.servicer.engine.pid not in (None, first_pid)
     finally:
         running.close()
+
+
+def test_repeated_engine_kills_leak_no_process_descriptor_or_memory(models_store):
+    import os
+    import signal
+
+    import psutil
+
+    store, ids, tmp = models_store
+    running = Running(store, tmp / "home-kills")
+    me = psutil.Process()
+    try:
+        assert chat(running.client, ids["a0"], sampling=sampling(max_new_tokens=2)).candidates  # warm: one engine up
+        fds, rss = me.num_fds(), me.memory_info().rss
+        killed = []
+        for _ in range(4):
+            pid = running.servicer.engine.pid
+            stream = running.client.chat_stream(inf.ChatStreamRequest(chat=inf.ChatRequest(
+                model_id=ids["a0"], sampling=sampling(max_new_tokens=1000, temperature=0))))
+            next(iter(stream))
+            os.kill(pid, signal.SIGKILL)
+            killed.append(pid)
+            with pytest.raises(grpc.RpcError) as e:
+                list(stream)
+            assert e.value.code() == grpc.StatusCode.UNAVAILABLE
+            assert chat(running.client, ids["a0"], sampling=sampling(max_new_tokens=2)).candidates
+        engines = [c for c in me.children(recursive=True) if "engine_process" in " ".join(c.cmdline())]
+        assert [c.pid for c in engines] == [running.servicer.engine.pid] and running.servicer.engine.pid not in killed
+        assert not [pid for pid in killed if psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE]
+        assert not [c for c in me.children(recursive=True) if c.status() == psutil.STATUS_ZOMBIE]  # every one reaped
+        assert me.num_fds() <= fds + 2  # a stray pipe per kill would show as 4 or more
+        assert me.memory_info().rss - rss < 64 * 2**20  # the front end holds no engine's memory
+    finally:
+        running.close()
