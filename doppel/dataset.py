@@ -13,6 +13,7 @@ Writing and deleting datasets is the ingest service's.
 
 from __future__ import annotations
 
+import hashlib
 from collections import Counter
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -146,6 +147,24 @@ class SourceExport(BaseModel):
     kept: bool = True  # the export itself is in the store at `key` (datasets from before this field kept it)
 
 
+class Pseudonyms(BaseModel):
+    """Who a dataset's `<PERSON_n>` placeholders are, without their names in clear.
+
+    `people[n - 1]` is `digest(name)` of the person shown as `<PERSON_n>`: the SHA-256 of the
+    dataset's random `salt` and the casefolded name. A later import digests its participants
+    the same way, so whoever already has a number keeps it and only newcomers get new ones.
+    A digest cannot be turned back into a name, but a guessed name can be checked against it:
+    the manifest is as private as the dataset it describes.
+    """
+
+    salt: str  # hex
+    people: list[str] = Field(default_factory=list)
+
+    def digest(self, name: str) -> str:
+        """Hex SHA-256 of the salt, a NUL and `name` casefolded."""
+        return hashlib.sha256(f"{self.salt}\0{name.casefold()}".encode()).hexdigest()
+
+
 class DatasetManifest(BaseModel):
     """`datasets/<id>/manifest.json`: written last, so a dataset without one does not exist.
 
@@ -165,6 +184,7 @@ class DatasetManifest(BaseModel):
     stats: DatasetStats = Field(default_factory=DatasetStats)
     files: list[str] = Field(default_factory=list)
     seen: str = ""  # the dedupe index's key relative to the dataset prefix, "" if none
+    pseudonyms: Pseudonyms | None = None  # once an import replaced people's names (`Redaction`)
     warnings: list[str] = Field(default_factory=list)
 
     @field_validator("id")

@@ -19,6 +19,8 @@ FORMATS = [AUTO_FORMAT, *enums.names(ingest_pb2.ExportFormat).values()]
 REDACTIONS = {
     "personal data (emails, phones, cards, IBANs)": ingest_pb2.REDACTION_PERSONAL,
     "personal data and URLs": ingest_pb2.REDACTION_PERSONAL_AND_URLS,
+    "personal data, URLs, street addresses and names (all but the speakers kept)":
+        ingest_pb2.REDACTION_PERSONAL_URLS_AND_NAMES,
     "nothing: store the text as written": ingest_pb2.REDACTION_OFF,
 }
 SCHEDULES = {name: enums.value(tr.LrSchedule, name) for name in ("cosine", "linear", "constant")}  # the usual first
@@ -43,6 +45,7 @@ def ingest_options(
     keep_duplicates: bool = False,
     timezone: str = "",
     keep_raw: bool = False,
+    keep_names: str = "",
 ) -> ingest_pb2.IngestOptions:
     """IngestOptions from the Import tab's fields."""
     options = ingest_pb2.IngestOptions(
@@ -51,6 +54,7 @@ def ingest_options(
         exclude_senders=names(exclude_senders),
         scripts=list(scripts),
         redaction=REDACTIONS.get(redaction, ingest_pb2.REDACTION_UNSPECIFIED),
+        keep_names=names(keep_names),
         keep_duplicates=keep_duplicates,
         timezone=(timezone or "").strip(),
         keep_raw=keep_raw,

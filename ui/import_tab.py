@@ -30,7 +30,7 @@ class ImportTab:
     def upload(
         self, file: str | None, dataset_name: str, target: str, format: str, redaction: str, min_messages: float | None,
         exclude_conversations: str, exclude_senders: str, session_gap: str, merge_window: str, scripts: list[str],
-        script_min_fraction: float, timezone: str, keep_duplicates: bool, keep_raw: bool,
+        script_min_fraction: float, timezone: str, keep_duplicates: bool, keep_raw: bool, keep_names: str = "",
         progress: gr.Progress = gr.Progress(),
     ) -> tuple[Any, ...]:
         """Upload `file` into a new dataset (or `target`), then show it: (datasets, targets, *`show`)."""
@@ -41,7 +41,7 @@ class ImportTab:
                 format=format, exclude_conversations=exclude_conversations, exclude_senders=exclude_senders,
                 min_messages=min_messages, session_gap=session_gap, merge_window=merge_window, scripts=scripts,
                 script_min_fraction=script_min_fraction, redaction=redaction, keep_duplicates=keep_duplicates,
-                timezone=timezone, keep_raw=keep_raw,
+                timezone=timezone, keep_raw=keep_raw, keep_names=keep_names,
             )
         path = Path(file)
         header = ingest_pb2.UploadHeader(filename=path.name, dataset_id=target or "", dataset_name=dataset_name or "",
@@ -122,6 +122,8 @@ class ImportTab:
                     exclude_conversations = gr.Textbox(label="Leave out conversations",
                                                        placeholder="titles or participants, comma-separated")
                     exclude_senders = gr.Textbox(label="Leave out senders", placeholder="names, comma-separated")
+                    keep_names = gr.Textbox(label="Names that stay", placeholder="speakers, comma-separated",
+                                            info="when names are replaced: everyone else becomes `<PERSON_1>`, `<PERSON_2>`, ...")
                 with gr.Row():
                     session_gap = gr.Textbox(label="Split conversations at pauses longer than",
                                              placeholder="e.g. 6h; empty keeps threads whole")
@@ -154,7 +156,7 @@ class ImportTab:
             start.click(
                 self.upload,
                 [file, name, target, fmt, redaction, min_messages, exclude_conversations, exclude_senders, session_gap,
-                 merge_window, scripts, script_fraction, timezone, keep_duplicates, keep_raw],
+                 merge_window, scripts, script_fraction, timezone, keep_duplicates, keep_raw, keep_names],
                 [dataset, target, *shown],
                 api_visibility="private",
             )

@@ -46,6 +46,11 @@ MergeWindow = Annotated[
 Script = Annotated[list[str], typer.Option("--script", help="Keep conversations mostly in this script, e.g. Latin (repeatable).")]
 ScriptFraction = Annotated[float, typer.Option("--script-min-fraction", help="Share of letters that must be in --script.")]
 Timezone = Annotated[str, typer.Option("--timezone", help="IANA zone for exports that wrote local time, e.g. Europe/Berlin.")]
+REDACT_HELP = ("off, personal, personal_and_urls, or personal_urls_and_names (also street addresses, and "
+               "everyone's name but --keep-name's: <PERSON_1>, ...).")
+KeepName = Annotated[
+    list[str], typer.Option("--keep-name", help="With personal_urls_and_names: a speaker whose name stays (repeatable).")
+]
 
 
 # command-line parameter -> IngestOptions field, for the options both commands take
@@ -59,6 +64,7 @@ _OPTION_FIELDS = {
     "script": "scripts",
     "script_min_fraction": "script_min_fraction",
     "redact": "redaction",
+    "keep_name": "keep_names",
     "timezone": "timezone",
 }
 
@@ -85,7 +91,8 @@ def ingest(
     merge_window: MergeWindow = "",
     script: Script = [],  # noqa: B006
     script_min_fraction: ScriptFraction = 0.5,
-    redact: Annotated[str, typer.Option("--redact", help="off, personal, or personal_and_urls.")] = "personal",
+    redact: Annotated[str, typer.Option("--redact", help=REDACT_HELP)] = "personal",
+    keep_name: KeepName = [],  # noqa: B006
     keep_duplicates: Annotated[bool, typer.Option("--keep-duplicates", help="Keep messages the dataset holds already.")] = False,
     timezone: Timezone = "",
     keep_raw: Annotated[bool, typer.Option("--keep-raw", help="Keep the export itself in the store; by default "
@@ -151,7 +158,8 @@ def inspect(
     merge_window: MergeWindow = "",
     script: Script = [],  # noqa: B006
     script_min_fraction: ScriptFraction = 0.5,
-    redact: Annotated[str, typer.Option("--redact", help="off, personal, or personal_and_urls.")] = "off",
+    redact: Annotated[str, typer.Option("--redact", help=REDACT_HELP)] = "off",
+    keep_name: KeepName = [],  # noqa: B006
     dedupe: Annotated[bool, typer.Option("--dedupe", help="Drop repeated messages.")] = False,
     timezone: Timezone = "",
 ) -> None:
@@ -165,7 +173,8 @@ def inspect(
     from doppel.errors import DoppelError
     from services.ingest.dedupe import SeenIndex
     from services.ingest.filters import Filters
-    from services.ingest.parsers import parse
+    from services.ingest.parsers import parse, parser_for
+    from services.ingest.pseudonyms import for_import
     from services.ingest.source import open_source
 
     params = dict(locals())
@@ -175,7 +184,7 @@ def inspect(
         stats = StatsAccumulator()
         with open_source(path) as source:
             name, parsed = parse(source, options.format)
-            filters = Filters(options, SeenIndex())
+            filters = Filters(options, SeenIndex(), for_import(options, parser_for(name), source, None))
             for c in filters.apply_all(parsed):
                 stats.add(c)
                 if messages:
@@ -187,7 +196,8 @@ def inspect(
                         )
                         for m in c.messages
                     ))
-            warnings = [*source.warnings, *filters.counts.warnings()]
+            scrub = filters.pseudonyms.text if filters.pseudonyms else str
+            warnings = [*map(scrub, source.warnings), *filters.counts.warnings()]
     except DoppelError as e:
         fail(str(e))
     if not messages:

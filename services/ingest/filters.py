@@ -1,9 +1,10 @@
 """What happens to each parsed conversation before it is stored, in one pass per conversation.
 
-Order matters and is fixed here: exclusions, then time zone, then redaction (so nothing
-personal reaches the dedupe index or the store), then dedupe (on the messages as parsed, so
-an overlapping import matches whatever the merge and split options), then merging, session
-splitting and the size and script filters on the result.
+Order matters and is fixed here: exclusions (by the names as written), then time zone, then
+redaction and pseudonyms (so nothing personal, and no name replaced, reaches the dedupe index,
+the stats or the store), then dedupe (on the messages as parsed, so an overlapping import
+matches whatever the merge and split options), then merging, session splitting and the size
+and script filters on the result.
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ from doppel.conversation import Conversation, Message
 from doppel.dataset import order_key
 
 from .dedupe import SeenIndex
-from .options import IngestOptions
+from .options import IngestOptions, Redaction
+from .pseudonyms import Pseudonymiser
 from .redact import Redactor
 
 _LETTER = regex.compile(r"\p{L}")
@@ -59,9 +61,13 @@ class FilterCounts:
 class Filters:
     """Applies one import's options to conversations as they stream past."""
 
-    def __init__(self, options: IngestOptions, seen: SeenIndex):
+    def __init__(self, options: IngestOptions, seen: SeenIndex, pseudonyms: Pseudonymiser | None = None):
+        """`pseudonyms` (`pseudonyms.for_import`) is what the names level replaces names with."""
+        if (pseudonyms is not None) != (options.redaction is Redaction.personal_urls_and_names):
+            raise ValueError("pseudonyms are needed at the names level, and only there")  # a caller's mistake
         self.options = options
         self.seen = seen
+        self.pseudonyms = pseudonyms
         self.counts = FilterCounts()
         self._names = {n.casefold() for n in options.exclude_conversations}
         self._senders = {n.casefold() for n in options.exclude_senders}
@@ -95,6 +101,8 @@ class Filters:
         redact = self._redact
         for m in messages:
             m.text = redact(m.text)
+        if self.pseudonyms is not None:
+            c = self.pseudonyms.conversation(c, messages)
         before = len(messages)
         messages = self.seen.admit(c.id, messages, keep_duplicates=self.options.keep_duplicates)
         self.counts.duplicate_messages += before - len(messages)

@@ -10,7 +10,7 @@ from datetime import timedelta, tzinfo
 from enum import Enum
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from doppel.errors import InvalidArgument
 
@@ -21,6 +21,8 @@ class Redaction(str, Enum):
     off = "off"
     personal = "personal"  # emails, phone numbers, card and IBAN numbers
     personal_and_urls = "personal_and_urls"
+    # personal_and_urls, street addresses, and people: all but `keep_names` become <PERSON_n> (`pseudonyms`)
+    personal_urls_and_names = "personal_urls_and_names"
 
 
 class IngestOptions(BaseModel):
@@ -37,6 +39,9 @@ class IngestOptions(BaseModel):
     scripts: list[str] = Field(default_factory=list)  # Unicode script names, e.g. "Latin"
     script_min_fraction: float = Field(0.5, ge=0.0, le=1.0)
     redaction: Redaction = Redaction.personal
+    # with personal_urls_and_names: the speakers whose names stay (case-insensitive); everyone
+    # else in the export becomes <PERSON_n>. Empty pseudonymises everyone.
+    keep_names: list[str] = Field(default_factory=list)
     keep_duplicates: bool = False
     timezone: str = ""  # IANA zone applied to naive local times; "" keeps them naive
     # keep an uploaded export itself (raw/<sha256>) for the dataset's life; by default it is
@@ -52,6 +57,16 @@ class IngestOptions(BaseModel):
             if v not in FORMATS:
                 raise ValueError(f"{v!r} is not a supported format; use one of {', '.join(FORMATS)}")
         return v
+
+    @field_validator("keep_names")
+    @classmethod
+    def _names_level(cls, v: list[str], info: ValidationInfo) -> list[str]:
+        names = [n.strip() for n in v if n.strip()]
+        level = info.data.get("redaction")
+        if names and level is not None and level is not Redaction.personal_urls_and_names:  # None: reported already
+            raise ValueError(f"only the {Redaction.personal_urls_and_names.value} redaction replaces names, "
+                             f"not {level.value}")
+        return names
 
     @field_validator("session_gap", "merge_window")
     @classmethod
@@ -89,5 +104,5 @@ class IngestOptions(BaseModel):
         try:
             return cls(**values)
         except ValidationError as e:
-            problems = "; ".join(f"{'.'.join(map(str, err['loc']))}: {err['msg']}" for err in e.errors())
+            problems = "; ".join(f"{'.'.join(map(str, err['loc']))}: {err['msg'].removeprefix('Value error, ')}" for err in e.errors())
             raise InvalidArgument(f"invalid ingest options: {problems}") from None

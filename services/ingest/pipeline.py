@@ -9,6 +9,9 @@ import used, and the manifest, which is what makes a dataset exist, is written l
 anything fails before it, every object this import wrote is deleted again, including a kept
 raw export when no dataset uses it.
 
+At the names level (`Redaction.personal_urls_and_names`) the export is read twice: first for
+its participants, whose names every text then loses (`pseudonyms`), then to store it.
+
 Memory stays bounded by the largest conversation: parsers yield one conversation at a time,
 shards stream into the store, and only the dedupe fingerprints (8 bytes a message on disk)
 are held for the whole import.
@@ -38,7 +41,7 @@ from doppel.errors import InvalidArgument, NotFound
 from doppel.layout import dataset_prefix, new_id, raw_export_key, seen_name, shard_name
 from doppel.store import Store
 
-from . import datasets
+from . import datasets, pseudonyms
 from .dedupe import SeenIndex
 from .filters import Filters
 from .options import IngestOptions
@@ -160,7 +163,9 @@ def _build(
     stats = StatsAccumulator()
     if old:
         stats.absorb(old.stats)
-    filters = Filters(options, seen)
+    names = pseudonyms.for_import(options, parser, source, old.pseudonyms if old else None)
+    filters = Filters(options, seen, names)
+    scrub = names.text if names else str  # what the manifest says about the export: no replaced name either
     import_no = len(old.sources) if old else 0
     written: list[str] = []
     senders: set[str] = set()
@@ -180,19 +185,21 @@ def _build(
         store.put(prefix + seen_key, seen.to_bytes())
         written.append(prefix + seen_key)
         now = datetime.now(UTC)
+        filename = scrub(raw.filename)
         manifest = DatasetManifest(
             id=dataset_id,
-            name=(old.name if old else target.name) or PurePosixPath(raw.filename).stem or dataset_id,
+            name=(old.name if old else target.name) or PurePosixPath(filename).stem or dataset_id,
             created_at=old.created_at if old else now,
             updated_at=now,
-            sources=[*(old.sources if old else []), raw],
+            sources=[*(old.sources if old else []), raw.model_copy(update={"filename": filename})],
             parser_version=PARSER_VERSION,
-            options=options.model_dump(mode="json"),
+            options=(names.options(options) if names else options).model_dump(mode="json"),
             stats=stats.result(),
             files=[*(old.files if old else []), *(k[len(prefix) :] for k in written if k != prefix + seen_key)],
             seen=seen_key,
+            pseudonyms=names.state if names else (old.pseudonyms if old else None),
             # what the parser read past (its notes name the file), then what the filters dropped
-            warnings=[*source.warnings, *(f"{raw.filename}: {w}" for w in dropped)],
+            warnings=[*map(scrub, source.warnings), *(f"{filename}: {w}" for w in dropped)],
         )
         datasets.put(store, manifest)
     except BaseException:

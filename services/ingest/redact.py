@@ -3,7 +3,9 @@
 What counts as personal data, and how it is checked, is `doppel.personal`'s (the trainer counts
 leaks in generated replies by the same rule); this replaces it according to the import's
 `Redaction` level. URLs are matched even when they are kept, so digits inside a link are never
-taken for a phone number.
+taken for a phone number. Street addresses are looked for only at the level that replaces them
+(they cost a look at every word). People's names are `pseudonyms`' work: they need the whole
+export's participants, not one text.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from doppel import personal
 from .options import Redaction
 
 _TRAILING = ".,;:!?)]}'\""
-_PLACEHOLDERS = {"email": "<EMAIL>", "iban": "<IBAN>", "card": "<CARD>", "phone": "<PHONE>"}
+_PLACEHOLDERS = {"email": "<EMAIL>", "iban": "<IBAN>", "card": "<CARD>", "phone": "<PHONE>", "address": "<ADDRESS>"}
 
 
 class Redactor:
@@ -23,12 +25,13 @@ class Redactor:
 
     def __init__(self, level: Redaction):
         self.level = level
-        self._urls = level is Redaction.personal_and_urls
+        self._urls = level in (Redaction.personal_and_urls, Redaction.personal_urls_and_names)
+        self._pattern = personal.WITH_ADDRESSES if level is Redaction.personal_urls_and_names else personal.PATTERN
 
     def __call__(self, text: str) -> str:
         if self.level is Redaction.off or not personal.might_hold(text):
             return text
-        return personal.PATTERN.sub(self._replace, text)
+        return self._pattern.sub(self._replace, text)
 
     def _replace(self, m: re.Match[str]) -> str:
         found = m.group()

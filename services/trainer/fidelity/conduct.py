@@ -4,9 +4,9 @@
   with their name and a colon (`Bob: ...`), the way the transcript renders turns. Serving cuts a
   reply where a new line opens as anyone (`Transcript.stops`), so this must be 0; it catches a
   model, or a rendering, that writes a turn on its first line or mid-line.
-* **Leaks.** Email addresses, card, phone and IBAN numbers in a reply, by the same rule the
-  import's redaction uses (`doppel.personal`): a model trained on redacted text should never
-  write one; one trained on unredacted text may be replaying one.
+* **Leaks.** Email addresses, card, phone and IBAN numbers and street addresses in a reply, by
+  the same rule the import's redaction uses (`doppel.personal`): a model trained on redacted
+  text should never write one; one trained on unredacted text may be replaying one.
 * **Repetition.** distinct-1 and distinct-2 (unique words and word pairs over all the words and
   pairs of the replies, Li et al. 2016), and the share of replies that repeat, after trimming
   and case folding, one of the `window` replies before them in the same conversation.
@@ -37,7 +37,7 @@ def speaks_for(reply: str, others: Iterable[str]) -> str | None:
 
 
 def leaks(reply: str) -> list[str]:
-    """The kinds of personal data in `reply` ("email", "phone", "card", "iban"), in order; links do not count."""
+    """The kinds of personal data in `reply` ("email", "phone", "card", "iban", "address"), in order; links do not count."""
     return [kind for kind, _ in personal.find(reply) if kind != "url"]
 
 
