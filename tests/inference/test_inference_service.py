@@ -213,6 +213,44 @@ def test_a_full_queue_answers_resource_exhausted(models_store):
         running.close()
 
 
+def test_ten_times_the_queue_in_concurrent_chats_sheds_the_excess_with_a_retry_hint(models_store):
+    import psutil
+
+    from doppel.rpc.interceptors import RETRY_AFTER_KEY
+
+    store, ids, tmp = models_store
+    capacity = 4
+    running = Running(store, tmp / "home-overload", inference_queue=capacity, inference_max_batch=2)
+    client = running.client
+    try:
+        assert chat(client, ids["a0"], sampling=sampling(max_new_tokens=2)).candidates  # loaded and warm
+        engine = psutil.Process(running.servicer.engine.pid)
+        request = inf.ChatRequest(model_id=ids["a0"], history=[inf.Turn(speaker="Bob", text="hi")],
+                                  sampling=sampling(max_new_tokens=24, temperature=1.0, seed=1))
+        sent = time.monotonic()
+        calls = [client.stub.Chat.future(request) for _ in range(10 * capacity)]
+        admitted, refused = [], []
+        for call in calls:
+            try:
+                reply = call.result(timeout=120)
+                admitted.append(time.monotonic() - sent)
+                assert reply.candidates and reply.candidates[0].tokens > 0
+            except grpc.RpcError as e:
+                refused.append(e)
+        assert refused and all(e.code() == grpc.StatusCode.RESOURCE_EXHAUSTED for e in refused), {e.code() for e in refused}
+        hints = [dict(e.trailing_metadata() or ()).get(RETRY_AFTER_KEY) for e in refused]
+        assert all(h is not None and int(h) > 0 for h in hints), hints  # each says when to try again
+        assert len(admitted) >= capacity  # at least a queue's worth was served
+        assert engine.is_running() and running.servicer.engine.pid == engine.pid  # no crash, no out-of-memory restart
+        admitted.sort()
+        p95 = admitted[min(len(admitted) - 1, int(0.95 * len(admitted)))]
+        print(f"overload: {len(calls)} chats, {len(admitted)} admitted, {len(refused)} refused; "
+              f"admitted latency p50 {admitted[len(admitted) // 2]:.2f} s, p95 {p95:.2f} s")
+        assert chat(client, ids["a0"], sampling=sampling(max_new_tokens=2)).candidates  # and it still serves
+    finally:
+        running.close()
+
+
 def test_load_list_and_unload(served):
     client, ids, _ = served
     loaded = client.load_model(inf.LoadModelRequest(model_id=ids["a1"])).model
