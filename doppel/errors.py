@@ -1,11 +1,36 @@
 """Typed errors the core raises; the gRPC layer maps each class to one status code.
 
 The core never imports grpc: it raises these and `doppel.rpc.interceptors` turns them
-into status codes with the message unchanged, so every message must be one a person
-can act on.
+into status codes with the message unchanged (but clipped, `clip`), so every message must
+be one a person can act on, and quote long values with `quote`.
 """
 
 from __future__ import annotations
+
+QUOTE_CHARS = 60  # of a bad value quoted in a message
+# Of a message as a gRPC status, in UTF-8: the details travel percent-encoded (up to 3 bytes a byte)
+# in a header that clients refuse beyond 8-16 KiB (RESOURCE_EXHAUSTED instead of the real error).
+MESSAGE_BYTES = 1000
+
+
+def quote(value: object, limit: int = QUOTE_CHARS) -> str:
+    """`repr(value)`, or for a long value the repr of its first `limit` characters and its length:
+    a message quoting a 100,000-character id whole would not fit in a gRPC status."""
+    if isinstance(value, str | bytes) and len(value) > limit:
+        unit = "bytes" if isinstance(value, bytes) else "characters"
+        return f"{value[:limit]!r}... ({len(value):,} {unit})"
+    return repr(value)
+
+
+def clip(message: str, limit: int = MESSAGE_BYTES) -> str:
+    """`message` if its UTF-8 is at most `limit` bytes, else its start and its end (which often says
+    what to do) around a note of how much was left out."""
+    data = message.encode()
+    if len(data) <= limit:
+        return message
+    head = data[: limit * 3 // 4].decode(errors="ignore")
+    tail = data[-(limit // 5):].decode(errors="ignore")
+    return f"{head} [... {len(message) - len(head) - len(tail):,} characters left out ...] {tail}"
 
 
 class DoppelError(Exception):

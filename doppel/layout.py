@@ -18,7 +18,7 @@ import re
 import secrets
 from datetime import UTC, datetime
 
-from doppel.errors import InvalidArgument
+from doppel.errors import InvalidArgument, quote
 
 _ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 _NAME = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9._-]{0,62}[A-Za-z0-9])?")  # an id, dots allowed inside: "qwen2.5-0.5b"
@@ -28,7 +28,7 @@ _SHA256 = re.compile(r"[0-9a-f]{64}")
 def validate_id(value: str, kind: str = "id") -> str:
     """Return `value` if it is a valid id, else raise InvalidArgument naming it."""
     if not isinstance(value, str) or not _ID.fullmatch(value):
-        raise InvalidArgument(f"invalid {kind} {value!r}: use 1-64 letters, digits, '-' or '_'")
+        raise InvalidArgument(f"invalid {kind} {quote(value)}: use 1-64 letters, digits, '-' or '_'")
     return value
 
 
@@ -36,7 +36,7 @@ def validate_name(value: str, kind: str = "name") -> str:
     """Return `value` if it is a valid name (an id that may hold dots, not at its ends), else raise
     InvalidArgument naming it."""
     if not isinstance(value, str) or not _NAME.fullmatch(value) or ".." in value:
-        raise InvalidArgument(f"invalid {kind} {value!r}: use 1-64 letters, digits, '-', '_' or '.' "
+        raise InvalidArgument(f"invalid {kind} {quote(value)}: use 1-64 letters, digits, '-', '_' or '.' "
                               "(starting and ending with a letter or digit)")
     return value
 
@@ -48,7 +48,7 @@ def new_id(prefix: str = "") -> str:
         validate_id(prefix, "id prefix")
         value = f"{prefix}-{value}"
         if len(value) > 64:
-            raise InvalidArgument(f"id prefix {prefix!r} is too long: ids have at most 64 characters")
+            raise InvalidArgument(f"id prefix {quote(prefix)} is too long: ids have at most 64 characters")
     return value
 
 
@@ -82,7 +82,7 @@ def shard_key(dataset_id: str, n: int) -> str:
 def raw_export_key(sha256: str) -> str:
     """`raw/<sha256>`: uploaded exports are stored once per content hash (lowercase hex)."""
     if not isinstance(sha256, str) or not _SHA256.fullmatch(sha256):
-        raise InvalidArgument(f"invalid sha256 {sha256!r}: must be 64 lowercase hex digits")
+        raise InvalidArgument(f"invalid sha256 {quote(sha256)}: must be 64 lowercase hex digits")
     return f"raw/{sha256}"
 
 

@@ -15,6 +15,7 @@ import grpc
 
 # A behaviour is (request_or_iterator, context) -> awaitable response, or an async iterator of responses.
 Behaviour = Callable[[Any, grpc.aio.ServicerContext], Any]
+Deserializer = Callable[[bytes], Any]
 _KINDS = {
     (False, False): ("unary_unary", grpc.unary_unary_rpc_method_handler),
     (False, True): ("unary_stream", grpc.unary_stream_rpc_method_handler),
@@ -27,14 +28,17 @@ def rewrap(
     handler: grpc.RpcMethodHandler,
     unary_response: Callable[[Behaviour], Callable[..., Awaitable[Any]]],
     stream_response: Callable[[Behaviour], Callable[..., AsyncIterator[Any]]],
+    *,
+    request_deserializer: Deserializer | None = None,
 ) -> grpc.RpcMethodHandler:
-    """A handler of the same kind whose behaviour is `unary_response(b)` or `stream_response(b)`."""
+    """A handler of the same kind whose behaviour is `unary_response(b)` or `stream_response(b)`,
+    with the handler's request deserialiser or `request_deserializer`."""
     attr, make = _KINDS[(handler.request_streaming, handler.response_streaming)]
     behaviour = getattr(handler, attr)
     wrap = stream_response if handler.response_streaming else unary_response
     return make(
         wrap(behaviour),
-        request_deserializer=handler.request_deserializer,
+        request_deserializer=request_deserializer or handler.request_deserializer,
         response_serializer=handler.response_serializer,
     )
 

@@ -2,18 +2,22 @@
 
 Servicers do not catch exceptions: the core raises `doppel.errors` types and
 `ErrorInterceptor` maps each class to one status code, keeping the message as the
-details. Anything else is logged with its traceback and answered INTERNAL without it.
+details (clipped to fit in a status). Anything else is logged with its traceback and
+answered INTERNAL without it. A request that is not a valid message (`decoding`) is
+INVALID_ARGUMENT.
 """
 
 from __future__ import annotations
 
 import hmac
 import logging
+from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
 
 from doppel import errors
+from doppel.rpc.decoding import InvalidRequest, lenient
 from doppel.rpc.handlers import Behaviour, response, responses, rewrap
 
 log = logging.getLogger(__name__)
@@ -58,7 +62,19 @@ async def _abort(context: grpc.aio.ServicerContext, method: str, exc: Exception)
         details = str(exc) or type(exc).__name__
         if isinstance(exc, errors.Overloaded):
             trailing = ((RETRY_AFTER_KEY, str(int(exc.retry_after * 1000))),)
-    await context.abort(code, details, trailing_metadata=trailing)
+    await context.abort(code, errors.clip(details), trailing_metadata=trailing)
+
+
+def _decoded(request: Any, method: str) -> Any:
+    """`request`, unless it is not a valid message (`decoding`): then InvalidArgument saying why."""
+    if isinstance(request, InvalidRequest):
+        raise errors.InvalidArgument(f"the request to {method} is not a valid message: {request.reason}")
+    return request
+
+
+async def _decoded_stream(requests: AsyncIterator[Any], method: str) -> AsyncIterator[Any]:
+    async for request in requests:
+        yield _decoded(request, method)
 
 
 class ErrorInterceptor(grpc.aio.ServerInterceptor):
@@ -70,10 +86,13 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
             return None
         method = handler_call_details.method
 
+        def decoded(request: Any) -> Any:
+            return _decoded_stream(request, method) if handler.request_streaming else _decoded(request, method)
+
         def unary(behaviour: Behaviour):
             async def call(request: Any, context: grpc.aio.ServicerContext) -> Any:
                 try:
-                    return await response(behaviour, request, context)
+                    return await response(behaviour, decoded(request), context)
                 except grpc.aio.AbortError:
                     raise
                 except Exception as exc:  # noqa: BLE001 - this is the one place that maps them
@@ -84,7 +103,7 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
         def stream(behaviour: Behaviour):
             async def call(request: Any, context: grpc.aio.ServicerContext):
                 try:
-                    async for item in responses(behaviour, request, context):
+                    async for item in responses(behaviour, decoded(request), context):
                         yield item
                 except grpc.aio.AbortError:
                     raise
@@ -93,7 +112,7 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
 
             return call
 
-        return rewrap(handler, unary, stream)
+        return rewrap(handler, unary, stream, request_deserializer=lenient(handler.request_deserializer))
 
 
 class AuthInterceptor(grpc.aio.ServerInterceptor):

@@ -13,6 +13,8 @@ from typing import Any
 
 from doppel import enums
 from doppel.config import Settings
+from doppel.errors import InvalidArgument
+from doppel.layout import validate_id
 from doppel.rpc.server import Service
 from doppel.transcript import Turn
 from doppel.v1 import inference_pb2 as inf
@@ -108,6 +110,8 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
         return inf.CompleteResponse(candidates=out.protos(strip=False))  # raw continuations keep their leading space
 
     async def Simulate(self, request, context):
+        if request.turns < 0:  # 0 is the default length; a negative one would end before it began
+            raise InvalidArgument(f"turns must be 0 (the default length) or more, not {request.turns}")
         args = SimulateArgs(request.model_id, tuple(request.participants), _turns(request.opening), request.first_speaker,
                             request.first_prompt, request.turns, tuple(request.stop),
                             sampling_from_proto(request.sampling, n=False))
@@ -127,6 +131,7 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
         return out
 
     async def UnloadModel(self, request, context):
+        validate_id(request.model_id, "model id")  # an id no model can have is a mistake, not "was not loaded"
         return inf.UnloadModelResponse(was_loaded=await self.engine.unload(request.model_id))
 
     async def GetEngineStats(self, request, context):

@@ -9,27 +9,48 @@ shared interceptor.
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import tempfile
+import zoneinfo
 from pathlib import Path, PurePath
 
 from doppel import dataset
 from doppel.config import Settings
-from doppel.errors import InvalidArgument
+from doppel.errors import InvalidArgument, quote
 from doppel.rpc.server import Service
 from doppel.store import STARTUP_WAIT_S, Store, open_store
 from doppel.v1 import ingest_pb2, ingest_pb2_grpc
 
 from . import datasets
 from .convert import conversation_to_proto, dataset_to_proto, options_from_proto
+from .options import IngestOptions
 from .pipeline import Target, import_key, ingest_file
+
+MAX_NAME_BYTES = 200  # of a local file's name: file systems refuse names over 255 bytes
 
 
 def _safe_filename(name: str) -> str:
-    """The last path segment of a client-given name, fit for a local file."""
+    """The last path segment of a client-given name, fit for a local file (its end, extension
+    included, when it is too long for one)."""
     base = PurePath(name.replace("\\", "/")).name.strip()
     base = "".join(c for c in base if c.isprintable() and c not in "/\0")
+    base = base.encode()[-MAX_NAME_BYTES:].decode(errors="ignore")
     return base if base not in ("", ".", "..") else "export"
+
+
+@functools.cache
+def _zones() -> frozenset[str]:
+    return frozenset(zoneinfo.available_timezones())  # reads a folder tree: once
+
+
+def _options(p: ingest_pb2.IngestOptions) -> IngestOptions:
+    """Core options from the request, once its zone is known: ZoneInfo, which checks it in the core,
+    fails with OSError on a zone that is a folder ('America') or a name too long for a file."""
+    if p.timezone and p.timezone not in _zones():
+        raise InvalidArgument(f"invalid ingest options: timezone: {quote(p.timezone)} is not an IANA time zone "
+                              "such as 'Europe/Berlin'")
+    return options_from_proto(p)
 
 
 class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
@@ -68,7 +89,7 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
             sha = digest.hexdigest()
             if header.sha256 and header.sha256.lower() != sha:
                 raise InvalidArgument(f"{header.filename}: upload damaged in transit (sha256 {sha}, expected {header.sha256})")
-            options = options_from_proto(header.options)
+            options = _options(header.options)
             manifest = await asyncio.to_thread(
                 ingest_file,
                 self.store,
@@ -88,7 +109,7 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
             self.store,
             request.key,
             target=Target(request.dataset_id, request.dataset_name),
-            options=options_from_proto(request.options),
+            options=_options(request.options),
         )
         return ingest_pb2.ImportExportResponse(dataset=dataset_to_proto(manifest))
 

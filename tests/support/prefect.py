@@ -52,9 +52,9 @@ def healthy(api_url: str, timeout: float = 1.0) -> bool:
         return False
 
 
-def _start_once(home: Path, log: Path, timeout: float) -> tuple[PrefectServer | None, str, bool]:
+def _start_once(home: Path, log: Path, timeout: float, port: int | None = None) -> tuple[PrefectServer | None, str, bool]:
     """The server, or None with why not and whether another try could do better."""
-    port = free_port()
+    port = port or free_port()
     api_url = f"http://127.0.0.1:{port}/api"
     env = {
         **os.environ,
@@ -82,21 +82,21 @@ def _start_once(home: Path, log: Path, timeout: float) -> tuple[PrefectServer | 
     return None, f"{api_url}/health did not answer 200 within {timeout:.0f} s", False  # slow, not unlucky
 
 
-def start_prefect_server(home: Path, timeout: float = START_TIMEOUT_S) -> PrefectServer:
+def start_prefect_server(home: Path, timeout: float = START_TIMEOUT_S, *, port: int | None = None) -> PrefectServer:
     """Start a server whose state lives in `home`; RuntimeError with the log's tail when it does not turn healthy.
 
     A server that exits before answering (another process took the port between the pick
-    and the bind) gets a second try on another port.
+    and the bind) gets a second try on another port, unless `port` was asked for (a restart).
     """
     home.mkdir(parents=True, exist_ok=True)
     errors = []
     for attempt in range(2):
-        log = home / f"server-{attempt}.log"
-        server, problem, retry = _start_once(home, log, timeout)
+        log = home / f"server-{attempt}{f'-{port}' if port else ''}.log"
+        server, problem, retry = _start_once(home, log, timeout, port)
         if server is not None:
             return server
         errors.append(f"attempt {attempt + 1}: {problem}\n--- {log} (tail) ---\n{log_tail(log)}")
-        if not retry:
+        if not retry or port:
             break
     raise RuntimeError("the Prefect server did not start:\n" + "\n".join(errors))
 
