@@ -81,7 +81,7 @@ class IngestOptions(BaseModel):
         if v:
             try:
                 ZoneInfo(v)
-            except (ZoneInfoNotFoundError, ValueError):
+            except (ZoneInfoNotFoundError, ValueError, OSError):  # OSError: a folder ("America") or a name too long
                 raise ValueError(f"{v!r} is not an IANA time zone such as 'Europe/Berlin'") from None
         return v
 
