@@ -5,11 +5,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TypeVar
 
-from doppel.errors import InvalidArgument
+from doppel.errors import InvalidArgument, quote
 
 T = TypeVar("T")
 DEFAULT_SIZE = 100
 MAX_SIZE = 1000
+MAX_OFFSET = 2**31 - 1  # no listing is longer; Prefect fails (500) on offsets past 2**63
 
 
 def offset(token: str) -> int:
@@ -17,9 +18,9 @@ def offset(token: str) -> int:
     try:
         start = int(token) if token else 0
     except ValueError:
-        raise InvalidArgument(f"invalid page token {token!r}") from None
-    if start < 0:
-        raise InvalidArgument(f"invalid page token {token!r}")
+        raise InvalidArgument(f"invalid page token {quote(token)}") from None
+    if not 0 <= start <= MAX_OFFSET:
+        raise InvalidArgument(f"invalid page token {quote(token)}")
     return start
 
 

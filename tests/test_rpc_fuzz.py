@@ -268,7 +268,13 @@ FOUND = {
         grpc.StatusCode.INVALID_ARGUMENT, ["characters left out", "supported formats"]),
     "a page token past what Prefect can count (UNAVAILABLE)": (
         "/doppel.v1.TrainerService/ListRuns", _one(trainer_pb2.ListRunsRequest(page_token="9" * 30)),
-        grpc.StatusCode.INVALID_ARGUMENT, ["invalid page token", "no listing of runs is that long"]),
+        grpc.StatusCode.INVALID_ARGUMENT, ["invalid page token '999999999999999999999999999999'"]),
+    "only unknown run states (the filter was ignored: every run listed)": (
+        "/doppel.v1.TrainerService/ListRuns", _one(trainer_pb2.ListRunsRequest(states=[99])),
+        grpc.StatusCode.INVALID_ARGUMENT, ["unknown run states [99]; use pending (1)"]),
+    "a simulation of 2**31 - 1 turns (ran until the caller left)": (
+        "/doppel.v1.InferenceService/Simulate", _one(inference_pb2.SimulateRequest(model_id="model-a0", turns=2**31 - 1)),
+        grpc.StatusCode.INVALID_ARGUMENT, ["turns must be 0 (the default length) to 1000"]),
     "a negative number of turns (answered OK, with no turns)": (
         "/doppel.v1.InferenceService/Simulate", _one(inference_pb2.SimulateRequest(model_id="model-a0", turns=-1)),
         grpc.StatusCode.INVALID_ARGUMENT, ["turns must be 0"]),

@@ -8,6 +8,7 @@ inherit the rest. Key validation lives here so both backends refuse exactly the 
 
 from __future__ import annotations
 
+import io
 import os
 import secrets
 import shutil
@@ -78,7 +79,7 @@ def validate_prefix(prefix: str) -> str:
     return _check(prefix, "prefix", prefix=True)
 
 
-def create_exclusive(folder: str | Path, stem: str) -> tuple[str, BinaryIO]:
+def create_exclusive(folder: str | Path, stem: str) -> tuple[str, io.BufferedWriter]:
     """Create a new uniquely named `.part` file in `folder`; the umask decides its mode."""
     for _ in range(100):
         path = os.path.join(folder, f".{stem}.{secrets.token_hex(6)}.part")

