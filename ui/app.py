@@ -11,14 +11,17 @@ only through `ui.backend.Backend`, i.e. doppel's gRPC clients.
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import gradio as gr
+from starlette.middleware import Middleware
 
 from doppel.config import Settings
 from ui.backend import Backend, answers, service_name
 from ui.chat_tab import ChatTab
 from ui.conversations_tab import ConversationsTab
 from ui.import_tab import ImportTab
+from ui.login import LoginRequired, password_check
 from ui.models_tab import ModelsTab
 from ui.train_tab import TrainTab
 
@@ -73,15 +76,21 @@ def build(settings: Settings, backend: Backend | None = None) -> gr.Blocks:
     return app
 
 
+def launch_options(settings: Settings) -> dict[str, Any]:
+    """`Blocks.launch` arguments: where to listen and, with DOPPEL_API_TOKEN set, the token as the
+    login password and the login wall (`ui.login`) in front of every route but the login page."""
+    token = settings.token()
+    options: dict[str, Any] = dict(server_name=settings.ui_host, server_port=settings.ui_port, share=False,
+                                   footer_links=["gradio", "settings"], css=CSS)
+    if token:
+        options.update(
+            auth=password_check(token),
+            auth_message="Log in with any user name and the API token (DOPPEL_API_TOKEN) as the password.",
+            app_kwargs={"middleware": [Middleware(LoginRequired)], "openapi_url": None},
+        )
+    return options
+
+
 def launch(settings: Settings) -> None:
     """Serve the app until the process is stopped; with DOPPEL_API_TOKEN set, the token is the login password."""
-    token = settings.token()
-    build(settings).launch(
-        server_name=settings.ui_host,
-        server_port=settings.ui_port,
-        share=False,
-        auth=(lambda _user, password: password == token) if token else None,
-        auth_message="Log in with any user name and the API token (DOPPEL_API_TOKEN) as the password." if token else None,
-        footer_links=["gradio", "settings"],
-        css=CSS,
-    )
+    build(settings).launch(**launch_options(settings))

@@ -9,7 +9,6 @@ INVALID_ARGUMENT.
 
 from __future__ import annotations
 
-import hmac
 import logging
 from collections.abc import AsyncIterator
 from typing import Any
@@ -17,6 +16,7 @@ from typing import Any
 import grpc
 
 from doppel import errors
+from doppel.auth import token_matches
 from doppel.rpc.decoding import InvalidRequest, lenient
 from doppel.rpc.handlers import Behaviour, response, responses, rewrap
 
@@ -115,38 +115,29 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
         return rewrap(handler, unary, stream, request_deserializer=lenient(handler.request_deserializer))
 
 
+UNAUTHENTICATED_MESSAGE = "missing or wrong API token: send 'authorization: Bearer <DOPPEL_API_TOKEN>'"
+
+
+async def _deny(_requests: Any, context: grpc.aio.ServicerContext) -> None:
+    await context.abort(grpc.StatusCode.UNAUTHENTICATED, UNAUTHENTICATED_MESSAGE)
+
+
 class AuthInterceptor(grpc.aio.ServerInterceptor):
-    """Requires `authorization: Bearer <token>` on every call but the health check."""
+    """Requires `authorization: Bearer <token>` on every call but the health check, which
+    orchestrators probe without one: reflection too, and methods that do not exist, so a caller
+    without the token learns nothing, not even which methods there are."""
 
     def __init__(self, token: str):
-        self._expected = f"Bearer {token}".encode()
+        self._expected = f"Bearer {token}"
 
     def _allowed(self, details: grpc.HandlerCallDetails) -> bool:
         if details.method.startswith(HEALTH_PREFIX):
             return True
-        for key, value in details.invocation_metadata or ():
-            if key == "authorization":
-                given = value if isinstance(value, bytes) else value.encode()
-                return hmac.compare_digest(given, self._expected)
-        return False
+        given = next((value for key, value in details.invocation_metadata or () if key == "authorization"), None)
+        return token_matches(given, self._expected)  # constant time, for a missing token too
 
     async def intercept_service(self, continuation, handler_call_details) -> grpc.RpcMethodHandler | None:
-        handler = await continuation(handler_call_details)
-        if handler is None or self._allowed(handler_call_details):
-            return handler
-        message = "missing or wrong API token: send 'authorization: Bearer <DOPPEL_API_TOKEN>'"
-
-        def unary(_behaviour: Behaviour):
-            async def deny(_request: Any, context: grpc.aio.ServicerContext) -> Any:
-                await context.abort(grpc.StatusCode.UNAUTHENTICATED, message)
-
-            return deny
-
-        def stream(_behaviour: Behaviour):
-            async def deny(_request: Any, context: grpc.aio.ServicerContext):
-                await context.abort(grpc.StatusCode.UNAUTHENTICATED, message)
-                yield  # pragma: no cover - makes this an async generator
-
-            return deny
-
-        return rewrap(handler, unary, stream)
+        if self._allowed(handler_call_details):
+            return await continuation(handler_call_details)
+        # One handler answers every kind of call, before reading: the request is never even parsed.
+        return grpc.stream_stream_rpc_method_handler(_deny)
