@@ -78,7 +78,8 @@ def wheelhouse() -> Path:
         requirements = tomllib.loads(pyproject.read_text())["project"]["dependencies"] + list(EXTRA)
         pip = [sys.executable, "-m", "pip", "download", "-q", "--disable-pip-version-check", "-d", str(tmp),
                "--only-binary=:all:", "--python-version", "3.11", "--platform", "manylinux2014_x86_64",
-               "--platform", "manylinux_2_28_x86_64", "--platform", "linux_x86_64", "--implementation", "cp"]
+               "--platform", "manylinux_2_24_x86_64", "--platform", "manylinux_2_28_x86_64",  # bitsandbytes: 2_24
+               "--platform", "linux_x86_64", "--implementation", "cp"]
         run(*pip, "-c", str(lock), *requirements)
         run(*pip, "--no-deps", "-c", str(lock), *NO_DEPS)
         (tmp / ".complete").write_text("\n".join(sorted(p.name for p in tmp.glob("*.whl"))))
