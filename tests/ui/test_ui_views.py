@@ -322,6 +322,37 @@ def test_chat_says_what_is_wrong(stack):
         list(tab.send(personas["a0"], "Alice", "Bob", "hi", [], **{**sampling, "seed": "x"}))
 
 
+def test_an_overloaded_inference_service_is_a_retry_later_in_the_chat(stack):
+    import concurrent.futures
+
+    backend, personas, tmp = stack
+    small = InferenceServicer(EngineProcess(Settings(home=tmp / "home-small", store_url=backend.settings.store_url,
+                                                     inference_threads=1, inference_queue=1, inference_max_batch=1)))
+    server = BackgroundServer([Service.of(inf, inference_pb2_grpc, "InferenceService", small)])
+    busy = Backend(backend.settings.model_copy(update={"inference_addr": server.addr, "rpc_timeout_s": 120}))
+    try:
+        tab = ChatTab(busy)
+        sampling = dict(n=1, temperature=0.8, max_new_tokens=48, seed="")
+        list(tab.send(personas["a0"], "Alice", "Bob", "hi", [], **sampling))  # loaded and warm
+
+        def reply(k: int) -> str:
+            try:
+                list(tab.send(personas["a0"], "Alice", "Bob", f"hi {k}", [], **sampling))
+                return "ok"
+            except gr.Error as e:
+                return e.message
+
+        with concurrent.futures.ThreadPoolExecutor(10) as pool:
+            said = list(pool.map(reply, range(10)))  # ten times the queue
+        refused = [s for s in said if s != "ok"]
+        assert "ok" in said and refused, said
+        assert all("RESOURCE_EXHAUSTED" in s and "queue is full" in s and "retry" in s for s in refused), refused
+    finally:
+        busy.close()
+        server.stop()
+        small.close()
+
+
 def test_conversations_simulate_and_complete(stack):
     backend, personas, _ = stack
     tab = ConversationsTab(backend)
