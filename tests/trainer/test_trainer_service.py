@@ -77,6 +77,24 @@ def watch_to_end(client: TrainerClient, run_id: str, timeout: float = 120) -> li
     return events
 
 
+def _served_reply(settings: Settings, home, model_id: str):
+    """A reply of `model_id` to Bob, from an inference service of its own over the trainer's store."""
+    from doppel.v1 import inference_pb2 as inf
+    from doppel.v1 import inference_pb2_grpc
+    from services.inference.remote import EngineProcess
+    from services.inference.server import InferenceServicer
+
+    servicer = InferenceServicer(EngineProcess(Settings(home=home, store_url=settings.store_url)))
+    server = BackgroundServer([Service.of(inf, inference_pb2_grpc, "InferenceService", servicer)])
+    try:
+        with InferenceClient(server.addr, timeout=120) as inference:
+            return inference.chat(inf.ChatRequest(model_id=model_id, history=[inf.Turn(speaker="Bob", text="how was work")],
+                                                  sampling=common_pb2.SamplingParams(max_new_tokens=8, seed=1)))
+    finally:
+        server.stop()
+        servicer.close()
+
+
 def test_tiny_run_trains_publishes_and_is_watched(trainer, tmp_path):
     client, store, settings, dataset = trainer
     run = client.start_run(tr.StartRunRequest(spec=spec(dataset))).run
@@ -259,10 +277,6 @@ def test_cli_trains_follows_and_lists(trainer):
 
 
 def test_a_qlora_run_trains_on_a_4_bit_base_and_is_served_on_the_full_one(trainer, tmp_path):
-    from doppel.v1 import inference_pb2 as inf
-    from doppel.v1 import inference_pb2_grpc
-    from services.inference.remote import EngineProcess
-    from services.inference.server import InferenceServicer
 
     client, store, settings, dataset = trainer
     done = _doppel(settings, client.addr, "train", "--dataset", dataset, "--persona", "Alice", "--base-model", "tiny",
@@ -287,16 +301,8 @@ def test_a_qlora_run_trains_on_a_4_bit_base_and_is_served_on_the_full_one(traine
                                      pad_id=tokenizer.pad_token_id)
     assert abs(loss - ev.held_out_loss) < 0.2 * (ev.base_held_out_loss - ev.held_out_loss), (loss, ev)
 
-    servicer = InferenceServicer(EngineProcess(Settings(home=tmp_path / "inference", store_url=settings.store_url)))
-    server = BackgroundServer([Service.of(inf, inference_pb2_grpc, "InferenceService", servicer)])
-    try:
-        with InferenceClient(server.addr, timeout=120) as inference:
-            reply = inference.chat(inf.ChatRequest(model_id=model.id, history=[inf.Turn(speaker="Bob", text="how was work")],
-                                                   sampling=common_pb2.SamplingParams(max_new_tokens=8, seed=1)))
-        assert reply.speaker == "Alice" and reply.candidates[0].tokens > 0
-    finally:
-        server.stop()
-        servicer.close()
+    reply = _served_reply(settings, tmp_path / "inference", model.id)
+    assert reply.speaker == "Alice" and reply.candidates[0].tokens > 0
 
 
 def test_runs_leave_progress_report_and_fidelity_artifacts_in_prefect(trainer, prefect_api_url):
@@ -416,10 +422,6 @@ def test_a_model_is_evaluated_on_demand_the_same_by_rpc_cli_and_get_model(traine
 
 
 def test_a_base_pulled_from_the_hub_trains_a_persona_served_from_the_store_alone(trainer, tmp_path, monkeypatch):
-    from doppel.v1 import inference_pb2 as inf
-    from doppel.v1 import inference_pb2_grpc
-    from services.inference.remote import EngineProcess
-    from services.inference.server import InferenceServicer
     from support.hubserver import HubServer, point_hub_at, tiny_repo_files
 
     client, store, settings, dataset = trainer
@@ -462,16 +464,8 @@ def test_a_base_pulled_from_the_hub_trains_a_persona_served_from_the_store_alone
 
     monkeypatch.setenv("HF_HOME", str(tmp_path / "never-used-hf-home"))  # no hub cache: the store alone
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    servicer = InferenceServicer(EngineProcess(Settings(home=tmp_path / "inference", store_url=settings.store_url)))
-    server = BackgroundServer([Service.of(inf, inference_pb2_grpc, "InferenceService", servicer)])
-    try:
-        with InferenceClient(server.addr, timeout=120) as inference:
-            reply = inference.chat(inf.ChatRequest(model_id=model.id, history=[inf.Turn(speaker="Bob", text="how was work")],
-                                                   sampling=common_pb2.SamplingParams(max_new_tokens=8, seed=1)))
-        assert reply.speaker == "Alice" and reply.candidates[0].tokens > 0
-    finally:
-        server.stop()
-        servicer.close()
+    reply = _served_reply(settings, tmp_path / "inference", model.id)
+    assert reply.speaker == "Alice" and reply.candidates[0].tokens > 0
     assert not (tmp_path / "never-used-hf-home").exists()
 
 
