@@ -1,8 +1,9 @@
 """Rewrapping a gRPC method handler, whatever its cardinality.
 
-Both server interceptors replace the behaviour of a handler while keeping its
-(de)serialisers and its kind (unary or streaming on either side); this module holds
-that one piece of mechanics so each interceptor only says what to do.
+The error interceptor replaces the behaviour of a handler while keeping its serialiser
+and its kind (unary or streaming on either side), and its deserialiser unless given a
+lenient one; this module holds that piece of mechanics so the interceptor only says
+what to do.
 """
 
 from __future__ import annotations
