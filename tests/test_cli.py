@@ -132,6 +132,15 @@ def pid_alive(pid: int) -> bool:
     return True
 
 
+def pid_running(pid: int) -> bool:
+    """Alive and not a zombie: a zombie has exited (its sockets are closed) but is not reaped yet."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
 def child_pids(output: str) -> dict[str, int]:
     pids = {}
     for line in output.splitlines():
@@ -315,6 +324,10 @@ def test_up_restarts_a_service_that_dies_and_leaves_the_rest_running(stack):
     try:
         assert ui_health(backend).count("#16a34a") == 3
         os.kill(pids["inference"], signal.SIGKILL)
+        gone_by = time.monotonic() + 10  # the signal is sent; the process's sockets close as it exits, a moment later
+        while pid_running(pids["inference"]):
+            assert time.monotonic() < gone_by
+            time.sleep(0.02)
         # Down until its restart (1 s of backoff, then seconds of start-up): the UI's line says so, and no more.
         down = ui_health(backend)
         assert down.count("#dc2626") == 1 and f"Not answering: inference at `{addr}`" in down
