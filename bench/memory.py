@@ -12,9 +12,11 @@ tokenised by the trainer's own `tokenise` with the model's tokenizer, laid end t
 every batch is full width, no padding), and compares
 
 * estimate: `registry.training_memory(Shape.of(config), method, batch_size, block_size,
-  dtype_bytes=4, scored=1.0, attention_scores=keeps_attention_scores(config, "cpu"))`. The loop
-  projects every position through the LM head (`finetune.token_loss` shifts the labels, not the
-  logits), so every position counts as scored;
+  dtype_bytes=4, scored=1.0, attention_scores=keeps_attention_scores(config, "cpu"),
+  adapter_dropout=..., loss_chunk=loss.CHUNK)`: the loop projects the scored positions through
+  the LM head a chunk at a time (`services/trainer/loss.py`), and counting every position as
+  scored is the upper bound (the windows keep the persona's labels, a share of the positions);
+  the figures in bench/RESULTS.md before issue 18 were measured with every position's logits;
 * measured: the peak resident memory (VmHWM) of the steps less the resident memory just before
   the base was loaded.
 
@@ -222,6 +224,7 @@ def _run(job: dict[str, Any], out: Any) -> None:
     from doppel.store import open_store
     from services.trainer import finetune
     from services.trainer.basemodels import load_base_model
+    from services.trainer.loss import CHUNK
     from services.trainer.recipe import Recipe
     from services.trainer.registry import Shape, keeps_attention_scores, training_memory
 
@@ -256,7 +259,8 @@ def _run(job: dict[str, Any], out: Any) -> None:
     shape = Shape.of(config)
     kwargs: dict[str, Any] = dict(batch_size=recipe.batch_size, block_size=recipe.block_size, dtype_bytes=4,
                                   checkpointing=bool(recipe.gradient_checkpointing), scored=1.0,
-                                  attention_scores=keeps_attention_scores(config, "cpu"))
+                                  attention_scores=keeps_attention_scores(config, "cpu"),
+                                  adapter_dropout=recipe.lora_dropout > 0, loss_chunk=CHUNK)
     figures: dict[str, Any] = {
         "estimate": training_memory(shape, recipe.method, **kwargs),
         "measured": max(steps),

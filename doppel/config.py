@@ -53,6 +53,10 @@ class Settings(BaseSettings):
     rpc_timeout_s: float = Field(default=30.0, description="DOPPEL_RPC_TIMEOUT_S: default deadline of a client call.")
     grace_s: float = Field(default=10.0, description="DOPPEL_GRACE_S: how long shutdown waits for calls in flight.")
     max_message_mb: int = Field(default=64, description="DOPPEL_MAX_MESSAGE_MB: largest gRPC message.")
+    prepare_base: bool = Field(
+        default=True, description="DOPPEL_PREPARE_BASE: the trainer readies the default base model in the background "
+        "when it starts (converted or pulled into the store), so that a first run need not wait for it."
+    )
     train_threads: int = Field(
         default=0, ge=0, description="DOPPEL_TRAIN_THREADS: CPU threads a training run uses; 0 lets torch choose."
     )

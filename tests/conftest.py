@@ -12,6 +12,7 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 os.environ.setdefault("DO_NOT_TRACK", "1")
+os.environ.setdefault("DOPPEL_PREPARE_BASE", "0")  # no background conversion in every trainer a test starts
 os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
 # Prefect state of this session lives in a folder of its own, never in ~/.prefect, and no test
 # reaches a Prefect server of the developer's: a flow run without the `prefect_api_url` fixture

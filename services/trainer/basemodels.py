@@ -292,6 +292,23 @@ def _real_smollm2(store: Store, cache_dir: Path, progress: Callable[[PullProgres
         return None
 
 
+def _smollm2(store: Store, cache_dir: Path, progress: Callable[[PullProgress], None]) -> tuple[str, Path]:
+    """SmolLM2-135M-Instruct in the store and mirrored under `cache_dir`: the original weights when
+    they can be had, else the shipped GGUF's, converted once across processes."""
+    prefix = _real_smollm2(store, cache_dir, progress) or SMOLLM2_PREFIX
+    with locked(cache_dir / ".lock-convert-smollm2-135m"):
+        if prefix == SMOLLM2_PREFIX and not store.exists(prefix + "config.json"):
+            _convert_smollm2(store, cache_dir)
+        return prefix, mirror(store, prefix, cache_dir / prefix)
+
+
+def prepare_default(store: Store, cache_dir: Path) -> str:
+    """Make the default base (`smollm2-135m`) ready to load, as its first run would: converted or
+    pulled into the store and mirrored locally. The trainer does it when it starts
+    (DOPPEL_PREPARE_BASE), so that a newcomer's first run does not wait ~35 s for it. Its prefix."""
+    return _smollm2(store, Path(cache_dir), lambda p: None)[0]
+
+
 def load_base_model(
     name: str,
     store: Store,
@@ -327,12 +344,9 @@ def load_base_model(
             model, tokenizer = _from_pretrained(written, dtype, quantize_on)
         source = "registry:tiny"
     else:
-        if kind == "registry":  # smollm2-135m: the original weights when they can be had, else the GGUF's
-            prefix = _real_smollm2(store, cache_dir, progress) or SMOLLM2_PREFIX
-            with locked(cache_dir / ".lock-convert-smollm2-135m"):  # one conversion across processes
-                if prefix == SMOLLM2_PREFIX and not store.exists(prefix + "config.json"):
-                    _convert_smollm2(store, cache_dir)
-            where = str(mirror(store, prefix, cache_dir / prefix))
+        if kind == "registry":  # smollm2-135m
+            prefix, folder = _smollm2(store, cache_dir, progress)
+            where = str(folder)
         elif kind in ("store", "curated"):
             if kind == "curated":  # pulled on first use
                 check_base_model(name, store)

@@ -14,6 +14,7 @@ from doppel.v1 import common_pb2, trainer_pb2
 
 from . import basemodels, fitting, registry
 from .evaluation import Progress, Result
+from .loss import CHUNK
 from .recipe import TrainRequest
 from .runs import Event, RunRecord
 
@@ -174,9 +175,10 @@ def base_model_to_proto(i: basemodels.BaseModelInfo, *, batch_size: int, block_s
     memory = [
         trainer_pb2.TrainingMemory(
             method=method, batch_size=batch_size, block_size=block_size,
-            bytes=registry.training_memory(i.shape, method, batch_size=batch_size, block_size=block_size),
+            bytes=registry.training_memory(i.shape, method, batch_size=batch_size, block_size=block_size,
+                                           loss_chunk=CHUNK),
             checkpointed_bytes=registry.training_memory(i.shape, method, batch_size=batch_size, block_size=block_size,
-                                                        checkpointing=True),
+                                                        checkpointing=True, loss_chunk=CHUNK),
         )
         for method in ("lora", "qlora", "full")
     ] if i.shape else []

@@ -176,10 +176,13 @@ def keeps_attention_scores(config: dict[str, Any], device_type: str) -> bool:
 
 
 def training_memory(shape: Shape, method: Method, *, batch_size: int, block_size: int, dtype_bytes: int = 2,
-                    checkpointing: bool = False, scored: float = 1.0, attention_scores: bool = False) -> int:
+                    checkpointing: bool = False, scored: float = 1.0, attention_scores: bool = False,
+                    adapter_dropout: bool = False, loss_chunk: int | None = None, pass_tokens: int | None = None) -> int:
     """Bytes a training step needs at its peak (see the module docstring); `scored`: the share of
     positions whose logits are computed (1.0: all of them); `attention_scores`: the attention keeps
-    its scores (`keeps_attention_scores`)."""
+    its scores (`keeps_attention_scores`); `adapter_dropout`: LoRA's dropout is on; `loss_chunk`:
+    the loss projects this many positions at a time (`loss.CHUNK`; None: all at once);
+    `pass_tokens`: a batch is split into forward passes of this many tokens (`finetune.passes`)."""
     p = shape.parameters
     if method == "full":
         weights = p * dtype_bytes
@@ -190,14 +193,17 @@ def training_memory(shape: Shape, method: Method, *, batch_size: int, block_size
         quantized = shape.layers * sum(a * b for a, b in shape.projections) if method == "qlora" else 0
         weights = quantized * 9 // 16 + (p - quantized) * dtype_bytes + trained * 4
         states = trained * (4 + 8)
-    tokens = batch_size * block_size
+    tokens = batch_size * block_size if pass_tokens is None else min(batch_size * block_size, max(pass_tokens, block_size))
     kept = 8 * shape.hidden + 2 * shape.kv_width + 4 * shape.intermediate  # values per token a layer keeps
-    if method != "full":
+    if method != "full" and adapter_dropout:
         kept += sum(a for a, _ in shape.projections)  # the adapters' dropout: output and mask, less the frozen inputs
     layer = tokens * kept * dtype_bytes
     if attention_scores:
         layer += 3 * batch_size * shape.heads * block_size**2 * dtype_bytes  # softmax, dropout mask, dropped
     # with checkpointing: each layer's input, and one layer's activations as the backward pass recomputes it
     activations = shape.layers * tokens * shape.hidden * dtype_bytes + layer if checkpointing else shape.layers * layer
-    logits = int(tokens * scored) * shape.vocab * 4 * 3
+    if loss_chunk is None:
+        logits = int(tokens * scored) * shape.vocab * 4 * 3
+    else:  # one chunk's logits, turned into their gradient in place, and its product with the head
+        logits = min(int(tokens * scored), loss_chunk) * shape.vocab * 4 * 2
     return weights + states + activations + logits

@@ -9,6 +9,7 @@ CLI or from the Prefect dashboard is picked up by the same runner.
 from __future__ import annotations
 
 import asyncio
+import logging
 import tempfile
 import threading
 import time
@@ -41,7 +42,9 @@ from .orchestrator import FlowRunView, Orchestrator, dashboard_url, merge
 from .runner import DeploymentRunner
 from .runs import TERMINAL, Event, RunRecord
 
+log = logging.getLogger(__name__)
 POLL_S = 0.5  # how often a watch looks for new events
+STATE_S = 5.0  # how often a watch asks Prefect for the run's state (each ask costs the Prefect server a query)
 PROGRESS_S = 0.25  # how often a pull reports its byte count
 DEFAULTS = Recipe(dataset_id="", speakers=[], base_model="", method="lora", preset="default", model_name="")
 
@@ -57,6 +60,15 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
         self._evaluating = asyncio.Lock()  # one evaluation at a time: each loads a whole model
         if self.runner:
             self.runner.start()
+            if settings.prepare_base:
+                threading.Thread(target=self._prepare_base, name="prepare-base", daemon=True).start()
+
+    def _prepare_base(self) -> None:
+        """The default base made ready in the background (a run that needs it meanwhile waits, under the same lock)."""
+        try:
+            log.info("the default base model is ready: %s", basemodels.prepare_default(self.store, self.settings.home / "cache"))
+        except Exception as e:  # noqa: BLE001 - a background nicety: a first run tries again, and says why it fails
+            log.warning("could not prepare the default base model: %s", e)
 
     def close(self) -> None:
         if self.runner:
@@ -124,9 +136,14 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
         if last is None:
             yield event_to_proto(Event(state=record.state, step=record.step, total=record.total, message=record.message))
         after = last.seq if last else -1
+        asked = 0.0
         while True:
-            view = await self.prefect.read(record.id)
-            ended = view is None or view.state in TERMINAL
+            # the run's own events say how it goes; Prefect is asked every STATE_S (and when they say
+            # it ended), for a run whose process died without a word
+            view, ended = None, False
+            if (last is not None and last.state in TERMINAL) or time.monotonic() - asked >= STATE_S:
+                view, asked = await self.prefect.read(record.id), time.monotonic()
+                ended = view is None or view.state in TERMINAL
             for e in await asyncio.to_thread(runs.read_events, self.store, record.id, after):
                 after, last = e.seq, e
                 yield event_to_proto(e)

@@ -36,7 +36,8 @@ pytestmark = pytest.mark.timeout(600)
 HEALTHY_TIMEOUT_S = 180.0
 # What this 2-core, GPU-less machine needs on top of compose's settings: one thread each (the
 # services share two cores with the Prefect server and SeaweedFS), a short shutdown grace.
-CPU_OVERRIDES = {"DOPPEL_TRAIN_THREADS": "1", "DOPPEL_INFERENCE_THREADS": "1", "DOPPEL_GRACE_S": "2"}
+CPU_OVERRIDES = {"DOPPEL_TRAIN_THREADS": "1", "DOPPEL_INFERENCE_THREADS": "1", "DOPPEL_GRACE_S": "2",
+                 "DOPPEL_PREPARE_BASE": "0"}
 IMAGE_PATHS = {"PATH", "DOPPEL_HOME", "PREFECT_HOME", "HF_HOME"}  # image folders: a tmp folder each here
 DOPPEL_SERVICES = ("ingest", "trainer", "inference")
 

@@ -132,15 +132,16 @@ def test_batches_are_grouped_by_length_within_each_window() -> None:
 # --- collate and step counts ---------------------------------------------------------------
 
 
-def test_collate_pads_to_the_longest_sample_of_the_batch() -> None:
+def test_collate_cuts_each_sample_after_its_last_trained_token_and_pads_to_the_longest() -> None:
     samples = [Sample([5, 6, 7], [IGNORE, 6, 7]), Sample([8, 9, 10, 11, 12], [IGNORE, IGNORE, 10, 11, IGNORE])]
     batch = collate(samples, pad_id=0, device=CPU)
-    assert batch["input_ids"].tolist() == [[5, 6, 7, 0, 0], [8, 9, 10, 11, 12]]
-    assert batch["labels"].tolist() == [[IGNORE, 6, 7, IGNORE, IGNORE], [IGNORE, IGNORE, 10, 11, IGNORE]]
-    assert batch["attention_mask"].tolist() == [[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]]
+    # token 7 predicts nothing trained, nor do 11 and 12: the rows end at the last token that does
+    assert batch["input_ids"].tolist() == [[5, 6, 0], [8, 9, 10]]
+    assert batch["targets"].tolist() == [[6, 7, IGNORE], [IGNORE, 10, 11]]  # the labels, shifted
+    assert batch["attention_mask"].tolist() == [[1, 1, 0], [1, 1, 1]]
     assert all(t.dtype == torch.long for t in batch.values())
-    single = collate([Sample([1, 2], [1, 2])], pad_id=99, device=CPU)
-    assert single["input_ids"].tolist() == [[1, 2]] and single["attention_mask"].tolist() == [[1, 1]]
+    single = collate([Sample([1, 2], [1, 2])], pad_id=99, device=CPU)  # a label at 0 has no token before it
+    assert single["input_ids"].tolist() == [[1]] and single["targets"].tolist() == [[2]]
 
 
 def test_total_steps_follows_epochs_max_steps_and_accumulation() -> None:
@@ -332,3 +333,23 @@ def test_a_real_allocation_failure_is_out_of_memory() -> None:
     assert "LoRA" in line
     assert "batch size" in line
     assert "block size" in line
+
+
+def test_lora_layers_adapts_the_last_layers_only_and_the_backward_pass_stops_there(texts: list[str],
+                                                                                    data: tuple[list[Sample], list[Sample], int]) -> None:
+    """`lora_layers=1` on the 2-layer tiny GPT-2: adapters in layer 1 alone, every projection of it;
+    layer 0 gets no gradient at all (autograd does not go below the first adapted layer)."""
+    train, _, pad = data
+    model = fresh(texts, recipe("lora", lora={"layers": 1}))
+    adapted = {name.split(".lora_A")[0] for name, _ in model.named_parameters() if ".lora_A" in name}
+    assert adapted and all(".h.1." in name for name in adapted)
+    assert {name.rsplit(".", 1)[-1] for name in adapted} == {"c_attn", "c_proj", "c_fc"}
+    everything = {name.split(".lora_A")[0] for name, _ in fresh(texts, recipe("lora")).named_parameters() if ".lora_A" in name}
+    assert adapted == {n for n in everything if ".h.1." in n}
+    seen: list[str] = []
+    for name, module in model.named_modules():
+        if name.endswith(("h.0", "h.1")):
+            module.register_full_backward_hook(lambda m, gi, go, name=name: seen.append(name))
+    loss, n = finetune.token_loss(model, collate(train[:4], pad, CPU, pack=True))
+    loss.backward()
+    assert seen == [n for n in seen if n.endswith("h.1")] and seen

@@ -6,10 +6,13 @@ import torch
 
 from doppel.model import Recipe
 from services.trainer import fitting
+from services.trainer.loss import CHUNK
 from services.trainer.registry import BY_NAME, training_memory
 
 QWEN = {"model_type": "qwen2", "num_hidden_layers": 24, "hidden_size": 896, "num_attention_heads": 14,
         "num_key_value_heads": 2, "intermediate_size": 4864, "vocab_size": 151936, "tie_word_embeddings": True}
+SMOLLM2 = {"model_type": "llama", "num_hidden_layers": 30, "hidden_size": 576, "num_attention_heads": 9,
+           "num_key_value_heads": 3, "intermediate_size": 1536, "vocab_size": 49152, "tie_word_embeddings": True}
 GIB = 2**30
 
 
@@ -21,8 +24,8 @@ def _recipe(**kw) -> Recipe:
 def test_checkpointing_goes_on_only_when_the_step_would_not_fit_otherwise():
     recipe = _recipe(batch_size=8, block_size=512)
     shape = BY_NAME["qwen2.5-0.5b-instruct"].shape
-    plain = training_memory(shape, "full", batch_size=8, block_size=512, dtype_bytes=2)
-    lean = training_memory(shape, "full", batch_size=8, block_size=512, dtype_bytes=2, checkpointing=True)
+    plain = training_memory(shape, "full", batch_size=8, block_size=512, dtype_bytes=2, loss_chunk=CHUNK)
+    lean = training_memory(shape, "full", batch_size=8, block_size=512, dtype_bytes=2, checkpointing=True, loss_chunk=CHUNK)
     assert lean < plain
 
     roomy = fitting.Device("big GPU", free_bytes=2 * plain, total_bytes=2 * plain)
@@ -42,7 +45,8 @@ def test_checkpointing_goes_on_only_when_the_step_would_not_fit_otherwise():
 def test_a_preset_batch_that_does_not_fit_is_split_into_accumulated_passes():
     recipe = _recipe(batch_size=8, block_size=512, gradient_accumulation_steps=2)
     shape = BY_NAME["qwen2.5-0.5b-instruct"].shape
-    need = {b: training_memory(shape, "full", batch_size=b, block_size=512, dtype_bytes=2, checkpointing=True) for b in (8, 4, 2)}
+    need = {b: training_memory(shape, "full", batch_size=b, block_size=512, dtype_bytes=2, checkpointing=True,
+                                loss_chunk=CHUNK) for b in (8, 4, 2)}
     room = (need[4] + need[2]) // 2
     small = fitting.Device("small GPU", free_bytes=int(room / fitting.HEADROOM), total_bytes=room * 2)
     fitted, said = fitting.fit(QWEN, recipe, small, dtype_bytes=2)
@@ -60,3 +64,24 @@ def test_a_preset_batch_that_does_not_fit_is_split_into_accumulated_passes():
 def test_the_cpu_reports_its_available_memory():
     found = fitting.device(torch.device("cpu"))
     assert found.name == "CPU" and 0 < found.free_bytes <= found.total_bytes
+
+
+def test_on_a_cpu_a_batch_that_does_not_fit_goes_in_passes_before_checkpointing():
+    """On a CPU the loop can split a batch into forward passes (finetune.passes): what a step holds
+    at once is one pass, so 8 x 512 of SmolLM2 fits a laptop without checkpointing."""
+    shape = BY_NAME["smollm2-135m-instruct"].shape
+    recipe = _recipe(batch_size=8, block_size=512).model_copy(update={"method": "lora"})
+    whole, one_pass = (training_memory(shape, "lora", batch_size=8, block_size=512, dtype_bytes=4, loss_chunk=CHUNK,
+                                       pass_tokens=n) for n in (None, 1024))
+    assert one_pass < whole / 2
+
+    roomy = fitting.Device("CPU", free_bytes=int(2 * whole * fitting.CPU_HEAP), total_bytes=64 * GIB)
+    fitted, said = fitting.fit(SMOLLM2, recipe, roomy, dtype_bytes=4, device_type="cpu")
+    assert (fitted.max_pass_tokens, fitted.gradient_checkpointing, said) == (None, False, [])
+    laptop = fitting.Device("CPU", free_bytes=int(1.2 * one_pass * fitting.CPU_HEAP / fitting.HEADROOM), total_bytes=8 * GIB)
+    fitted, (why,) = fitting.fit(SMOLLM2, recipe, laptop, dtype_bytes=4, device_type="cpu")
+    assert (fitted.max_pass_tokens, fitted.gradient_checkpointing, fitted.batch_size) == (1024, False, 8)
+    assert "forward passes of at most 1024 tokens" in why
+    gpu = fitting.Device("GPU", free_bytes=laptop.free_bytes, total_bytes=8 * GIB)  # on a GPU a batch is one pass
+    fitted, _ = fitting.fit(SMOLLM2, recipe, gpu, dtype_bytes=4)
+    assert fitted.max_pass_tokens is None and fitted.gradient_checkpointing

@@ -30,7 +30,7 @@ def test_default_preset_gives_the_class_defaults() -> None:
 
 def test_preset_fills_unset_values() -> None:
     r = resolve(request(preset="quick-cpu"))
-    assert (r.max_steps, r.block_size, r.batch_size, r.learning_rate, r.save_every) == (60, 256, 8, 5e-4, 20)
+    assert (r.max_steps, r.block_size, r.batch_size, r.learning_rate, r.lora_layers) == (14, 256, 8, 2e-3, 10)
     assert r.epochs == 1.0 and r.lora_rank == 16  # what the preset leaves unset keeps the default
     q = resolve(request(preset="quality"))
     assert (q.epochs, q.block_size, q.learning_rate, q.lora_rank, q.lora_alpha) == (3.0, 1024, 1e-4, 32, 64.0)

@@ -5,7 +5,7 @@ is the turns before it in its session (the latest `MAX_CONTEXT_TURNS`), and the 
 what the person wrote. The model writes that speaker's next turn from the same prompt a chat
 would give it (`Transcript.prompt`), sampled as the service samples by default (temperature 0.8,
 top-p 0.95) and ended by the same rule (`Transcript.stops`, then `one_turn`). Prompts go in
-left-padded batches; sampling is seeded under a forked RNG, so the caller's generators are left
+left-padded batches of similar length; sampling is seeded under a forked RNG, so the caller's generators are left
 as they were (a run evaluates after training, and may go on).
 """
 
@@ -54,13 +54,17 @@ def sample(model: Any, tokenizer: Any, transcript: Transcript, found: Sequence[T
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     room = int(getattr(model.config, "max_position_embeddings", None) or getattr(model.config, "n_positions", None) or 2048)
     cuda = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
-    replies: list[str] = []
+    encoded = [transcript.encode(transcript.prompt(t.context, t.participants, t.speaker))[-(room - max_new_tokens):]
+               for t in found]
+    # batches of prompts of similar length: left padding is work for nothing (most of the time is the prompts)
+    order = sorted(range(len(found)), key=lambda k: len(encoded[k]))
+    replies: dict[int, str] = {}
     with torch.random.fork_rng(devices=cuda):
         torch.manual_seed(seed)
         for start in range(0, len(found), batch_size):
-            batch = found[start : start + batch_size]
-            prompts = [transcript.encode(transcript.prompt(t.context, t.participants, t.speaker))[-(room - max_new_tokens):]
-                       for t in batch]
+            chosen = order[start : start + batch_size]
+            batch = [found[k] for k in chosen]
+            prompts = [encoded[k] for k in chosen]
             width = max(map(len, prompts))
             ids = torch.full((len(batch), width), pad, dtype=torch.long)
             mask = torch.zeros_like(ids)
@@ -73,9 +77,9 @@ def sample(model: Any, tokenizer: Any, transcript: Transcript, found: Sequence[T
                 do_sample=True, temperature=TEMPERATURE, top_p=TOP_P, pad_token_id=pad,
                 eos_token_id=tokenizer.eos_token_id, stop_strings=stops, tokenizer=tokenizer,
             )
-            for t, row in zip(batch, out[:, width:], strict=True):
+            for k, t, row in zip(chosen, batch, out[:, width:], strict=True):
                 text = tokenizer.decode(row, skip_special_tokens=False)
-                replies.append(transcript.one_turn(text, t.participants))
+                replies[k] = transcript.one_turn(text, t.participants)
             if done:
                 done(len(batch))
-    return replies
+    return [replies[k] for k in range(len(found))]
