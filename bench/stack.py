@@ -71,7 +71,7 @@ def start_stack(home: Path) -> OwnStack:
         "DOPPEL_HOME": str(home), "DOPPEL_GRACE_S": "2", "DOPPEL_UI_PORT": str(free_port()),
         "DOPPEL_INGEST_ADDR": f"127.0.0.1:{free_port()}", "DOPPEL_TRAINER_ADDR": f"127.0.0.1:{free_port()}",
         "DOPPEL_INFERENCE_ADDR": f"127.0.0.1:{free_port()}", "DOPPEL_PREFECT_API_URL": f"http://127.0.0.1:{free_port()}/api",
-        "DO_NOT_TRACK": "1", "GRADIO_ANALYTICS_ENABLED": "False",
+        "DOPPEL_OPENAI_ADDR": f"127.0.0.1:{free_port()}", "DO_NOT_TRACK": "1", "GRADIO_ANALYTICS_ENABLED": "False",
     })
     home.mkdir(parents=True, exist_ok=True)
     log = home.parent / "up.log"

@@ -37,6 +37,14 @@ class Settings(BaseSettings):
         default="",
         description="DOPPEL_LISTEN: address a service binds to; empty means its own *_ADDR.",
     )
+    openai_addr: str = Field(
+        default="127.0.0.1:8000", description="DOPPEL_OPENAI_ADDR: host:port of the OpenAI-compatible HTTP API "
+        "(`doppel serve openai`).",
+    )
+    openai_max_request_kb: int = Field(
+        default=1024, ge=1, description="DOPPEL_OPENAI_MAX_REQUEST_KB: largest request body the OpenAI-compatible API "
+        "reads; a larger one is refused with 413.",
+    )
     ui_host: str = Field(default="127.0.0.1", description="DOPPEL_UI_HOST: interface the UI binds to.")
     ui_port: int = Field(default=7860, description="DOPPEL_UI_PORT: port of the UI.")
     prefect_api_url: str = Field(

@@ -24,7 +24,7 @@ os.environ.pop("PREFECT_API_URL", None)
 os.environ.pop("PREFECT_API_KEY", None)
 os.environ["PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"] = "120"
 
-pytest_plugins = ["support.seaweed", "support.grpcserver", "support.hubfixtures"]
+pytest_plugins = ["support.seaweed", "support.grpcserver", "support.hubfixtures", "support.inference"]
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:

@@ -107,6 +107,7 @@ def stack_env(tmp_path: Path) -> dict[str, str]:
         "DOPPEL_INFERENCE_ADDR": f"127.0.0.1:{free_port()}",
         "DOPPEL_PREFECT_API_URL": f"http://127.0.0.1:{free_port()}/api",
         "DOPPEL_UI_PORT": str(free_port()),
+        "DOPPEL_OPENAI_ADDR": f"127.0.0.1:{free_port()}",
         "DOPPEL_GRACE_S": "2",
     }
 
@@ -200,17 +201,28 @@ def start_up(env: dict[str, str], *args: str) -> tuple[subprocess.Popen, str]:
         raise
 
 
-@pytest.fixture
-def stack(up_home, tmp_path):
-    """A running `doppel up` on a store of its own (so it imports the demo); teardown stops it and any
+def running_stack(up_home: Path, tmp_path: Path, **extra: str):
+    """A running `doppel up` on a store of its own (so it imports the demo); stopped afterwards with any
     child it left, whatever the test did."""
-    env = {**stack_env(up_home), "DOPPEL_STORE_URL": (tmp_path / "store").as_uri()}
+    env = {**stack_env(up_home), "DOPPEL_STORE_URL": (tmp_path / "store").as_uri(), **extra}
     proc, output = start_up(env)
     pids = set(child_pids(output).values())
     try:
         yield proc, env, output
     finally:
         stop_up(proc, pids)
+
+
+@pytest.fixture
+def stack(up_home, tmp_path):
+    yield from running_stack(up_home, tmp_path)
+
+
+@pytest.fixture
+def slow_restart_stack(up_home, tmp_path):
+    """A stack whose restarts wait 3 s: longer than a health check's 2 s (whose retries would otherwise reach
+    a service restarted 1 s after its crash, and find it up)."""
+    yield from running_stack(up_home, tmp_path, DOPPEL_RESTART_BACKOFF_S="3")
 
 
 def read_all(proc: subprocess.Popen) -> str:
@@ -232,7 +244,7 @@ def datasets(env: dict[str, str]) -> list:
 def test_up_serves_everything_and_ctrl_c_leaves_no_child(stack):
     proc, env, output = stack
     pids = child_pids(output)
-    assert set(pids) == {"ui", "prefect", "ingest", "trainer", "inference"}
+    assert set(pids) == {"ui", "openai", "prefect", "ingest", "trainer", "inference"}
     assert children_of(proc.pid) == set(pids.values())
     # The UI came last, once the services it talks to were healthy; the banner shows it first.
     assert output.index("ingest, trainer, inference healthy after") < output.index("starting the UI")
@@ -240,6 +252,11 @@ def test_up_serves_everything_and_ctrl_c_leaves_no_child(stack):
     assert banner[0].split()[:2] == ["ui", ui_url(env)]
     assert http_status(ui_url(env)) == 200
     assert (Path(env["DOPPEL_HOME"]) / "logs" / "ui.log").exists()
+    # So did the OpenAI-compatible API, which answers its health check once inference does.
+    api = f"http://{env['DOPPEL_OPENAI_ADDR']}/v1"
+    assert f"openai     {api}  (pid {pids['openai']})" in output
+    assert http_status(api.removesuffix("/v1") + "/health") == 200
+    assert output.index("ingest, trainer, inference healthy after") < output.index("OpenAI-compatible API at")
     services = ["ingest", "trainer", "inference"]
     for name in services:
         addr = env[f"DOPPEL_{name.upper()}_ADDR"]
@@ -272,7 +289,8 @@ def test_up_serves_everything_and_ctrl_c_leaves_no_child(stack):
     second = doppel("up", env=env)
     out = read_all(second)
     assert second.returncode == 1, out
-    assert "Doppel is already running: ingest at" in out and f"ui at {ui_url(env)} answers" in out
+    assert "Doppel is already running: ingest at" in out
+    assert f"ui at {ui_url(env)}, openai at http://{env['DOPPEL_OPENAI_ADDR']}/v1 answers" in out
     proc.send_signal(signal.SIGINT)
     rest = read_all(proc)
     assert proc.returncode == 0, rest
@@ -316,8 +334,8 @@ def test_up_refuses_to_start_twice(grpc_server, prefect_server, tmp_path):
     assert not (tmp_path / "logs" / "prefect.log").exists()
 
 
-def test_up_restarts_a_service_that_dies_and_leaves_the_rest_running(stack):
-    proc, env, output = stack
+def test_up_restarts_a_service_that_dies_and_leaves_the_rest_running(slow_restart_stack):
+    proc, env, output = slow_restart_stack
     pids = child_pids(output)
     addr = env["DOPPEL_INFERENCE_ADDR"]
     backend = Backend(Settings(**{k.removeprefix("DOPPEL_").lower(): v for k, v in env.items()}))
@@ -328,11 +346,11 @@ def test_up_restarts_a_service_that_dies_and_leaves_the_rest_running(stack):
         while pid_running(pids["inference"]):
             assert time.monotonic() < gone_by
             time.sleep(0.02)
-        # Down until its restart (1 s of backoff, then seconds of start-up): the UI's line says so, and no more.
+        # Down until its restart (3 s of backoff, then seconds of start-up): the UI's line says so, and no more.
         down = ui_health(backend)
         assert down.count("#dc2626") == 1 and f"Not answering: inference at `{addr}`" in down
         said = read_until(proc, "inference healthy again", timeout=120)
-        assert "inference was killed by SIGKILL; restarting it in 1 s (attempt 1 of 4 within 60 s" in said
+        assert "inference was killed by SIGKILL; restarting it in 3 s (attempt 1 of 4 within 60 s" in said
         new_pid = int(said.split("restarted inference (pid ", 1)[1].split(",", 1)[0])
         assert f"restarted inference (pid {new_pid}, attempt 1)" in said and "stopping" not in said
         assert new_pid != pids["inference"]
@@ -346,6 +364,10 @@ def test_up_restarts_a_service_that_dies_and_leaves_the_rest_running(stack):
         deadline = time.monotonic() + 10
         while ui_health(backend).count("#16a34a") < 3:
             assert time.monotonic() < deadline, ui_health(backend)
+            time.sleep(0.5)
+        # So does the OpenAI-compatible API, over its own channel.
+        while http_status(f"http://{env['DOPPEL_OPENAI_ADDR']}/health") != 200:
+            assert time.monotonic() < deadline
             time.sleep(0.5)
     finally:
         backend.close()

@@ -35,6 +35,10 @@ class ServiceName(str, Enum):
     ingest = "ingest"
     trainer = "trainer"
     inference = "inference"
+    openai = "openai"  # the OpenAI-compatible HTTP API over inference, not a gRPC service
+
+
+GRPC_SERVICES = [s.value for s in ServiceName if s is not ServiceName.openai]
 
 
 @app.command()
@@ -54,7 +58,7 @@ def serve(
     service: ServiceName = typer.Argument(..., help="Which service to run."),
     listen: str = typer.Option("", help="host:port to bind; default DOPPEL_LISTEN or the service's DOPPEL_*_ADDR."),
 ) -> None:
-    """Run one service in the foreground until SIGTERM or Ctrl-C."""
+    """Run one service in the foreground until SIGTERM or Ctrl-C (`openai`: the OpenAI-compatible HTTP API)."""
     import importlib
 
     from doppel.errors import DoppelError
@@ -63,6 +67,13 @@ def serve(
     settings = _settings()
     logging.basicConfig(level=settings.log_level, format=f"%(asctime)s {service.value} %(levelname)s %(message)s")
     address = listen or settings.listen or getattr(settings, f"{service.value}_addr")
+    if service is ServiceName.openai:
+        from services.gateway.server import serve as serve_http
+
+        try:
+            return serve_http(settings, address)
+        except DoppelError as exc:
+            _fail(str(exc))
     services = importlib.import_module(f"services.{service.value}.server").build(settings)
     try:
         asyncio.run(
@@ -132,7 +143,7 @@ def up(
     except DoppelError as e:
         _fail(f"DOPPEL_STORE_URL: {e}", 2)
     after_up = partial(first_run, settings, always=demo, ui_url=ui_url(settings))
-    stack = Stack(settings, [s.value for s in ServiceName], store_url=store_url, after_up=after_up)
+    stack = Stack(settings, GRPC_SERVICES, store_url=store_url, after_up=after_up)
     sys.exit(stack.run(timeout=timeout))
 
 

@@ -4,11 +4,11 @@ The children start in stages. First the Prefect server (`python -m prefect serve
 which owns training runs; its state lives under `$DOPPEL_HOME/prefect`. Once its API
 answers `/health`, the services start: each is `python -m doppel serve NAME`, the same
 entry point the GPU deployment runs, with `PREFECT_API_URL` pointing at that server.
-Once they answer their gRPC health checks, the UI starts (`python -m doppel ui`), which
-talks to them. The supervisor waits for every child's health check, says where each one
-is reached, then runs an optional step in the background (the demo import), and stops
-them all cleanly on SIGINT or SIGTERM, the UI first and the server the services talk to
-last.
+Once they answer their gRPC health checks, the UI (`python -m doppel ui`) and the
+OpenAI-compatible API (`python -m doppel serve openai`) start, which talk to them. The
+supervisor waits for every child's health check, says where each one is reached, then runs
+an optional step in the background (the demo import), and stops them all cleanly on SIGINT
+or SIGTERM, the UI and the API first and the server the services talk to last.
 
 A child that dies on its own, during start-up or later, is restarted alone, like
 docker compose's `restart:` policy: after `DOPPEL_RESTART_BACKOFF_S` (1 s), doubled for each
@@ -54,6 +54,11 @@ def ui_url(settings: Settings) -> str:
     """Where the UI answers: what a newcomer opens."""
     host = settings.ui_host
     return f"http://{f'[{host}]' if ':' in host else host}:{settings.ui_port}"
+
+
+def openai_url(settings: Settings) -> str:
+    """The base URL an OpenAI client is given for the OpenAI-compatible API."""
+    return f"http://{settings.openai_addr}/v1"
 
 
 @dataclass(frozen=True)
@@ -209,7 +214,12 @@ class Stack:
         url = ui_url(settings)
         ui = Child("ui", url, [sys.executable, "-m", "doppel", "ui"], logs / "ui.log", partial(_http_ok, url),
                    env=common)
-        self.stages: list[list[Child]] = [[server], services, [ui]]
+        api = openai_url(settings)
+        gateway = Child("openai", api,
+                        [sys.executable, "-m", "doppel", "serve", "openai", "--listen", settings.openai_addr],
+                        logs / "openai.log", partial(_http_ok, api.removesuffix("/v1") + "/health"), env=common,
+                        grace_s=settings.grace_s + 5)
+        self.stages: list[list[Child]] = [[server], services, [ui, gateway]]
         self.children = [c for stage in self.stages for c in stage]
         self._stop_signal: int | None = None
         self._stopping = threading.Event()
@@ -356,7 +366,7 @@ class Stack:
             self._say(f"starting {', '.join(c.name for c in services)}")
             if not self._start_stage(services, timeout):
                 return 0 if self._stop_signal is not None else 1
-            self._say(f"starting the UI at {ui[0].where}")
+            self._say(f"starting the UI at {ui[0].where} and the OpenAI-compatible API at {ui[1].where}")
             if not self._start_stage(ui, timeout):
                 return 0 if self._stop_signal is not None else 1
             self._say("Doppel is up:")

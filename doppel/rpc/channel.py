@@ -51,7 +51,7 @@ class _ClientInterceptor(
     """
 
     def __init__(self, token: str | None, timeout: float | None):
-        self._auth = (("authorization", f"Bearer {token}"),) if token else ()
+        self._auth = auth_metadata(token)
         self._timeout = timeout
 
     def _details(self, d: grpc.ClientCallDetails, unary: bool) -> _Details:
@@ -76,7 +76,22 @@ def open_channel(
     addr: str, *, token: str | None = None, timeout: float | None = 30.0, max_message_mb: int = 64
 ) -> grpc.Channel:
     """An insecure channel to `addr` (host:port) with auth, default deadline and retries."""
-    options: list[tuple[str, Any]] = [
+    channel = grpc.insecure_channel(addr, options=_options(max_message_mb))
+    return grpc.intercept_channel(channel, _ClientInterceptor(token, timeout))
+
+
+def open_aio_channel(addr: str, *, max_message_mb: int = 64) -> grpc.aio.Channel:
+    """An asyncio channel to `addr` with the same retries; its callers send `auth_metadata` with each call."""
+    return grpc.aio.insecure_channel(addr, options=_options(max_message_mb))
+
+
+def auth_metadata(token: str | None) -> tuple[tuple[str, str], ...]:
+    """The call metadata that carries `token` (none when auth is off)."""
+    return (("authorization", f"Bearer {token}"),) if token else ()
+
+
+def _options(max_message_mb: int) -> list[tuple[str, Any]]:
+    return [
         *channel_options(max_message_mb),
         ("grpc.enable_retries", 1),
         ("grpc.service_config", json.dumps(RETRY_POLICY)),
@@ -85,5 +100,3 @@ def open_channel(
         ("grpc.min_reconnect_backoff_ms", 200),
         ("grpc.max_reconnect_backoff_ms", 2000),
     ]
-    channel = grpc.insecure_channel(addr, options=options)
-    return grpc.intercept_channel(channel, _ClientInterceptor(token, timeout))

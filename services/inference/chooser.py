@@ -1,11 +1,14 @@
 """The next-token chooser of a batch: every row's own sampling settings, as tensors.
 
-Every row of a batch carries its own settings (temperature, top-k, top-p, repetition penalty)
-and its own random generator, so requests with different settings share a forward pass and a
-seeded request samples the same tokens whatever else is in the batch. The settings are tensors
-with one entry a row, built once when rows are prefilled and joined or filtered with the rows
-(TGI's `HeterogeneousNextTokenChooser`), so a step builds nothing from Python lists; the tokens
-each row has generated are a [rows, vocabulary] mask, kept only while a row has a penalty.
+Every row of a batch carries its own settings (temperature, top-k, top-p, repetition, presence
+and frequency penalties) and its own random generator, so requests with different settings share
+a forward pass and a seeded request samples the same tokens whatever else is in the batch. The
+settings are tensors with one entry a row, built once when rows are prefilled and joined or
+filtered with the rows (TGI's `HeterogeneousNextTokenChooser`), so a step builds nothing from
+Python lists; how often each row has generated each token is one [rows, vocabulary] tensor of
+counts, kept only while a row has a penalty, which all three penalties read: the repetition
+penalty where a count is above 0, the presence and frequency penalties as OpenAI's (subtracted
+once for a token generated at all, and once for each time it was).
 """
 
 from __future__ import annotations
@@ -25,12 +28,13 @@ class NextTokenChooser:
     """Picks the next token of every row from one [rows, vocabulary] tensor of logits."""
 
     def __init__(self, temperature: torch.Tensor, top_k: torch.Tensor, top_p: torch.Tensor, penalty: torch.Tensor,
-                 generators: list[torch.Generator], draws: torch.Tensor, drawn: torch.Tensor,
-                 seen: torch.Tensor | None, penalised: bool):
+                 presence: torch.Tensor, frequency: torch.Tensor, generators: list[torch.Generator], draws: torch.Tensor,
+                 drawn: torch.Tensor, seen: torch.Tensor | None, penalised: bool):
         self.temperature, self.top_k, self.top_p, self.penalty = temperature, top_k, top_p, penalty
+        self.presence, self.frequency = presence, frequency
         self.generators = generators  # each row's own, on the CPU
         self.draws, self.drawn = draws, drawn  # [rows, DRAWS] uniforms made ahead, [rows] used of them (CPU)
-        self.seen = seen  # [rows, vocabulary]: tokens a row generated, while any row has a penalty
+        self.seen = seen  # [rows, vocabulary] float: how often a row generated each token, while any row has a penalty
         self.penalised = penalised
 
     @classmethod
@@ -41,13 +45,15 @@ class NextTokenChooser:
             seed = sampling.seed if sampling.seed is not None else random.getrandbits(62)
             generators.append(torch.Generator().manual_seed((seed * 1_000_003 + index) % (2**63 - 1)))
         draws = torch.stack([torch.rand(DRAWS, generator=g) for g in generators]) if rows else torch.zeros(0, DRAWS)
-        penalties = [s.repetition_penalty for s, _ in rows]
+        penalised = any(s.repetition_penalty != 1.0 or s.presence_penalty or s.frequency_penalty for s, _ in rows)
         return cls(
             torch.tensor([s.temperature for s, _ in rows], dtype=torch.float, device=device),
             torch.tensor([s.top_k for s, _ in rows], dtype=torch.long, device=device),
             torch.tensor([s.top_p for s, _ in rows], dtype=torch.float, device=device),
-            torch.tensor(penalties, dtype=torch.float, device=device),
-            generators, draws, torch.zeros(len(rows), dtype=torch.long), None, any(p != 1.0 for p in penalties),
+            torch.tensor([s.repetition_penalty for s, _ in rows], dtype=torch.float, device=device),
+            torch.tensor([s.presence_penalty for s, _ in rows], dtype=torch.float, device=device),
+            torch.tensor([s.frequency_penalty for s, _ in rows], dtype=torch.float, device=device),
+            generators, draws, torch.zeros(len(rows), dtype=torch.long), None, penalised,
         )
 
     def __len__(self) -> int:
@@ -61,10 +67,10 @@ class NextTokenChooser:
         seen = None
         widths = [c.seen.shape[1] for c in choosers if c.seen is not None]
         if widths:
-            seen = torch.cat([c.seen if c.seen is not None else c.penalty.new_zeros((len(c), widths[0]), dtype=torch.bool)
-                              for c in choosers])
+            seen = torch.cat([c.seen if c.seen is not None else c.penalty.new_zeros((len(c), widths[0])) for c in choosers])
         return cls(torch.cat([c.temperature for c in choosers]), torch.cat([c.top_k for c in choosers]),
                    torch.cat([c.top_p for c in choosers]), torch.cat([c.penalty for c in choosers]),
+                   torch.cat([c.presence for c in choosers]), torch.cat([c.frequency for c in choosers]),
                    [g for c in choosers for g in c.generators], torch.cat([c.draws for c in choosers]),
                    torch.cat([c.drawn for c in choosers]), seen, any(c.penalised for c in choosers))
 
@@ -72,10 +78,10 @@ class NextTokenChooser:
         """Only the rows `keep`, in that order."""
         index = torch.tensor(keep, device=self.temperature.device)
         cpu = torch.tensor(keep)
-        penalty = self.penalty[index]
-        penalised = self.penalised and bool((penalty != 1).any())
+        penalty, presence, frequency = self.penalty[index], self.presence[index], self.frequency[index]
+        penalised = self.penalised and bool(((penalty != 1) | (presence != 0) | (frequency != 0)).any())
         seen = self.seen[index] if penalised and self.seen is not None else None
-        return NextTokenChooser(self.temperature[index], self.top_k[index], self.top_p[index], penalty,
+        return NextTokenChooser(self.temperature[index], self.top_k[index], self.top_p[index], penalty, presence, frequency,
                                 [self.generators[k] for k in keep], self.draws[cpu], self.drawn[cpu], seen, penalised)
 
     def uniforms(self, rows: list[int] | None = None) -> torch.Tensor:
@@ -95,7 +101,10 @@ class NextTokenChooser:
     def choose(self, logits: torch.Tensor, rows: list[int] | None = None, bias: torch.Tensor | None = None) -> torch.Tensor:
         """The next token of each of `rows` (None: every row), whose logits are the rows of `logits`.
 
-        `bias` is added to the logits first (-inf for a token a row may not take). Each row draws
+        A row's penalties come first, on the tokens it generated: its repetition penalty divides a
+        positive logit (multiplies a negative one), then its presence penalty is subtracted once
+        and its frequency penalty once a time the token was generated. `bias` is added next (-inf
+        for a token a row may not take), and the temperature divides the result. Each row draws
         one uniform number from its own generator and inverts its CDF with it, so a seeded row
         samples the same tokens whichever rows share its batch. Nothing sorts the whole
         vocabulary (64 rows of a 49k vocabulary take ~0.2 s to sort on a CPU): rows without top-k
@@ -107,19 +116,22 @@ class NextTokenChooser:
         logits = logits.float()
         if self.penalised:
             if self.seen is None:
-                self.seen = torch.zeros((len(self), logits.shape[1]), dtype=torch.bool, device=logits.device)
-            seen = self.seen if index is None else self.seen[index]
-            penalty = (self.penalty if index is None else self.penalty[index])[:, None]
+                self.seen = torch.zeros((len(self), logits.shape[1]), device=logits.device)
+            counts = self.seen if index is None else self.seen[index]
+            penalty, presence, frequency = ((t if index is None else t[index])[:, None]
+                                            for t in (self.penalty, self.presence, self.frequency))
+            seen = counts > 0
             logits = torch.where(seen, torch.where(logits > 0, logits / penalty, logits * penalty), logits)
+            logits = logits - presence * seen - frequency * counts
         if bias is not None:
             logits = logits + bias
         u = self.uniforms(rows).to(logits.device)
         tokens = _sample(logits, temperature, top_k, top_p, u)
         if self.seen is not None:
             if index is None:
-                self.seen.scatter_(1, tokens[:, None], True)
+                self.seen.scatter_add_(1, tokens[:, None], torch.ones_like(tokens, dtype=self.seen.dtype)[:, None])
             else:
-                self.seen[index, tokens] = True
+                self.seen.index_put_((index, tokens), torch.ones_like(tokens, dtype=self.seen.dtype), accumulate=True)
         return tokens
 
 

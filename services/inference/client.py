@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
 from typing import Any, Generic, Protocol, TypeVar
 
 from doppel.errors import DoppelError, Internal
@@ -77,7 +77,7 @@ class Call(Generic[E, R]):
         self._events.append(event)
         self._ready.set()
 
-    async def __aiter__(self) -> AsyncIterator[list[E]]:
+    async def __aiter__(self) -> AsyncGenerator[list[E]]:
         self._client.begin(self)
         try:
             while not self._ended:

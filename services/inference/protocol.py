@@ -33,6 +33,8 @@ class Sampling:
     top_k: int = 0
     top_p: float = 0.95
     repetition_penalty: float = 1.0
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
     max_new_tokens: int = 64
     stop: tuple[str, ...] = ()
     n: int = 1
@@ -44,6 +46,8 @@ class Sampling:
             (self.top_k >= 0, "top_k must be >= 0"),
             (0 < self.top_p <= 1, "top_p must be in (0, 1]"),
             (self.repetition_penalty > 0, "repetition_penalty must be > 0"),
+            (-2 <= self.presence_penalty <= 2, "presence_penalty must be in [-2, 2]"),
+            (-2 <= self.frequency_penalty <= 2, "frequency_penalty must be in [-2, 2]"),
             (1 <= self.max_new_tokens <= 4096, "max_new_tokens must be in 1-4096"),
             (1 <= self.n <= 64, "n must be in 1-64"),
             (all(self.stop), "stop strings must not be empty"),
@@ -141,6 +145,8 @@ class ServedInfo:
     loaded: bool
     memory_bytes: int = 0
     last_used: datetime | None = None
+    created: datetime | None = None
+    name: str = ""
 
 
 @dataclass(frozen=True)
@@ -198,12 +204,13 @@ Result = Spoke | Listing | Loaded | Unloaded | Healthy | EngineStats
 
 @dataclass(frozen=True)
 class Delta:
-    """Text added to candidate `index`; `finish` (and its token count) on its last delta."""
+    """Text added to candidate `index`; `finish` (and its token count, and its prompt's) on its last delta."""
 
     index: int
     text: str
     finish: Finish | None = None
     tokens: int = 0
+    prompt_tokens: int = 0
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,8 @@ aborts its work there, which frees its rows at the engine's next step.
 
 from __future__ import annotations
 
+from collections.abc import AsyncGenerator
+from contextlib import aclosing
 from datetime import UTC, datetime
 from typing import Any
 
@@ -20,7 +22,7 @@ from doppel.transcript import Turn
 from doppel.v1 import inference_pb2 as inf
 from doppel.v1 import inference_pb2_grpc
 
-from .client import EngineClient
+from .client import Call, EngineClient
 from .protocol import ChatArgs, CompleteArgs, Delta, Finish, Sampling, ServedInfo, SimulateArgs
 from .remote import EngineProcess
 
@@ -28,7 +30,9 @@ FINISH = {f: enums.value(inf.FinishReason, f.value) for f in Finish}
 
 
 def sampling_from_proto(p: Any, *, n: bool = True) -> Sampling:
-    fields = {k: getattr(p, k) for k in ("temperature", "top_k", "top_p", "repetition_penalty", "max_new_tokens", "seed") if p.HasField(k)}
+    names = ("temperature", "top_k", "top_p", "repetition_penalty", "presence_penalty", "frequency_penalty",
+             "max_new_tokens", "seed")
+    fields = {k: getattr(p, k) for k in names if p.HasField(k)}
     if n and p.HasField("n"):
         fields["n"] = p.n
     return Sampling(**fields, stop=tuple(p.stop))
@@ -44,12 +48,36 @@ def _chat(r: Any) -> ChatArgs:
     return ChatArgs(r.model_id, _turns(r.history), r.as_speaker, r.user_speaker, sampling_from_proto(r.sampling))
 
 
+def _complete(r: Any) -> CompleteArgs:
+    return CompleteArgs(r.model_id, r.prompt, r.as_speaker, sampling_from_proto(r.sampling))
+
+
+async def _pieces(call: Call[Delta, Any], *, strip: bool) -> AsyncGenerator[dict[str, Any]]:
+    """The fields of each streamed piece: a candidate's new text, and on its last piece why it ended and its
+    token counts. With `strip`, a reply's opening space (it follows `Name:`) is dropped. Closed with the
+    stream, it closes the call at once (which aborts it when it has not ended)."""
+    started: set[int] = set()
+    async with aclosing(call.__aiter__()) as piles:
+        async for pile in piles:
+            for d in _merged(pile):
+                delta = d.text
+                if strip and d.index not in started:
+                    delta = delta.lstrip()
+                    if delta or d.finish is not None:
+                        started.add(d.index)
+                if d.finish is not None:
+                    yield {"index": d.index, "delta": delta, "finish_reason": FINISH[d.finish], "tokens": d.tokens,
+                           "prompt_tokens": d.prompt_tokens}
+                elif delta:
+                    yield {"index": d.index, "delta": delta}
+
+
 def _merged(pile: list[Delta]) -> list[Delta]:
     """A pile's deltas, one per candidate: its texts joined, its finish if it finished."""
     merged: dict[int, list[Delta]] = {}
     for event in pile:
         merged.setdefault(event.index, []).append(event)
-    return [Delta(k, "".join(d.text for d in ds), ds[-1].finish, ds[-1].tokens) for k, ds in merged.items()]
+    return [Delta(k, "".join(d.text for d in ds), ds[-1].finish, ds[-1].tokens, ds[-1].prompt_tokens) for k, ds in merged.items()]
 
 
 class _Candidates:
@@ -58,6 +86,10 @@ class _Candidates:
     def __init__(self, n: int):
         self.parts: list[list[str]] = [[] for _ in range(n)]
         self.ends: list[Delta | None] = [None] * n
+
+    @property
+    def prompt_tokens(self) -> int:
+        return max((end.prompt_tokens for end in self.ends if end), default=0)
 
     def add(self, pile: list[Delta]) -> None:
         for event in pile:
@@ -89,27 +121,26 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
         call = self.engine.chat(args)
         async for pile in call:
             out.add(pile)
-        return inf.ChatResponse(speaker=call.result.speaker if call.result else "", candidates=out.protos(strip=True))
+        return inf.ChatResponse(speaker=call.result.speaker if call.result else "", candidates=out.protos(strip=True),
+                                prompt_tokens=out.prompt_tokens)
 
     async def ChatStream(self, request, context):
-        started: set[int] = set()
-        async for pile in self.engine.chat(_chat(request.chat)):
-            for d in _merged(pile):
-                delta = d.text
-                if d.index not in started:  # the reply follows `Name:`: drop the space that opens it
-                    delta = delta.lstrip()
-                    if delta or d.finish is not None:
-                        started.add(d.index)
-                if delta or d.finish is not None:
-                    finish = FINISH[d.finish] if d.finish else inf.FINISH_REASON_UNSPECIFIED
-                    yield inf.ChatStreamResponse(index=d.index, delta=delta, finish_reason=finish)
+        async with aclosing(_pieces(self.engine.chat(_chat(request.chat)), strip=True)) as pieces:
+            async for d in pieces:
+                yield inf.ChatStreamResponse(**d)
 
     async def Complete(self, request, context):
-        args = CompleteArgs(request.model_id, request.prompt, request.as_speaker, sampling_from_proto(request.sampling))
+        args = _complete(request)
         out = _Candidates(args.sampling.n)
         async for pile in self.engine.complete(args):
             out.add(pile)
-        return inf.CompleteResponse(candidates=out.protos(strip=False))  # raw continuations keep their leading space
+        # raw continuations keep their leading space
+        return inf.CompleteResponse(candidates=out.protos(strip=False), prompt_tokens=out.prompt_tokens)
+
+    async def CompleteStream(self, request, context):
+        async with aclosing(_pieces(self.engine.complete(_complete(request.complete)), strip=False)) as pieces:
+            async for d in pieces:
+                yield inf.CompleteStreamResponse(**d)
 
     async def Simulate(self, request, context):
         if not 0 <= request.turns <= MAX_TURNS:  # 0 is the default length; a negative one would end before it began
@@ -156,9 +187,11 @@ def _now():
 
 def _served_proto(m: ServedInfo) -> inf.ServedModel:
     out = inf.ServedModel(model_id=m.model_id, base_model=m.base_model, adapter=m.adapter, loaded=m.loaded,
-                          memory_bytes=m.memory_bytes, speakers=m.speakers, participants=m.participants)
+                          memory_bytes=m.memory_bytes, speakers=m.speakers, participants=m.participants, name=m.name)
     if m.last_used is not None:
         out.last_used.FromDatetime(m.last_used)
+    if m.created is not None:
+        out.created.FromDatetime(m.created)
     return out
 
 

@@ -163,7 +163,7 @@ class Serving:
             assert job is not None
             if finish is None:
                 return self.emit(call.id, Delta(index, delta))
-            self.emit(call.id, Delta(index, delta, finish, job.tokens.get(index, 0)))
+            self.emit(call.id, Delta(index, delta, finish, job.tokens.get(index, 0), len(job.prompt_ids)))
             left -= 1
             if not left:
                 self.cache.release(request.model_id)
@@ -256,7 +256,8 @@ class Serving:
 
 def _info(m: Any, s: Served | None) -> ServedInfo:
     return ServedInfo(m.id, m.base_model, m.is_adapter, tuple(m.speakers), tuple(m.participants),
-                      loaded=s is not None, memory_bytes=s.memory_bytes if s else 0, last_used=s.last_used if s else None)
+                      loaded=s is not None, memory_bytes=s.memory_bytes if s else 0, last_used=s.last_used if s else None,
+                      created=m.created_at, name=m.name)
 
 
 def _budget(settings: Settings) -> int:

@@ -34,7 +34,7 @@ BIN = Path(sys.executable).parent
 # What a filled-in `.env` holds: the example, with its empty secrets set.
 FILLED = {k: v or f"not-a-secret-{k.lower()}" for k, v in read_env_file(EXAMPLE_ENV).items()}
 GRPC = {"ingest": "ingest_addr", "trainer": "trainer_addr", "inference": "inference_addr"}
-LONG_RUNNING = {"minio", "postgres", "prefect-server", *GRPC, "ui"}
+LONG_RUNNING = {"minio", "postgres", "prefect-server", *GRPC, "ui", "openai"}
 
 
 @pytest.fixture(scope="module")
@@ -167,6 +167,13 @@ def test_ports_agree_between_settings_publishing_and_health_checks(stack):
     ui_port = int(ui.env["DOPPEL_UI_PORT"])
     assert [c for _, _, c in ui.published] == [ui_port]
     assert f"http://127.0.0.1:{ui_port}/" in " ".join(ui.healthcheck)
+
+    gateway = stack["openai"]
+    assert gateway.command == ["serve", "openai"] and gateway.env["DOPPEL_LISTEN"].startswith("0.0.0.0:")
+    api_port = _port(gateway.env["DOPPEL_LISTEN"])
+    assert [c for _, _, c in gateway.published] == [api_port]
+    assert f"http://127.0.0.1:{api_port}/health" in " ".join(gateway.healthcheck)
+    assert set(gateway.spec["depends_on"]) == {"inference"} and "DOPPEL_API_TOKEN" in gateway.env
 
     prefect = stack["prefect-server"]
     command = prefect.command

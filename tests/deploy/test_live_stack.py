@@ -33,15 +33,16 @@ import pytest
 
 from support.compose import COMPOSE, EXAMPLE_ENV, ROOT, read_env_file
 from support.hubserver import tiny_repo_files
-from support.stack import CHAT, CREATE_AND_WATCH, whatsapp_export
+from support.stack import CHAT, CREATE_AND_WATCH, OPENAI_CHAT, whatsapp_export
 
 pytestmark = [pytest.mark.live_stack, pytest.mark.timeout(1800)]
 
 OVERRIDES = (ROOT / "deploy" / "compose.cpu.yml", ROOT / "deploy" / "compose.local.yml",
              ROOT / "tests" / "deploy" / "compose.hub.yml")
 HUB_REPO = "doppel-test/Tiny-GPT2"  # what the Hub stand-in inside the stack serves
-PORTS = {"minio": 9000, "prefect-server": 4200, "ingest": 50051, "trainer": 50052, "inference": 50053, "ui": 7860}
-LONG_RUNNING = ("minio", "postgres", "prefect-server", "ingest", "trainer", "inference", "ui")
+PORTS = {"minio": 9000, "prefect-server": 4200, "ingest": 50051, "trainer": 50052, "inference": 50053, "ui": 7860,
+         "openai": 8000}
+LONG_RUNNING = ("minio", "postgres", "prefect-server", "ingest", "trainer", "inference", "ui", "openai")
 HOST = "127.0.0.1"
 CHROMIUM = "/usr/bin/chromium"
 
@@ -229,6 +230,10 @@ def test_import_train_from_the_prefect_api_and_chat(stack: Stack, tmp_path: Path
     assert talked.returncode == 0, talked.stdout + talked.stderr + stack.logs()
     reply = json.loads(talked.stdout.strip().splitlines()[-1])
     assert reply["speaker"] == "Alice" and len(reply["texts"]) == 2, reply
+    said = stack.client([sys.executable, "-c", OPENAI_CHAT, f"http://{HOST}:{PORTS['openai']}/v1", stack.token, model_id],
+                        timeout=240)
+    assert said.returncode == 0, said.stdout + said.stderr + stack.logs()
+    assert json.loads(said.stdout.strip().splitlines()[-1]) == {"refused": 401, "name": "Alice", "replied": True}
     stack.made = (dataset, model_id)  # type: ignore[attr-defined]
 
 

@@ -29,7 +29,7 @@ import pytest
 
 from support.compose import EXAMPLE_ENV, Service, dockerfile_env, read_env_file, services
 from support.processes import die_with_parent, free_port, log_tail, stop
-from support.stack import CHAT, CREATE_AND_WATCH, whatsapp_export
+from support.stack import CHAT, CREATE_AND_WATCH, OPENAI_CHAT, whatsapp_export
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -50,7 +50,7 @@ class Topology:
         prefect_port = int(prefect_api_url.rsplit(":", 1)[1].split("/")[0])
         # (service, container port) -> loopback port, for every port a Doppel service publishes
         self.ports = {(name, container): free_port()
-                      for name in (*DOPPEL_SERVICES, "ui") for _, _, container in stack[name].published}
+                      for name in (*DOPPEL_SERVICES, "ui", "openai") for _, _, container in stack[name].published}
         self.ports[("prefect-server", 4200)] = prefect_port
         self.procs: dict[str, subprocess.Popen] = {}
         self.logs: dict[str, Path] = {}
@@ -167,7 +167,8 @@ def test_compose_topology_imports_trains_from_the_prefect_api_and_chats(topology
         topology.start(name)
     services_up = topology.wait_healthy(list(DOPPEL_SERVICES))
     topology.start("ui")
-    ui_up = topology.wait_healthy(["ui"])
+    topology.start("openai")
+    ui_up = topology.wait_healthy(["ui", "openai"])
 
     # Auth is on, as compose requires a token: a client without it is refused.
     refused = _client(topology, [sys.executable, "-m", "doppel", "datasets", "list"], extra={})
@@ -203,6 +204,10 @@ def test_compose_topology_imports_trains_from_the_prefect_api_and_chats(topology
     reply = json.loads(talked.stdout.strip().splitlines()[-1])
     assert model_id in reply["served"]
     assert reply["speaker"] == "Alice" and len(reply["texts"]) == 2, reply
+    api = f"http://{topology.addr('openai', 8000)}/v1"
+    said = _client(topology, [sys.executable, "-c", OPENAI_CHAT, api, topology.token, model_id], timeout=240)
+    assert said.returncode == 0, said.stdout + said.stderr + topology.tails()
+    assert json.loads(said.stdout.strip().splitlines()[-1]) == {"refused": 401, "name": "Alice", "replied": True}
 
     print(f"\nservices healthy in {services_up:.1f} s, UI in {ui_up:.1f} s, training {trained:.1f} s, "
           f"all {time.monotonic() - t0:.1f} s")

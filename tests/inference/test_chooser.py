@@ -3,8 +3,12 @@ vocabulary; per-row settings as tensors that follow their rows through joins and
 
 from __future__ import annotations
 
+from typing import Any
+
+import pytest
 import torch
 
+from doppel.errors import InvalidArgument
 from services.inference.chooser import CANDIDATES, DRAWS, NextTokenChooser, first_token_bias
 from services.inference.protocol import Sampling
 
@@ -99,7 +103,105 @@ def test_the_repetition_penalty_is_the_one_on_the_generated_tokens():
     assert chooser.choose(logits).tolist() == [0]
     assert chooser.choose(logits).tolist() == [2]  # 2.0 / 2 < 1.9
     assert chooser.choose(logits).tolist() == [0]  # 2.0 / 2 > 1.9 / 2 > 0.5
-    assert chooser.seen.tolist() == [[True, False, True, False]]
+    assert _counts(chooser).tolist() == [[2.0, 0.0, 1.0, 0.0]]  # how often each token was generated
+
+
+def _counts(chooser: NextTokenChooser) -> torch.Tensor:
+    """How often each row generated each token."""
+    assert chooser.seen is not None
+    return chooser.seen
+
+
+def _adjusted(chooser: NextTokenChooser, logits: torch.Tensor) -> torch.Tensor:
+    """The logits `chooser` samples from: what greedy `_sample` is handed, caught on its way in."""
+    import services.inference.chooser as module
+    caught = []
+    original = module._sample
+
+    def spy(logits, *rest):
+        caught.append(logits.clone())
+        return original(logits, *rest)
+
+    module._sample = spy
+    try:
+        chooser.choose(logits.clone())
+    finally:
+        module._sample = original
+    return caught[0]
+
+
+def test_a_presence_penalty_moves_greedy_decoding_off_a_dominant_token():
+    logits = torch.tensor([[3.0, 2.5, 2.0, -1.0, 0.5]])  # token 0 dominates
+    plain = NextTokenChooser.of([(Sampling(temperature=0.0), 0)])
+    assert [int(plain.choose(logits)[0]) for _ in range(3)] == [0, 0, 0]
+    presence, frequency = 1.5, 0.25
+    chooser = NextTokenChooser.of([(Sampling(temperature=0.0, presence_penalty=presence, frequency_penalty=frequency), 0)])
+    assert [int(chooser.choose(logits)[0]) for _ in range(3)] == [0, 1, 2]  # each token, once taken, falls behind
+    assert int(chooser.choose(logits)[0]) == 0  # 3 - 1.75 = 1.25 beats 2.5 - 1.75, 2 - 1.75 and 0.5
+    counts = torch.tensor([[2.0, 1.0, 1.0, 0.0, 0.0]])
+    assert _counts(chooser).tolist() == counts.tolist()
+    expected = logits - presence * (counts > 0).float() - frequency * counts
+    torch.testing.assert_close(_adjusted(chooser, logits), expected)
+
+
+def test_a_frequency_penalty_grows_with_the_count():
+    logits = torch.tensor([[4.0, 0.0, 0.0]])  # token 0 stays the greedy choice for a few steps
+    chooser = NextTokenChooser.of([(Sampling(temperature=0.0, frequency_penalty=1.5), 0)])
+    assert chooser.choose(logits).tolist() == [0]
+    torch.testing.assert_close(_adjusted(chooser, logits), torch.tensor([[2.5, 0.0, 0.0]]))  # once; and 0 is taken again
+    torch.testing.assert_close(_adjusted(chooser, logits), torch.tensor([[1.0, 0.0, 0.0]]))  # twice
+    assert _counts(chooser).tolist() == [[3.0, 0.0, 0.0]]
+    assert chooser.choose(logits).tolist() == [1]  # 4 - 3 * 1.5 < 0
+    negative = NextTokenChooser.of([(Sampling(temperature=0.0, frequency_penalty=-0.5), 0)])
+    negative.choose(logits)
+    negative.choose(logits)
+    torch.testing.assert_close(_adjusted(negative, logits), torch.tensor([[5.0, 0.0, 0.0]]))  # a negative one rewards
+
+
+def test_penalties_stay_with_their_rows_in_a_mixed_batch():
+    """A penalty-free row samples as it would alone; concatenate and filter keep each row's penalties and counts."""
+    torch.manual_seed(0)
+    vocab, steps = 40, 2 * DRAWS
+    logits = torch.randn(steps, vocab) * 2
+    free = Sampling(temperature=1.0, top_k=0, top_p=1.0, seed=4)
+    alone = NextTokenChooser.of([(free, 1)])
+    expected = [int(alone.choose(logits[t][None].clone())[0]) for t in range(steps)]
+    assert alone.seen is None and not alone.penalised
+    heavy = Sampling(temperature=0.0, presence_penalty=2.0, frequency_penalty=2.0)
+    light = Sampling(temperature=0.0, presence_penalty=-1.0)
+    chooser = NextTokenChooser.concatenate([NextTokenChooser.of([(heavy, 0)]), NextTokenChooser.of([(free, 1), (light, 2)])])
+    assert chooser.presence.tolist() == [2.0, 0.0, -1.0] and chooser.frequency.tolist() == [2.0, 0.0, 0.0]
+    got, heavies, lights = [], [], []
+    for t in range(steps):
+        if t == steps // 2:  # the heavy row leaves; the others keep their own penalties and counts
+            counts = _counts(chooser)[1:].clone()
+            chooser = chooser.filter([2, 1])
+            assert chooser.presence.tolist() == [-1.0, 0.0] and chooser.frequency.tolist() == [0.0, 0.0]
+            assert torch.equal(_counts(chooser), counts.flip(0))
+        tokens = chooser.choose(logits[t].repeat(len(chooser), 1)).tolist()
+        if t < steps // 2:
+            heavies.append(tokens[0])
+            lights.append(tokens[2])
+            got.append(tokens[1])
+        else:
+            lights.append(tokens[0])
+            got.append(tokens[1])
+    assert got == expected
+    assert len(set(heavies)) == len(heavies)  # a presence penalty of 2 (plus 2 a time) never repeats in 32 steps here
+    assert len(set(lights)) < len(lights) // 2  # a negative one keeps choosing what it chose
+    assert _counts(chooser)[1].sum() == steps  # the free row's counts were kept too: one a step
+    assert _counts(chooser)[0].tolist() == torch.bincount(torch.tensor(lights), minlength=vocab).float().tolist()
+
+
+@pytest.mark.parametrize("field", ["presence_penalty", "frequency_penalty"])
+@pytest.mark.parametrize("value", [-2.01, 2.5, float("nan")])
+def test_penalties_outside_minus_two_to_two_are_refused(field: str, value: float):
+    refused: dict[str, Any] = {field: value}
+    with pytest.raises(InvalidArgument, match=f"{field} must be in \\[-2, 2\\]"):
+        Sampling(**refused)
+    for edge in (2.0, -2.0):  # the ends are allowed
+        allowed: dict[str, Any] = {field: edge}
+        assert getattr(Sampling(**allowed), field) == edge
 
 
 def test_first_token_bias_bans_and_allows():

@@ -11,43 +11,15 @@ import torch
 from typer.testing import CliRunner
 
 from doppel.cli.main import app
-from doppel.clients import InferenceClient
-from doppel.config import Settings
-from doppel.rpc.server import Service
-from doppel.store import open_store
-from doppel.v1 import common_pb2, inference_pb2_grpc
+from doppel.v1 import common_pb2
 from doppel.v1 import inference_pb2 as inf
-from services.inference.remote import EngineProcess
-from services.inference.server import InferenceServicer
-from support.grpcserver import BackgroundServer
-from support.personas import publish_personas
+from support.inference import Running
 
 torch.set_num_threads(1)
 
 
 def sampling(**kw) -> common_pb2.SamplingParams:
     return common_pb2.SamplingParams(**kw)
-
-
-class Running:
-    """An inference service on a real gRPC server over a store of persona models."""
-
-    def __init__(self, store, home, **settings):
-        self.servicer = InferenceServicer(EngineProcess(Settings(home=home, store_url=store.url, **settings)))
-        self.server = BackgroundServer([Service.of(inf, inference_pb2_grpc, "InferenceService", self.servicer)])
-        self.client = InferenceClient(self.server.addr, timeout=120)
-
-    def close(self) -> None:
-        self.client.close()
-        self.server.stop()
-        self.servicer.close()
-
-
-@pytest.fixture(scope="module")
-def models_store(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("inference")
-    store = open_store(f"file://{tmp}/store")
-    return store, publish_personas(store, tmp), tmp
 
 
 @pytest.fixture(scope="module")
@@ -97,6 +69,24 @@ def test_the_model_never_speaks_as_the_users_participant(served):
     with pytest.raises(grpc.RpcError) as e:
         chat(client, ids["group"], as_speaker="Bob", user_speaker="Bob")
     assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_a_streamed_completion_sends_the_same_text_and_every_reply_counts_its_prompt(served):
+    client, ids, _ = served
+    s = sampling(n=2, temperature=0, max_new_tokens=12)
+    whole = client.complete(inf.CompleteRequest(model_id=ids["full"], prompt="I love to eat", sampling=s))
+    pieces = list(client.stub.CompleteStream(inf.CompleteStreamRequest(
+        complete=inf.CompleteRequest(model_id=ids["full"], prompt="I love to eat", sampling=s))))
+    for k in range(2):
+        mine = [p for p in pieces if p.index == k]
+        assert "".join(p.delta for p in mine) == whole.candidates[k].text
+        assert mine[-1].finish_reason == whole.candidates[k].finish_reason and mine[-1].tokens == whole.candidates[k].tokens
+        assert all(not p.finish_reason and not p.tokens for p in mine[:-1])
+    assert whole.prompt_tokens == pieces[-1].prompt_tokens > 0
+    longer = client.complete(inf.CompleteRequest(model_id=ids["full"], prompt="I love to eat a lot of things", sampling=s))
+    assert longer.prompt_tokens > whole.prompt_tokens
+    reply = chat(client, ids["a0"], sampling=s)
+    assert reply.prompt_tokens > 0
 
 
 def test_complete_continues_a_raw_prompt(served):

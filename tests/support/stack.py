@@ -53,3 +53,22 @@ CHAT = textwrap.dedent("""
             sampling=common_pb2.SamplingParams(n=2, max_new_tokens=12, seed=1)), timeout=120)
         print(json.dumps({"served": served, "speaker": reply.speaker, "texts": [c.text for c in reply.candidates]}))
 """)
+
+# A chat through the OpenAI-compatible API with the official client: argv base URL, token, model id.
+# Prints whether a wrong key is refused (its status), who replied, and whether they said anything.
+OPENAI_CHAT = textwrap.dedent("""
+    import json, sys
+    import openai
+
+    url, token, model = sys.argv[1:4]
+    try:
+        openai.OpenAI(base_url=url, api_key="wrong", max_retries=0).models.list()
+        refused = None
+    except openai.AuthenticationError as e:
+        refused = e.status_code
+    client = openai.OpenAI(base_url=url, api_key=token, max_retries=2, timeout=120)
+    reply = client.chat.completions.create(model=model, messages=[{"role": "user", "name": "Bob", "content": "how was work"}],
+                                           max_tokens=12, seed=1)
+    print(json.dumps({"refused": refused, "name": reply.choices[0].message.name,
+                      "replied": reply.choices[0].message.content is not None}))
+""")

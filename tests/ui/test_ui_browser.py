@@ -49,6 +49,7 @@ def stack(tmp_path: Path) -> Iterator[tuple[str, dict[str, str]]]:
         "DOPPEL_INFERENCE_ADDR": f"127.0.0.1:{free_port()}",
         "DOPPEL_PREFECT_API_URL": f"http://127.0.0.1:{free_port()}/api",
         "DOPPEL_UI_PORT": str(ui_port),
+        "DOPPEL_OPENAI_ADDR": f"127.0.0.1:{free_port()}",
         "DOPPEL_INFERENCE_THREADS": "1",
         "DOPPEL_TRAIN_THREADS": "1",
         "DOPPEL_GRACE_S": "2",
