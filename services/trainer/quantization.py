@@ -47,12 +47,22 @@ def config(compute: torch.dtype) -> BitsAndBytesConfig:
 
 def load(folder: Path | str, device: torch.device, dtype: torch.dtype) -> Any:
     """The model in `folder` (written by `save_pretrained`) on `device`, its projections in 4 bits,
-    the rest in `dtype`, which is also what the 4-bit layers compute in."""
+    the rest in `dtype`, which is also what the 4-bit layers compute in.
+
+    On a CPU with AVX512-BF16, bitsandbytes (0.50) repacks a 4-bit layer's weights for its faster
+    inference kernel the first time the layer runs in eval mode without gradients, and never
+    packs them back: a training step after any evaluation (the base's held-out loss, say) then
+    fails inside that kernel. This base is for training, so the repacking is switched off."""
+    from bitsandbytes.nn import Linear4bit
     from transformers import AutoModelForCausalLM
 
     check()
-    return AutoModelForCausalLM.from_pretrained(folder, local_files_only=True, dtype=dtype,
-                                                quantization_config=config(dtype), device_map={"": device})
+    model = AutoModelForCausalLM.from_pretrained(folder, local_files_only=True, dtype=dtype,
+                                                 quantization_config=config(dtype), device_map={"": device})
+    for module in model.modules():
+        if isinstance(module, Linear4bit):
+            module.support_avx512bf16_for_cpu = False
+    return model
 
 
 def is_quantized(model: Any) -> bool:

@@ -75,6 +75,19 @@ def test_qlora_trains_the_adapter_alone_and_its_loss_falls(loaded: Any) -> None:
     assert frozen and all(torch.equal(p, dict(model.named_parameters())[n]) for n, p in frozen.items())
 
 
+def test_an_evaluation_before_training_leaves_the_4_bit_layers_trainable(loaded: Any) -> None:
+    """On a CPU with AVX512-BF16, bitsandbytes repacks a 4-bit layer for inference the first time it runs in
+    eval mode, and its training step then fails; `quantization.load` turns that off (everywhere, so this
+    also holds on a CPU without it)."""
+    from bitsandbytes.nn import Linear4bit
+
+    base, _, held_out = loaded
+    finetune.held_out_loss(base.model, held_out, pad_id=base.tokenizer.pad_token_id)
+    layers = [m for m in base.model.modules() if isinstance(m, Linear4bit)]
+    assert layers and not any(m.support_avx512bf16_for_cpu for m in layers)
+    assert not any(getattr(m.weight.quant_state, "packing_format_for_cpu", False) for m in layers)
+
+
 def test_without_bitsandbytes_qlora_is_refused_saying_what_to_do(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setitem(sys.modules, "bitsandbytes", None)  # what `import bitsandbytes` meets where it is missing
     with pytest.raises(FailedPrecondition, match=r"QLoRA needs bitsandbytes >= 0\.49, which does not load here .*use method lora"):
