@@ -7,8 +7,8 @@ on unary calls and retries on UNAVAILABLE are applied there, once for every meth
 
 from __future__ import annotations
 
-import hashlib
 import os
+import tempfile
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Self
@@ -17,6 +17,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from doppel.config import Settings
+from doppel.files import sha256_of
 from doppel.rpc.channel import open_channel
 from doppel.v1 import inference_pb2 as inf
 from doppel.v1 import inference_pb2_grpc, ingest_pb2_grpc, trainer_pb2_grpc
@@ -91,11 +92,7 @@ class IngestClient(ServiceClient):
         full = ing.UploadHeader()
         full.CopyFrom(header)
         full.size_bytes = os.path.getsize(path)
-        digest = hashlib.sha256()
-        with open(path, "rb") as f:
-            while chunk := f.read(chunk_bytes):
-                digest.update(chunk)
-        full.sha256 = digest.hexdigest()
+        full.sha256 = sha256_of(path)
 
         def parts() -> Iterator[ing.UploadRequest]:
             yield ing.UploadRequest(header=full)
@@ -178,11 +175,7 @@ class TrainerClient(ServiceClient):
             yield tr.AddBaseModelRequest(header=tr.AddBaseModelHeader(name=name, source=root.name))
             sent = 0
             for rel, p in files:
-                digest = hashlib.sha256()
-                with open(p, "rb") as f:
-                    while chunk := f.read(chunk_bytes):
-                        digest.update(chunk)
-                yield tr.AddBaseModelRequest(file=tr.UploadedFile(path=rel, size_bytes=p.stat().st_size, sha256=digest.hexdigest()))
+                yield tr.AddBaseModelRequest(file=tr.UploadedFile(path=rel, size_bytes=p.stat().st_size, sha256=sha256_of(p)))
                 with open(p, "rb") as f:
                     while chunk := f.read(chunk_bytes):
                         yield tr.AddBaseModelRequest(chunk=chunk)
@@ -206,6 +199,24 @@ class TrainerClient(ServiceClient):
 
     def delete_model(self, request: tr.DeleteModelRequest, *, timeout: Timeout = None) -> tr.DeleteModelResponse:
         return self.stub.DeleteModel(request, timeout=timeout)
+
+    def export_model(self, request: tr.ExportModelRequest, *, timeout: Timeout = None) -> Iterator[tr.ExportModelResponse]:
+        return self.stub.ExportModel(request, timeout=timeout)
+
+    def export_to(self, request: tr.ExportModelRequest, out: str | os.PathLike[str], *,
+                  progress: Callable[[int, int], None] | None = None, timeout: Timeout = None) -> list[str]:
+        """Export a model into the new folder `out`, each file checked against its size and sha256; the
+        files, relative to `out`. Written beside it and renamed when whole: a failed export leaves nothing.
+        `progress(received, total)` in bytes."""
+        target = Path(out)
+        if target.exists():
+            raise FileExistsError(f"{target} exists; export to a path that does not")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(prefix=f".{target.name}-", dir=target.parent) as tmp:
+            staged = Path(tmp) / "export"
+            files, total, received = received_files(self.export_model(request, timeout=timeout), staged, progress)
+            staged.rename(target)
+        return files
 
 
 class InferenceClient(ServiceClient):
@@ -246,6 +257,50 @@ class InferenceClient(ServiceClient):
         self, request: inf.GetEngineStatsRequest, *, timeout: Timeout = None
     ) -> inf.GetEngineStatsResponse:
         return self.stub.GetEngineStats(request, timeout=timeout)
+
+
+def received_files(parts: Iterable[tr.ExportModelResponse], folder: Path,
+                   progress: Callable[[int, int], None] | None) -> tuple[list[str], int, int]:
+    """Write an export's files under `folder`; (their paths, the bytes announced, the bytes received).
+    ValueError when a file is not what its header said, or a path would leave the folder."""
+    files: list[str] = []
+    total = received = 0
+    current: tuple[Path, tr.UploadedFile] | None = None
+    sink = None
+
+    def close() -> None:
+        if current is None:
+            return
+        assert sink is not None
+        sink.close()
+        path, header = current
+        if path.stat().st_size != header.size_bytes or sha256_of(path) != header.sha256:
+            raise ValueError(f"{header.path} arrived damaged (not {header.size_bytes} bytes with sha256 {header.sha256})")
+
+    folder.mkdir(parents=True)
+    try:
+        for part in parts:
+            kind = part.WhichOneof("part")
+            if kind == "summary":
+                total = part.summary.total_bytes
+            elif kind == "file":
+                close()
+                path = (folder / part.file.path).resolve()
+                if not path.is_relative_to(folder.resolve()):
+                    raise ValueError(f"the export names a file outside its folder: {part.file.path!r}")
+                path.parent.mkdir(parents=True, exist_ok=True)
+                current, sink = (path, part.file), path.open("wb")
+                files.append(part.file.path)
+            elif kind == "chunk" and sink is not None:
+                sink.write(part.chunk)
+                received += len(part.chunk)
+                if progress:
+                    progress(received, total)
+        close()
+    finally:
+        if sink is not None:
+            sink.close()
+    return files, total, received
 
 
 def rpc_error_message(err: grpc.RpcError) -> str:

@@ -11,16 +11,10 @@ import torch
 from doppel.model import ModelManifest, Recipe
 from doppel.tiny import tiny_model
 from doppel.transcript import PLAIN_END, Encoded, Kind, Transcript, Turn, body, system_prompt
+from support.chats import CHATML
 
 torch.set_num_threads(1)
 
-# SmolLM2-135M-Instruct's ChatML template
-CHATML = (
-    "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}"
-    "{{ '<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n' }}"
-    "{% endif %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}"
-    "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
-)
 
 TEXTS = [
     "Bob: are you coming tonight?",

@@ -1,14 +1,18 @@
 """The Models tab: every persona model with its evaluation, fidelity figures and samples; measure its fidelity
-again; delete one, after a confirmation."""
+again; export one as a zip to download; delete one, after a confirmation."""
 
 from __future__ import annotations
 
+import shutil
+import tempfile
+from pathlib import Path
 from typing import Any
 
 import gradio as gr
 import grpc
 import pandas as pd
 
+from doppel import enums
 from doppel.v1 import trainer_pb2 as tr
 from ui import views
 from ui.backend import Backend, reported, warn
@@ -59,6 +63,24 @@ class ModelsTab:
         gr.Info(f"Measured the fidelity of {model_id}.")
         return self.show(model_id)
 
+    def export(self, model_id: str | None, fmt: str, dtype: str, progress: gr.Progress = gr.Progress()) -> str:
+        """The model exported as `fmt` through the trainer, zipped: the path of the zip to download."""
+        if not model_id:
+            raise gr.Error("Pick a model to export.")
+        folder = Path(tempfile.mkdtemp(prefix="doppel-export-"))
+        request = tr.ExportModelRequest(model_id=model_id, format=enums.values(tr.ModelExportFormat)[fmt], dtype=dtype)
+        try:
+            with reported(self.backend.trainer):
+                self.backend.trainer.export_to(request, folder / model_id, progress=lambda done, total: progress(
+                    (done, total) if total else None, desc="receiving", unit="bytes"))
+        except BaseException:
+            shutil.rmtree(folder, ignore_errors=True)
+            raise
+        archive = shutil.make_archive(str(folder / f"{model_id}-{fmt}"), "zip", folder, model_id)
+        shutil.rmtree(folder / model_id)
+        gr.Info(f"Exported {model_id} as {fmt}: download it below.")
+        return archive
+
     def ask(self, model_id: str | None) -> tuple[Any, str]:
         """Show the confirmation row, naming what would be deleted."""
         if not model_id:
@@ -87,6 +109,13 @@ class ModelsTab:
                 question = gr.Markdown()
                 yes = gr.Button("Yes, delete it", variant="stop", scale=0, min_width=160, elem_id="models-confirm")
                 no = gr.Button("Keep it", scale=0, min_width=120)
+            with gr.Row():
+                fmt = gr.Dropdown(label="Export as", choices=list(enums.values(tr.ModelExportFormat)), value="merged",
+                                  scale=2, elem_id="models-export-format",
+                                  info="adapter: for peft on its base; merged: a standalone transformers model")
+                dtype = gr.Dropdown(label="Weights", choices=["f32", "f16", "bf16"], value="f32", scale=1)
+                export = gr.Button("Export", scale=0, min_width=120, elem_id="models-export")
+                download = gr.File(label="Download", interactive=False, scale=3, elem_id="models-download")
             table = gr.Dataframe(value=views.models_frame([]), label="Persona models (lower held-out loss is better)",
                                  interactive=False, wrap=True, elem_id="models-table")
             details = gr.Markdown(elem_id="models-details")
@@ -96,6 +125,7 @@ class ModelsTab:
                 trigger(self.refresh, model, listing, api_visibility="private")
             model.input(self.show, model, details, api_visibility="private")
             measure.click(self.measure, model, details, api_visibility="private")
+            export.click(self.export, [model, fmt, dtype], download, api_visibility="private")
             remove.click(self.ask, model, [confirm_row, question], api_visibility="private")
             no.click(lambda: gr.update(visible=False), None, confirm_row, api_visibility="private")
             yes.click(self.delete, model, [confirm_row, *listing], api_visibility="private")

@@ -2,12 +2,13 @@
 
 `train` starts a run and follows it with a progress bar (step, loss, learning rate, ETA) and the
 samples as they come, until it ends; Ctrl-C stops following, not the run. `runs` and `models`
-list by default and have subcommands to show, watch, cancel and delete.
+list by default and have subcommands to show, watch, cancel, export and delete.
 """
 
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -17,7 +18,7 @@ from doppel.cli.context import call, fail, settings
 from doppel.cli.ingest import option_duration
 
 runs_app = typer.Typer(help="Training runs: list (the default), show, watch, cancel.")
-models_app = typer.Typer(help="Persona models: list (the default), show, delete.")
+models_app = typer.Typer(help="Persona models: list (the default), show, export, delete.")
 
 
 def _call(method: str, request: Any, **kwargs: Any) -> Any:
@@ -215,6 +216,38 @@ def show_model(model_id: Annotated[str, typer.Argument(help="Model id.")]) -> No
     from doppel.v1 import trainer_pb2 as tr
 
     typer.echo(MessageToJson(_call("get_model", tr.GetModelRequest(model_id=model_id)).model))
+
+
+@models_app.command("export")
+def export_model(
+    model_id: Annotated[str, typer.Argument(help="Model id.")],
+    out: Annotated[Path, typer.Option("--out", help="Folder to write; it must not exist.")],
+    fmt: Annotated[str, typer.Option("--format", help="adapter (the LoRA adapter, for peft on its base) or merged "
+                                                      "(a standalone transformers model).")] = "merged",
+    dtype: Annotated[str, typer.Option("--dtype", help="A merged model's weights: f32, f16 or bf16.")] = "f32",
+) -> None:
+    """Export a persona to use it elsewhere: its files, doppel.json (who it is, how it measured) and a notice
+    that what it writes is generated; its tokenizer's chat template renders a chat as Doppel does."""
+    import grpc
+
+    from doppel.clients import TrainerClient, rpc_error_message
+    from doppel.v1 import trainer_pb2 as tr
+
+    formats = enums.values(tr.ModelExportFormat)
+    if fmt not in formats:
+        fail(f"--format must be one of {', '.join(formats)}, not {fmt!r}", 2)
+    if out.exists():
+        fail(f"{out} exists; export to a path that does not", 2)
+    request = tr.ExportModelRequest(model_id=model_id, format=formats[fmt], dtype=dtype)
+    with TrainerClient.from_settings(settings()) as client:
+        try:
+            files = client.export_to(request, out)
+        except grpc.RpcError as err:
+            fail(f"{client.addr}: {rpc_error_message(err)}")
+        except (OSError, ValueError) as err:
+            fail(f"{out}: {err}")
+    size = sum((out / f).stat().st_size for f in files)
+    typer.echo(f"exported {model_id} as {fmt} to {out}: {len(files)} files, {size / 2**20:.1f} MiB")
 
 
 @models_app.command("delete")

@@ -17,16 +17,17 @@ from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
 
-from doppel import model, paging
+from doppel import enums, model, paging
 from doppel.bases import BaseManifest
 from doppel.config import Settings
 from doppel.errors import InvalidArgument, NotFound
+from doppel.files import sha256_of
 from doppel.model import Recipe
 from doppel.rpc.server import Service
 from doppel.store import STARTUP_WAIT_S, Store, open_store
 from doppel.v1 import trainer_pb2, trainer_pb2_grpc
 
-from . import basemodels, evaluation, finetune, fitting, hub, models, registry, runs, uploads
+from . import basemodels, evaluation, export, finetune, fitting, hub, models, registry, runs, uploads
 from .checks import check_request
 from .convert import (
     STATE_NAMES,
@@ -46,6 +47,7 @@ log = logging.getLogger(__name__)
 POLL_S = 0.5  # how often a watch looks for new events
 STATE_S = 5.0  # how often a watch asks Prefect for the run's state (each ask costs the Prefect server a query)
 PROGRESS_S = 0.25  # how often a pull reports its byte count
+EXPORT_CHUNK = 1 << 20  # bytes of an exported file a message carries
 DEFAULTS = Recipe(dataset_id="", speakers=[], base_model="", method="lora", preset="default", model_name="")
 
 
@@ -223,6 +225,28 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
 
     async def GetModel(self, request, context):
         return trainer_pb2.GetModelResponse(model=model_to_proto(await asyncio.to_thread(model.MODELS.get, self.store, request.model_id)))
+
+    async def ExportModel(self, request, context) -> AsyncIterator[trainer_pb2.ExportModelResponse]:
+        """The export is made in a folder under the cache, then sent file by file, and removed."""
+        fmt = enums.name(trainer_pb2.ModelExportFormat, request.format)
+        if fmt not in export.FORMATS:
+            raise InvalidArgument(f"format must be one of {', '.join(export.FORMATS)}, not {fmt!r}")
+        manifest = await asyncio.to_thread(model.MODELS.get, self.store, request.model_id)
+        cache = self.settings.home / "cache"
+        cache.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=cache, prefix=".export-") as tmp:
+            out = Path(tmp) / "export"
+            files = await asyncio.to_thread(export.export, self.store, manifest, fmt, out, cache_dir=cache,
+                                            dtype=request.dtype or "f32")
+            paths = [out / f for f in files]
+            yield trainer_pb2.ExportModelResponse(summary=trainer_pb2.ExportSummary(
+                files=len(files), total_bytes=sum(p.stat().st_size for p in paths)))
+            for name, path in zip(files, paths, strict=True):
+                yield trainer_pb2.ExportModelResponse(file=trainer_pb2.UploadedFile(
+                    path=name, size_bytes=path.stat().st_size, sha256=await asyncio.to_thread(sha256_of, path)))
+                with path.open("rb") as f:
+                    while chunk := await asyncio.to_thread(f.read, EXPORT_CHUNK):
+                        yield trainer_pb2.ExportModelResponse(chunk=chunk)
 
     async def DeleteModel(self, request, context):
         """The model and the run that made it, everywhere: Prefect first (if it is down nothing is

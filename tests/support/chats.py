@@ -11,6 +11,14 @@ from doppel.store.base import Store
 from services.ingest.pipeline import Target, ingest_file
 from support.parsing import jsonl_export
 
+# SmolLM2-135M-Instruct's ChatML template
+CHATML = (
+    "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}"
+    "{{ '<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n' }}"
+    "{% endif %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}"
+    "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
 ALICE = ["haha yes totally", "omg no way", "lol same here", "yes yes yes", "haha omg"]
 BOB = ["what are you doing tonight", "did you see the match", "are you coming tomorrow", "how was work"]
 

@@ -22,12 +22,14 @@ PARTICIPANTS = ["Alice", "Bob", "Carol"]
 BASE_PREFIX = "base-models/tiny-test/"
 
 
-def _manifest(model_id: str, method: str, speakers: list[str], base_prefix: str | None,
-              transcript: Kind = "plain-eos") -> ModelManifest:
-    recipe = Recipe(dataset_id="d", speakers=speakers, base_model="tiny", method=method, preset="default",
+def persona_manifest(model_id: str, method: str, speakers: list[str], base_prefix: str | None,
+                     transcript: Kind = "plain-eos", *, base_model: str = "tiny",
+                     base_source: str = "registry:tiny") -> ModelManifest:
+    """The manifest the trainer would publish for such a model, trained on dataset "d"."""
+    recipe = Recipe(dataset_id="d", speakers=speakers, base_model=base_model, method=method, preset="default",
                     model_name="-".join(speakers))
     return ModelManifest(
-        id=model_id, name="-".join(speakers), base_model="tiny", base_source="registry:tiny",
+        id=model_id, name="-".join(speakers), base_model=base_model, base_source=base_source,
         base_store_prefix=base_prefix, method=method, transcript=transcript, speakers=speakers,
         participants=PARTICIPANTS, dataset_id="d", run_id="r", recipe=recipe,
     )
@@ -50,7 +52,7 @@ def publish_personas(store: Store, tmp: Path, adapters: int = 2) -> dict[str, st
         fresh, _ = tiny_model(TEXTS, seed=0, block_size=1024)
         torch.manual_seed(100 + k)
         peft = get_peft_model(fresh, LoraConfig(r=4, target_modules=["c_attn"], init_lora_weights=False))
-        ids[kind] = publish(store, _manifest(f"model-{kind}", "lora", speakers, BASE_PREFIX), peft, tok).id
+        ids[kind] = publish(store, persona_manifest(f"model-{kind}", "lora", speakers, BASE_PREFIX), peft, tok).id
     full, _ = tiny_model(TEXTS, seed=5, block_size=1024)
-    ids["full"] = publish(store, _manifest("model-full", "full", ["Alice"], None, "plain"), full, tok).id
+    ids["full"] = publish(store, persona_manifest("model-full", "full", ["Alice"], None, "plain"), full, tok).id
     return ids

@@ -14,14 +14,8 @@ from doppel.errors import InvalidArgument
 from doppel.tiny import tiny_model
 from doppel.transcript import Transcript, Turn
 from services.trainer.samples import IGNORE, Sample, Session, Split, split_sessions, tokenise
-from support.chats import chat
+from support.chats import CHATML, chat
 
-CHATML = (
-    "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}"
-    "{{ '<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n' }}"
-    "{% endif %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}"
-    "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
-)
 GAP = timedelta(hours=6)
 T0 = datetime(2024, 5, 1, 9, tzinfo=UTC)
 

@@ -7,8 +7,10 @@ server for training runs; the handlers are called as Gradio would call them, thr
 
 from __future__ import annotations
 
+import json
 import os
 import re
+import zipfile
 from pathlib import Path
 
 import gradio as gr
@@ -373,6 +375,21 @@ def test_conversations_simulate_and_complete(stack):
     assert [v for _, v in first["choices"]] == ["", "Alice"] and "Bob" in [v for _, v in opens["choices"]]
     with pytest.raises(gr.Error, match="did not learn to write as 'Bob'"):
         list(tab.simulate(personas["a0"], ["Alice", "Bob"], "", "", "", 2, 0.9, 8, ""))
+
+
+def test_models_export_a_zip_to_download(stack):
+    backend, personas, _ = stack
+    tab = ModelsTab(backend)
+    archive = tab.export(personas["a0"], "adapter", "f32", progress=lambda *a, **k: None)
+    with zipfile.ZipFile(archive) as z:
+        names = set(z.namelist())
+        about = json.loads(z.read(f"{personas['a0']}/doppel.json"))
+    assert {f"{personas['a0']}/adapter_config.json", f"{personas['a0']}/adapter_model.safetensors"} <= names
+    assert about["model_id"] == personas["a0"] and about["format"] == "adapter"
+    with pytest.raises(gr.Error, match="INVALID_ARGUMENT.*full fine-tune"):
+        tab.export(personas["full"], "adapter", "f32", progress=lambda *a, **k: None)
+    with pytest.raises(gr.Error, match="Pick a model"):
+        tab.export(None, "merged", "f32")
 
 
 def test_models_list_show_and_delete(stack, tmp_path):

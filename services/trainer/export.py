@@ -1,0 +1,169 @@
+"""Taking a persona out of Doppel: its adapter, or a standalone merged model, in a folder other tools load.
+
+* `adapter`: the PEFT adapter and its tokenizer; `PeftModel.from_pretrained(base, folder)` on the
+  named base (doppel.json says which) gives the persona.
+* `merged`: the adapter merged into its base (a full fine-tune as it is): safetensors, config and
+  tokenizer that plain `transformers` loads.
+
+Either way the tokenizer carries a chat template that renders a conversation exactly as Doppel
+does (`chat_template`), and a merged model a generation config whose stop strings end the
+persona's turn, so `apply_chat_template` + `generate` there give what Doppel's inference gives.
+Every export holds `doppel.json`: the persona (speakers, participants, base, recipe, evaluation
+and fidelity figures) and a notice that what it writes is generated.
+
+An export is written in a folder beside `out` and renamed into place when whole: a failed one
+leaves nothing, and an `out` that exists is refused.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+
+from doppel import __version__
+from doppel.errors import AlreadyExists, InvalidArgument
+from doppel.model import ModelManifest, base_folder, model_folder
+from doppel.store import Store
+from doppel.transcript import Transcript, Turn, system_prompt
+
+Format = Literal["adapter", "merged"]
+FORMATS: tuple[Format, ...] = ("adapter", "merged")
+DTYPES = {"f32": torch.float32, "f16": torch.float16, "bf16": torch.bfloat16}
+DEFAULT_USER = "User"  # who an unnamed user message is when the model has no other participant
+NOTICE = ("This model was fine-tuned with Doppel on a chat history to write like the people in it. What it writes is "
+          "generated text: it is not something they said, and must not be passed off as theirs.")
+ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors", "adapter_model.bin")
+
+
+def chat_template(transcript: Transcript, participants: Sequence[str], speakers: Sequence[str]) -> str:
+    """A Jinja chat template that renders messages as Doppel renders a persona's conversation.
+
+    A message's `name` is its speaker; an unnamed assistant message is the persona's, an unnamed user
+    message the model's first other participant's (else "User"). System messages are not rendered.
+    `add_generation_prompt` opens the persona's turn; `apply_chat_template(..., persona=NAME)` picks
+    another speaker of a group model, `user=NAME` another default user."""
+    persona = speakers[0]
+    user = next((p for p in participants if p != persona), DEFAULT_USER)
+
+    def lit(value: Any) -> str:  # a Jinja literal (JSON's escapes are Jinja's)
+        return json.dumps(value, ensure_ascii=False)
+
+    parts = [
+        "{%- set speakers = " + lit(list(speakers)) + " -%}",
+        "{%- set persona = persona if persona is defined and persona else " + lit(persona) + " -%}",
+        "{%- set user = user if user is defined and user else " + lit(user) + " -%}",
+        "{{- " + lit(transcript.header(participants)) + " -}}",
+        "{%- for message in messages if message['role'] in ['user', 'assistant'] -%}",
+        "{%- set name = message['name'] if message.get('name') else (persona if message['role'] == 'assistant' else user) -%}",
+    ]
+    if transcript.kind == "chat":
+        ah, _, at = transcript.turn(Turn(persona, ""))  # around a learned speaker's turn, and anyone else's
+        uh, _, ut = transcript.turn(Turn("\0", ""))
+        parts += [
+            "{%- if name in speakers -%}{{- " + lit(ah) + " + name + ': ' + message['content'] + " + lit(at) + " -}}",
+            "{%- else -%}{{- " + lit(uh) + " + name + ': ' + message['content'] + " + lit(ut) + " -}}{%- endif -%}",
+            "{%- endfor -%}",
+            "{%- if add_generation_prompt -%}{{- (" + lit(ah) + " if persona in speakers else " + lit(uh)
+            + ") + persona + ':' -}}{%- endif -%}",
+        ]
+    else:
+        text = "message['content']" if transcript.kind == "plain" else f"(message['content'] | replace({lit(transcript.end)}, ''))"
+        parts += [
+            "{{- name + ': ' + " + text + " + " + lit(transcript.turn(Turn(persona, ""))[2]) + " -}}",
+            "{%- endfor -%}",
+            "{%- if add_generation_prompt -%}{{- persona + ':' -}}{%- endif -%}",
+        ]
+    return "".join(parts)
+
+
+def describe(manifest: ModelManifest, fmt: str) -> dict[str, Any]:
+    """doppel.json: who the persona is, what it was made from and how it measured."""
+    return {
+        "doppel_version": __version__, "format": fmt, "model_id": manifest.id, "name": manifest.name,
+        "speakers": manifest.speakers, "participants": manifest.participants, "base_model": manifest.base_model,
+        "base_source": manifest.base_source, "method": manifest.method, "transcript": manifest.transcript,
+        "system_prompt": system_prompt(manifest.participants), "created_at": manifest.created_at.isoformat(),
+        "recipe": manifest.recipe.model_dump(mode="json"), "evaluation": manifest.evaluation.model_dump(mode="json"),
+        "fidelity": [f.model_dump(mode="json") for f in manifest.fidelity], "notice": NOTICE,
+    }
+
+
+def export(store: Store, manifest: ModelManifest, fmt: str, out: Path, *, cache_dir: Path, dtype: str = "f32") -> list[str]:
+    """Write `manifest`'s model to the new folder `out` as `fmt`; the files written, relative to it."""
+    if fmt not in FORMATS:
+        raise InvalidArgument(f"unknown export format {fmt!r}; formats: {', '.join(FORMATS)}")
+    if dtype not in DTYPES:
+        raise InvalidArgument(f"unknown dtype {dtype!r}; dtypes: {', '.join(DTYPES)}")
+    if fmt == "adapter" and not manifest.is_adapter:
+        raise InvalidArgument(f"model {manifest.id!r} is a full fine-tune ({manifest.method}), not an adapter: "
+                              "export it as merged")
+    out = Path(out)
+    if out.exists():
+        raise AlreadyExists(f"{out} exists; export to a path that does not")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    folder = model_folder(store, manifest, cache_dir)
+    with tempfile.TemporaryDirectory(prefix=f".{out.name}-", dir=out.parent) as tmp:
+        staged = Path(tmp) / "export"
+        staged.mkdir()
+        if fmt == "adapter":
+            _adapter(manifest, folder, staged)
+        else:
+            _merged(store, manifest, folder, staged, cache_dir, DTYPES[dtype])
+        (staged / "doppel.json").write_text(json.dumps(describe(manifest, fmt), indent=2, ensure_ascii=False) + "\n")
+        (staged / "NOTICE.txt").write_text(NOTICE + "\n")
+        staged.rename(out)
+    return sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file())
+
+
+def _tokenizer(manifest: ModelManifest, folder: Path) -> Any:
+    """The model's tokenizer with the chat template of its transcript."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
+    transcript = Transcript(tokenizer, manifest.speakers, manifest.transcript)
+    tokenizer.chat_template = chat_template(transcript, manifest.participants, manifest.speakers)
+    return tokenizer
+
+
+def _adapter(manifest: ModelManifest, folder: Path, out: Path) -> None:
+    for name in ADAPTER_FILES:
+        if (folder / name).exists():
+            shutil.copy2(folder / name, out / name)
+    _tokenizer(manifest, folder).save_pretrained(out)
+
+
+def generation_config(manifest: ModelManifest, tokenizer: Any) -> Any:
+    """Sampling Doppel's way, a turn ending where Doppel ends it: at its end marker or a new speaker's line."""
+    from transformers import GenerationConfig
+
+    transcript = Transcript(tokenizer, manifest.speakers, manifest.transcript)
+    ends = {tokenizer.eos_token_id} - {None}  # and the chat template's end-of-turn token (as the inference engine's)
+    if transcript.kind == "chat" and (end := tokenizer.convert_tokens_to_ids(transcript.end)) != tokenizer.unk_token_id:
+        ends.add(end)
+    return GenerationConfig(do_sample=True, temperature=0.8, top_p=0.95, max_new_tokens=64, eos_token_id=sorted(ends),
+                            pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id,
+                            stop_strings=list(transcript.stops(manifest.participants)))
+
+
+def _merged(store: Store, manifest: ModelManifest, folder: Path, out: Path, cache_dir: Path, dtype: torch.dtype) -> None:
+    from transformers import AutoModelForCausalLM
+
+    if manifest.is_adapter:
+        from peft import PeftModel
+
+        base = AutoModelForCausalLM.from_pretrained(base_folder(store, manifest, folder, cache_dir), local_files_only=True,
+                                                    dtype=torch.float32)
+        model = PeftModel.from_pretrained(base, folder).merge_and_unload()
+    else:
+        model = AutoModelForCausalLM.from_pretrained(folder, local_files_only=True, dtype=torch.float32)
+    tokenizer = _tokenizer(manifest, folder)
+    model = model.to(dtype)
+    model.generation_config = generation_config(manifest, tokenizer)
+    model.save_pretrained(out, safe_serialization=True)
+    tokenizer.save_pretrained(out)
