@@ -11,7 +11,7 @@ import os
 import tempfile
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import Self
+from typing import Any, Self
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -169,21 +169,21 @@ class TrainerClient(ServiceClient):
         else:
             files = sorted((p.relative_to(root).as_posix(), p) for p in root.rglob("*") if p.is_file())
             files = [(rel, p) for rel, p in files if kept(rel)]
-        total = sum(p.stat().st_size for _, p in files)
+        header = tr.AddBaseModelRequest(header=tr.AddBaseModelHeader(name=name, source=root.name))
+        return self.stub.AddBaseModel(_sent(header, files, tr.AddBaseModelRequest, chunk_bytes, progress), timeout=timeout)
 
-        def parts() -> Iterator[tr.AddBaseModelRequest]:
-            yield tr.AddBaseModelRequest(header=tr.AddBaseModelHeader(name=name, source=root.name))
-            sent = 0
-            for rel, p in files:
-                yield tr.AddBaseModelRequest(file=tr.UploadedFile(path=rel, size_bytes=p.stat().st_size, sha256=sha256_of(p)))
-                with open(p, "rb") as f:
-                    while chunk := f.read(chunk_bytes):
-                        yield tr.AddBaseModelRequest(chunk=chunk)
-                        sent += len(chunk)
-                        if progress:
-                            progress(sent, total)
-
-        return self.stub.AddBaseModel(parts(), timeout=timeout)
+    def import_model(
+        self, path: str | os.PathLike[str], name: str = "", *, chunk_bytes: int = UPLOAD_CHUNK,
+        progress: Callable[[int, int], None] | None = None, timeout: Timeout = None,
+    ) -> tr.ImportModelResponse:
+        """Upload a folder that `export_to` wrote (an adapter or a merged model) as a new model named `name`
+        (empty: the exported one's); `progress(sent, total)` in bytes."""
+        root = Path(path)
+        if not (root / "doppel.json").is_file():
+            raise FileNotFoundError(f"{root} is not a Doppel export: it has no doppel.json")
+        files = sorted((p.relative_to(root).as_posix(), p) for p in root.rglob("*") if p.is_file())
+        header = tr.ImportModelRequest(header=tr.ImportModelHeader(name=name))
+        return self.stub.ImportModel(_sent(header, files, tr.ImportModelRequest, chunk_bytes, progress), timeout=timeout)
 
     def pull_base_model(self, request: tr.PullBaseModelRequest, *, timeout: Timeout = None) -> Iterator[tr.PullBaseModelResponse]:
         return self.stub.PullBaseModel(request, timeout=timeout)
@@ -257,6 +257,21 @@ class InferenceClient(ServiceClient):
         self, request: inf.GetEngineStatsRequest, *, timeout: Timeout = None
     ) -> inf.GetEngineStatsResponse:
         return self.stub.GetEngineStats(request, timeout=timeout)
+
+
+def _sent(header: Any, files: list[tuple[str, Path]], part: Callable[..., Any], chunk_bytes: int,
+          progress: Callable[[int, int], None] | None) -> Iterator[Any]:
+    """An upload's parts: `header`, then each file's path, size and sha256 and its bytes, as messages `part` makes."""
+    total, sent = sum(p.stat().st_size for _, p in files), 0
+    yield header
+    for rel, p in files:
+        yield part(file=tr.UploadedFile(path=rel, size_bytes=p.stat().st_size, sha256=sha256_of(p)))
+        with open(p, "rb") as f:
+            while chunk := f.read(chunk_bytes):
+                yield part(chunk=chunk)
+                sent += len(chunk)
+                if progress:
+                    progress(sent, total)
 
 
 def received_files(parts: Iterable[tr.ExportModelResponse], folder: Path,

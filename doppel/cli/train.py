@@ -18,7 +18,7 @@ from doppel.cli.context import call, fail, settings
 from doppel.cli.ingest import option_duration
 
 runs_app = typer.Typer(help="Training runs: list (the default), show, watch, cancel.")
-models_app = typer.Typer(help="Persona models: list (the default), show, export, delete.")
+models_app = typer.Typer(help="Persona models: list (the default), show, export, import, delete.")
 
 
 def _call(method: str, request: Any, **kwargs: Any) -> Any:
@@ -248,6 +248,26 @@ def export_model(
             fail(f"{out}: {err}")
     size = sum((out / f).stat().st_size for f in files)
     typer.echo(f"exported {model_id} as {fmt} to {out}: {len(files)} files, {size / 2**20:.1f} MiB")
+
+
+@models_app.command("import")
+def import_model(
+    path: Annotated[Path, typer.Argument(help="A folder `doppel models export` wrote (adapter or merged).")],
+    name: Annotated[str, typer.Option("--name", help="Name of the new model; default: the exported one's.")] = "",
+) -> None:
+    """Bring an exported persona back as a model of its own id (an adapter needs its base in the store)."""
+    import grpc
+
+    from doppel.clients import TrainerClient, rpc_error_message
+
+    with TrainerClient.from_settings(settings()) as client:
+        try:
+            made = client.import_model(path, name).model
+        except grpc.RpcError as err:
+            fail(f"{client.addr}: {rpc_error_message(err)}")
+        except OSError as err:
+            fail(str(err), 2)
+    typer.echo(f"imported {path} as {made.id} ({made.name}; {', '.join(made.speakers)})")
 
 
 @models_app.command("delete")

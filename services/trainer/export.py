@@ -13,6 +13,10 @@ and fidelity figures) and a notice that what it writes is generated.
 
 An export is written in a folder beside `out` and renamed into place when whole: a failed one
 leaves nothing, and an `out` that exists is refused.
+
+`import_model` brings an export back as a persona model of its own id (an adapter onto its base,
+which must be in the store; a merged model as a full one), its base's own chat template restored
+from doppel.json so that the inference service renders its turns as before.
 """
 
 from __future__ import annotations
@@ -27,8 +31,9 @@ from typing import Any, Literal
 import torch
 
 from doppel import __version__
-from doppel.errors import AlreadyExists, InvalidArgument
-from doppel.model import ModelManifest, base_folder, model_folder
+from doppel.errors import AlreadyExists, FailedPrecondition, InvalidArgument
+from doppel.layout import model_prefix, new_id
+from doppel.model import MODELS, Evaluation, FidelityFigures, ModelManifest, Recipe, base_folder, model_folder
 from doppel.store import Store
 from doppel.transcript import Transcript, Turn, system_prompt
 
@@ -39,6 +44,8 @@ DEFAULT_USER = "User"  # who an unnamed user message is when the model has no ot
 NOTICE = ("This model was fine-tuned with Doppel on a chat history to write like the people in it. What it writes is "
           "generated text: it is not something they said, and must not be passed off as theirs.")
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors", "adapter_model.bin")
+ABOUT, NOTICE_FILE = "doppel.json", "NOTICE.txt"
+MAX_NAME = 200
 
 
 def chat_template(transcript: Transcript, participants: Sequence[str], speakers: Sequence[str]) -> str:
@@ -82,12 +89,14 @@ def chat_template(transcript: Transcript, participants: Sequence[str], speakers:
     return "".join(parts)
 
 
-def describe(manifest: ModelManifest, fmt: str) -> dict[str, Any]:
-    """doppel.json: who the persona is, what it was made from and how it measured."""
+def describe(manifest: ModelManifest, fmt: str, base_chat_template: str | None) -> dict[str, Any]:
+    """doppel.json: who the persona is, what it was made from and how it measured (and, for an import,
+    the base's own chat template, which the export's replaced)."""
     return {
         "doppel_version": __version__, "format": fmt, "model_id": manifest.id, "name": manifest.name,
         "speakers": manifest.speakers, "participants": manifest.participants, "base_model": manifest.base_model,
-        "base_source": manifest.base_source, "method": manifest.method, "transcript": manifest.transcript,
+        "base_source": manifest.base_source, "base_store_prefix": manifest.base_store_prefix,
+        "base_chat_template": base_chat_template, "method": manifest.method, "transcript": manifest.transcript,
         "system_prompt": system_prompt(manifest.participants), "created_at": manifest.created_at.isoformat(),
         "recipe": manifest.recipe.model_dump(mode="json"), "evaluation": manifest.evaluation.model_dump(mode="json"),
         "fidelity": [f.model_dump(mode="json") for f in manifest.fidelity], "notice": NOTICE,
@@ -115,10 +124,18 @@ def export(store: Store, manifest: ModelManifest, fmt: str, out: Path, *, cache_
             _adapter(manifest, folder, staged)
         else:
             _merged(store, manifest, folder, staged, cache_dir, DTYPES[dtype])
-        (staged / "doppel.json").write_text(json.dumps(describe(manifest, fmt), indent=2, ensure_ascii=False) + "\n")
-        (staged / "NOTICE.txt").write_text(NOTICE + "\n")
+        about = describe(manifest, fmt, _base_chat_template(folder))
+        (staged / ABOUT).write_text(json.dumps(about, indent=2, ensure_ascii=False) + "\n")
+        (staged / NOTICE_FILE).write_text(NOTICE + "\n")
         staged.rename(out)
     return sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file())
+
+
+def _base_chat_template(folder: Path) -> str | None:
+    from transformers import AutoTokenizer
+
+    template = AutoTokenizer.from_pretrained(folder, local_files_only=True).chat_template
+    return template if isinstance(template, str) else None
 
 
 def _tokenizer(manifest: ModelManifest, folder: Path) -> Any:
@@ -167,3 +184,67 @@ def _merged(store: Store, manifest: ModelManifest, folder: Path, out: Path, cach
     model.generation_config = generation_config(manifest, tokenizer)
     model.save_pretrained(out, safe_serialization=True)
     tokenizer.save_pretrained(out)
+
+
+def import_model(store: Store, folder: Path, *, name: str = "") -> ModelManifest:
+    """The export in `folder` as a new persona model (`name`, else the exported one's); its manifest."""
+    from transformers import AutoTokenizer
+
+    about = _about(folder)
+    fmt = about["format"]
+    if len(name) > MAX_NAME:
+        raise InvalidArgument(f"a model name has at most {MAX_NAME} characters, not {len(name)}")
+    files = {p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()} - {ABOUT, NOTICE_FILE}
+    weights = {"adapter_config.json"} if fmt == "adapter" else {"config.json"}
+    if not weights <= files or not any(f.endswith(".safetensors") for f in files):
+        raise InvalidArgument(f"this {fmt} export lacks its weights: it needs {', '.join(sorted(weights))} and .safetensors files")
+    prefix = about.get("base_store_prefix") if fmt == "adapter" else None
+    if fmt == "adapter" and not (prefix and store.exists(prefix + "config.json")):
+        raise FailedPrecondition(f"the adapter's base {about['base_model']!r} is not in this store (no {prefix}config.json): "
+                                 "add it first (`doppel bases add` or `doppel bases pull`), or import the merged export")
+    try:
+        recipe = Recipe.model_validate(about["recipe"])
+        manifest = ModelManifest(
+            id=new_id("model"), name=name.strip() or about["name"], base_model=about["base_model"],
+            base_source=about["base_source"], base_store_prefix=prefix, method=about["method"] if fmt == "adapter" else "full",
+            transcript=about["transcript"], speakers=about["speakers"], participants=about["participants"],
+            dataset_id=recipe.dataset_id, run_id="", recipe=recipe, evaluation=Evaluation.model_validate(about["evaluation"]),
+            fidelity=[FidelityFigures.model_validate(f) for f in about["fidelity"]],
+        )
+    except (KeyError, TypeError, ValueError) as e:
+        raise InvalidArgument(f"{ABOUT} does not describe a persona model: {type(e).__name__}: {e}") from None
+    tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
+    tokenizer.chat_template = about.get("base_chat_template")
+    try:
+        Transcript(tokenizer, manifest.speakers, manifest.transcript)
+    except ValueError as e:
+        raise InvalidArgument(f"the export's tokenizer cannot render {manifest.transcript!r} turns: {e}") from None
+    model_files = model_prefix(manifest.id)
+    try:
+        with tempfile.TemporaryDirectory(prefix="doppel-import-") as tmp:
+            staged = Path(tmp)
+            for f in files:
+                (staged / f).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(folder / f, staged / f)
+            tokenizer.save_pretrained(staged)  # the base's template back
+            for path in sorted(p for p in staged.rglob("*") if p.is_file()):
+                key = path.relative_to(staged).as_posix()
+                manifest.size_bytes += store.put_file(model_files + key, path).size
+                manifest.files.append(key)
+        MODELS.put(store, manifest)
+    except BaseException:
+        store.delete_prefix(model_files)
+        raise
+    return manifest
+
+
+def _about(folder: Path) -> dict[str, Any]:
+    try:
+        about = json.loads((folder / ABOUT).read_text())
+    except FileNotFoundError:
+        raise InvalidArgument(f"not a Doppel export: it has no {ABOUT}") from None
+    except (OSError, ValueError) as e:
+        raise InvalidArgument(f"{ABOUT} is not readable JSON: {e}") from None
+    if not isinstance(about, dict) or about.get("format") not in FORMATS:
+        raise InvalidArgument(f"{ABOUT} names no export format Doppel imports ({', '.join(FORMATS)})")
+    return about

@@ -16,6 +16,7 @@ import time
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from doppel import enums, model, paging
 from doppel.bases import BaseManifest
@@ -166,19 +167,7 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
         cache = self.settings.home / "cache"
         cache.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(dir=cache, prefix=".base-upload-") as tmp:
-            received = uploads.Received(Path(tmp))
-            try:
-                async for r in request_iterator:
-                    part = r.WhichOneof("part")
-                    if part == "header":
-                        received.header(r.header.name, r.header.source)
-                    elif part == "file":
-                        received.start(r.file.path, r.file.size_bytes, r.file.sha256)
-                    else:
-                        received.write(r.chunk)
-                received.finish()
-            finally:
-                received.close()
+            received = await _receive(request_iterator, uploads.Received(Path(tmp)))
             manifest = await asyncio.to_thread(uploads.add, self.store, received.files, name=received.name,
                                                source=received.source, cache_dir=cache)
         return trainer_pb2.AddBaseModelResponse(base_model=await self._base(manifest.id))
@@ -248,6 +237,14 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
                     while chunk := await asyncio.to_thread(f.read, EXPORT_CHUNK):
                         yield trainer_pb2.ExportModelResponse(chunk=chunk)
 
+    async def ImportModel(self, request_iterator, context):
+        cache = self.settings.home / "cache"
+        cache.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=cache, prefix=".model-upload-") as tmp:
+            received = await _receive(request_iterator, uploads.Received(Path(tmp), what=""))
+            made = await asyncio.to_thread(export.import_model, self.store, Path(tmp), name=received.name)
+        return trainer_pb2.ImportModelResponse(model=model_to_proto(made))
+
     async def DeleteModel(self, request, context):
         """The model and the run that made it, everywhere: Prefect first (if it is down nothing is
         deleted and the call can be repeated), then the run's objects and the model's in the store."""
@@ -268,6 +265,23 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
         async with self._evaluating:
             async for item in evaluation.run(asked, self.settings):
                 yield evaluation_to_proto(item)
+
+
+async def _receive(requests: AsyncIterator[Any], received: uploads.Received) -> uploads.Received:
+    """An upload's parts (a header, then each file's header and bytes) written by `received`, checked."""
+    try:
+        async for r in requests:
+            part = r.WhichOneof("part")
+            if part == "header":
+                received.header(r.header.name, getattr(r.header, "source", ""))
+            elif part == "file":
+                received.start(r.file.path, r.file.size_bytes, r.file.sha256)
+            else:
+                received.write(r.chunk)
+        received.finish()
+    finally:
+        received.close()
+    return received
 
 
 def build(settings: Settings) -> list[Service]:

@@ -59,8 +59,8 @@ class Received:
     """The files of an upload as they arrive: a header first, then each file's path, size and sha256
     followed by its bytes. Checks every file whole before the next starts; `files` holds them."""
 
-    def __init__(self, folder: Path):
-        self.files = Path(folder)
+    def __init__(self, folder: Path, what: str = "base model name"):
+        self.files, self.what = Path(folder), what
         self.name = self.source = ""
         self._started = False
         self._current: tuple[str, int, str] | None = None
@@ -71,7 +71,7 @@ class Received:
     def header(self, name: str, source: str) -> None:
         if self._started:
             raise InvalidArgument("an upload has exactly one header, first")
-        self._started, self.name, self.source = True, validate_name(name, "base model name"), source or name
+        self._started, self.name, self.source = True, validate_name(name, self.what) if self.what else name, source or name
 
     def start(self, path: str, size: int, sha256: str) -> None:
         if not self._started:

@@ -236,3 +236,73 @@ def test_smollm2_merged_computes_what_its_adapter_served_on_the_base_does(tmp_pa
     transcript = Transcript(base.tokenizer, ["Alice"], "chat")
     turns = [Turn("Bob", "reply 3 ok"), Turn("Alice", "and 3"), Turn("Bob", "message number 4 about things")]
     assert text == transcript.prompt(turns, PARTICIPANTS, "Alice") and text.endswith("<|im_start|>assistant\nAlice:")
+    # Imported back, the model's tokenizer has SmolLM2's own template again, which Doppel's transcript reads.
+    from services.trainer.export import import_model
+
+    back = import_model(store, out)
+    tokenizer = AutoTokenizer.from_pretrained(model_folder(store, back, tmp_path / "cache"))
+    assert tokenizer.chat_template == base.tokenizer.chat_template
+    assert Transcript(tokenizer, ["Alice"], "chat").prompt(turns, PARTICIPANTS, "Alice") == text
+
+
+def test_an_export_imported_back_serves_the_same_greedy_replies(exported, trainer, tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from doppel.cli.main import app
+    from doppel.v1 import common_pb2
+    from doppel.v1 import inference_pb2 as inf
+    from support.inference import Running
+
+    ids, store, tmp, run = exported
+    monkeypatch.setenv("DOPPEL_TRAINER_ADDR", trainer)
+    made = {}
+    for fmt in ("adapter", "merged"):
+        folder = run("group", fmt)
+        done = CliRunner().invoke(app, ["models", "import", str(folder), "--name", f"back-{fmt}"])
+        assert done.exit_code == 0, done.output
+        made[fmt] = done.stdout.split(" as ", 1)[1].split(" ", 1)[0]
+        manifest = MODELS.get(store, made[fmt])
+        assert manifest.name == f"back-{fmt}" and manifest.speakers == PARTICIPANTS and manifest.id != ids["group"]
+        assert manifest.method == ("lora" if fmt == "adapter" else "full") and manifest.run_id == ""
+        assert manifest.recipe == MODELS.get(store, ids["group"]).recipe
+    inference = Running(store, tmp / "serving")
+    try:
+        def replies(model_id: str) -> list[str]:
+            history = [inf.Turn(speaker="Bob", text="reply 3 ok"), inf.Turn(speaker="Carol", text="and 3")]
+            return [inference.client.chat(inf.ChatRequest(
+                model_id=model_id, history=history, as_speaker=speaker, user_speaker="Bob",
+                sampling=common_pb2.SamplingParams(temperature=0, max_new_tokens=24))).candidates[0].text
+                for speaker in ("Alice", "Carol")]
+
+        original = replies(ids["group"])
+        assert replies(made["adapter"]) == original and replies(made["merged"]) == original
+    finally:
+        inference.close()
+
+
+def test_what_is_not_an_export_is_refused_and_nothing_is_stored(exported, trainer, tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from doppel.cli.main import app
+
+    ids, store, tmp, run = exported
+    monkeypatch.setenv("DOPPEL_TRAINER_ADDR", trainer)
+    before = {m.id for m in MODELS.records(store)}
+    (tmp_path / "empty").mkdir()
+    done = CliRunner().invoke(app, ["models", "import", str(tmp_path / "empty")])
+    assert done.exit_code == 2 and "not a Doppel export" in done.stderr
+    adapter = run("a0", "adapter")
+    about = json.loads((adapter / "doppel.json").read_text())
+    broken = [("base_store_prefix", "base-models/gone/", "FAILED_PRECONDITION", "is not in this store"),
+              ("format", "onnx", "INVALID_ARGUMENT", "names no export format"),
+              ("recipe", {"method": "lora"}, "INVALID_ARGUMENT", "does not describe a persona model")]
+    for key, value, code, message in broken:
+        (adapter / "doppel.json").write_text(json.dumps({**about, key: value}))
+        done = CliRunner().invoke(app, ["models", "import", str(adapter)])
+        assert done.exit_code == 1 and code in done.stderr and message in done.stderr, done.output
+    (adapter / "doppel.json").write_text(json.dumps(about))
+    (adapter / "adapter_model.safetensors").unlink()
+    done = CliRunner().invoke(app, ["models", "import", str(adapter)])
+    assert done.exit_code == 1 and "lacks its weights" in done.stderr
+    assert {m.id for m in MODELS.records(store)} == before
+    assert not [i.key for i in store.list("models/") if i.key.split("/")[1] not in before]
