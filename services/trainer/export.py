@@ -116,50 +116,35 @@ def export(store: Store, manifest: ModelManifest, fmt: str, out: Path, *, cache_
     if out.exists():
         raise AlreadyExists(f"{out} exists; export to a path that does not")
     out.parent.mkdir(parents=True, exist_ok=True)
+    from transformers import AutoTokenizer
+
     folder = model_folder(store, manifest, cache_dir)
+    tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
+    base_template = tokenizer.chat_template if isinstance(tokenizer.chat_template, str) else None
+    transcript = Transcript(tokenizer, manifest.speakers, manifest.transcript)  # read before the template changes
+    generation = generation_config(manifest, tokenizer, transcript)
+    tokenizer.chat_template = chat_template(transcript, manifest.participants, manifest.speakers)
     with tempfile.TemporaryDirectory(prefix=f".{out.name}-", dir=out.parent) as tmp:
         staged = Path(tmp) / "export"
         staged.mkdir()
         if fmt == "adapter":
-            _adapter(manifest, folder, staged)
+            for name in ADAPTER_FILES:
+                if (folder / name).exists():
+                    shutil.copy2(folder / name, staged / name)
         else:
-            _merged(store, manifest, folder, staged, cache_dir, DTYPES[dtype])
-        about = describe(manifest, fmt, _base_chat_template(folder))
+            _merged(store, manifest, folder, staged, cache_dir, DTYPES[dtype], generation)
+        tokenizer.save_pretrained(staged)
+        about = describe(manifest, fmt, base_template)
         (staged / ABOUT).write_text(json.dumps(about, indent=2, ensure_ascii=False) + "\n")
         (staged / NOTICE_FILE).write_text(NOTICE + "\n")
         staged.rename(out)
     return sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file())
 
 
-def _base_chat_template(folder: Path) -> str | None:
-    from transformers import AutoTokenizer
-
-    template = AutoTokenizer.from_pretrained(folder, local_files_only=True).chat_template
-    return template if isinstance(template, str) else None
-
-
-def _tokenizer(manifest: ModelManifest, folder: Path) -> Any:
-    """The model's tokenizer with the chat template of its transcript."""
-    from transformers import AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
-    transcript = Transcript(tokenizer, manifest.speakers, manifest.transcript)
-    tokenizer.chat_template = chat_template(transcript, manifest.participants, manifest.speakers)
-    return tokenizer
-
-
-def _adapter(manifest: ModelManifest, folder: Path, out: Path) -> None:
-    for name in ADAPTER_FILES:
-        if (folder / name).exists():
-            shutil.copy2(folder / name, out / name)
-    _tokenizer(manifest, folder).save_pretrained(out)
-
-
-def generation_config(manifest: ModelManifest, tokenizer: Any) -> Any:
+def generation_config(manifest: ModelManifest, tokenizer: Any, transcript: Transcript) -> Any:
     """Sampling Doppel's way, a turn ending where Doppel ends it: at its end marker or a new speaker's line."""
     from transformers import GenerationConfig
 
-    transcript = Transcript(tokenizer, manifest.speakers, manifest.transcript)
     ends = {tokenizer.eos_token_id} - {None}  # and the chat template's end-of-turn token (as the inference engine's)
     if transcript.kind == "chat" and (end := tokenizer.convert_tokens_to_ids(transcript.end)) != tokenizer.unk_token_id:
         ends.add(end)
@@ -168,7 +153,8 @@ def generation_config(manifest: ModelManifest, tokenizer: Any) -> Any:
                             stop_strings=list(transcript.stops(manifest.participants)))
 
 
-def _merged(store: Store, manifest: ModelManifest, folder: Path, out: Path, cache_dir: Path, dtype: torch.dtype) -> None:
+def _merged(store: Store, manifest: ModelManifest, folder: Path, out: Path, cache_dir: Path, dtype: torch.dtype,
+            generation: Any) -> None:
     from transformers import AutoModelForCausalLM
 
     if manifest.is_adapter:
@@ -179,11 +165,9 @@ def _merged(store: Store, manifest: ModelManifest, folder: Path, out: Path, cach
         model = PeftModel.from_pretrained(base, folder).merge_and_unload()
     else:
         model = AutoModelForCausalLM.from_pretrained(folder, local_files_only=True, dtype=torch.float32)
-    tokenizer = _tokenizer(manifest, folder)
     model = model.to(dtype)
-    model.generation_config = generation_config(manifest, tokenizer)
+    model.generation_config = generation
     model.save_pretrained(out, safe_serialization=True)
-    tokenizer.save_pretrained(out)
 
 
 def import_model(store: Store, folder: Path, *, name: str = "") -> ModelManifest:
