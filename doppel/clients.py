@@ -17,7 +17,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from doppel.config import Settings
-from doppel.files import sha256_of
+from doppel.files import Received, sha256_of
 from doppel.rpc.channel import open_channel
 from doppel.v1 import inference_pb2 as inf
 from doppel.v1 import inference_pb2_grpc, ingest_pb2_grpc, trainer_pb2_grpc
@@ -214,7 +214,7 @@ class TrainerClient(ServiceClient):
         target.parent.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(prefix=f".{target.name}-", dir=target.parent) as tmp:
             staged = Path(tmp) / "export"
-            files, total, received = received_files(self.export_model(request, timeout=timeout), staged, progress)
+            files = received_files(self.export_model(request, timeout=timeout), staged, progress)
             staged.rename(target)
         return files
 
@@ -275,47 +275,27 @@ def _sent(header: Any, files: list[tuple[str, Path]], part: Callable[..., Any], 
 
 
 def received_files(parts: Iterable[tr.ExportModelResponse], folder: Path,
-                   progress: Callable[[int, int], None] | None) -> tuple[list[str], int, int]:
-    """Write an export's files under `folder`; (their paths, the bytes announced, the bytes received).
-    ValueError when a file is not what its header said, or a path would leave the folder."""
-    files: list[str] = []
-    total = received = 0
-    current: tuple[Path, tr.UploadedFile] | None = None
-    sink = None
-
-    def close() -> None:
-        if current is None:
-            return
-        assert sink is not None
-        sink.close()
-        path, header = current
-        if path.stat().st_size != header.size_bytes or sha256_of(path) != header.sha256:
-            raise ValueError(f"{header.path} arrived damaged (not {header.size_bytes} bytes with sha256 {header.sha256})")
-
+                   progress: Callable[[int, int], None] | None) -> list[str]:
+    """Write an export's files under `folder` (made here); their paths. InvalidArgument when a file is not
+    what its header said, or its path would leave the folder."""
     folder.mkdir(parents=True)
+    received, total, files = Received(folder, header=False), 0, []
     try:
         for part in parts:
             kind = part.WhichOneof("part")
             if kind == "summary":
                 total = part.summary.total_bytes
             elif kind == "file":
-                close()
-                path = (folder / part.file.path).resolve()
-                if not path.is_relative_to(folder.resolve()):
-                    raise ValueError(f"the export names a file outside its folder: {part.file.path!r}")
-                path.parent.mkdir(parents=True, exist_ok=True)
-                current, sink = (path, part.file), path.open("wb")
+                received.start(part.file.path, part.file.size_bytes, part.file.sha256)
                 files.append(part.file.path)
-            elif kind == "chunk" and sink is not None:
-                sink.write(part.chunk)
-                received += len(part.chunk)
+            else:
+                received.write(part.chunk)
                 if progress:
-                    progress(received, total)
-        close()
+                    progress(received.received, total)
+        received.finish()
     finally:
-        if sink is not None:
-            sink.close()
-    return files, total, received
+        received.close()
+    return files
 
 
 def rpc_error_message(err: grpc.RpcError) -> str:

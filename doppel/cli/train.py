@@ -231,6 +231,7 @@ def export_model(
     import grpc
 
     from doppel.clients import TrainerClient, rpc_error_message
+    from doppel.errors import DoppelError
     from doppel.v1 import trainer_pb2 as tr
 
     formats = enums.values(tr.ModelExportFormat)
@@ -244,7 +245,7 @@ def export_model(
             files = client.export_to(request, out)
         except grpc.RpcError as err:
             fail(f"{client.addr}: {rpc_error_message(err)}")
-        except (OSError, ValueError) as err:
+        except (OSError, DoppelError) as err:
             fail(f"{out}: {err}")
     size = sum((out / f).stat().st_size for f in files)
     typer.echo(f"exported {model_id} as {fmt} to {out}: {len(files)} files, {size / 2**20:.1f} MiB")

@@ -22,7 +22,7 @@ from doppel import enums, model, paging
 from doppel.bases import BaseManifest
 from doppel.config import Settings
 from doppel.errors import InvalidArgument, NotFound
-from doppel.files import sha256_of
+from doppel.files import Received, sha256_of
 from doppel.model import Recipe
 from doppel.rpc.server import Service
 from doppel.store import STARTUP_WAIT_S, Store, open_store
@@ -167,7 +167,7 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
         cache = self.settings.home / "cache"
         cache.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(dir=cache, prefix=".base-upload-") as tmp:
-            received = await _receive(request_iterator, uploads.Received(Path(tmp)))
+            received = await _receive(request_iterator, Received(Path(tmp)))
             manifest = await asyncio.to_thread(uploads.add, self.store, received.files, name=received.name,
                                                source=received.source, cache_dir=cache)
         return trainer_pb2.AddBaseModelResponse(base_model=await self._base(manifest.id))
@@ -241,7 +241,7 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
         cache = self.settings.home / "cache"
         cache.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(dir=cache, prefix=".model-upload-") as tmp:
-            received = await _receive(request_iterator, uploads.Received(Path(tmp), what=""))
+            received = await _receive(request_iterator, Received(Path(tmp), what=""))
             made = await asyncio.to_thread(export.import_model, self.store, Path(tmp), name=received.name)
         return trainer_pb2.ImportModelResponse(model=model_to_proto(made))
 
@@ -267,7 +267,7 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
                 yield evaluation_to_proto(item)
 
 
-async def _receive(requests: AsyncIterator[Any], received: uploads.Received) -> uploads.Received:
+async def _receive(requests: AsyncIterator[Any], received: Received) -> Received:
     """An upload's parts (a header, then each file's header and bytes) written by `received`, checked."""
     try:
         async for r in requests:

@@ -306,3 +306,30 @@ def test_what_is_not_an_export_is_refused_and_nothing_is_stored(exported, traine
     assert done.exit_code == 1 and "lacks its weights" in done.stderr
     assert {m.id for m in MODELS.records(store)} == before
     assert not [i.key for i in store.list("models/") if i.key.split("/")[1] not in before]
+
+
+def test_a_damaged_or_escaping_download_is_refused_and_leaves_nothing(tmp_path, monkeypatch):
+    """The client's side of ExportModel: every file checked against its size and sha256, every path kept inside."""
+    import hashlib
+
+    from doppel.clients import TrainerClient
+    from doppel.v1 import trainer_pb2 as tr
+
+    def parts(path: str, data: bytes, sha: str) -> list[tr.ExportModelResponse]:
+        return [tr.ExportModelResponse(summary=tr.ExportSummary(files=1, total_bytes=len(data))),
+                tr.ExportModelResponse(file=tr.UploadedFile(path=path, size_bytes=len(data), sha256=sha)),
+                tr.ExportModelResponse(chunk=data)]
+
+    good = hashlib.sha256(b"weights").hexdigest()
+    client = TrainerClient("127.0.0.1:1")
+    cases = [(parts("model.safetensors", b"weightz", good), "damaged"), (parts("../evil", b"weights", good), "not a relative path")]
+    for sent, message in cases:
+        monkeypatch.setattr(client, "export_model", lambda request, timeout=None, sent=sent: iter(sent))
+        with pytest.raises(InvalidArgument, match=message):
+            client.export_to(tr.ExportModelRequest(model_id="m"), tmp_path / "out")
+        assert list(tmp_path.iterdir()) == []
+    monkeypatch.setattr(client, "export_model", lambda request, timeout=None: iter(parts("a/b.json", b"weights", good)))
+    seen = []
+    assert client.export_to(tr.ExportModelRequest(model_id="m"), tmp_path / "out", progress=lambda *a: seen.append(a)) == ["a/b.json"]
+    assert (tmp_path / "out" / "a" / "b.json").read_bytes() == b"weights" and seen == [(7, 7)]
+    client.close()

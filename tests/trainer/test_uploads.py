@@ -10,10 +10,11 @@ import pytest
 
 from doppel.bases import BASES
 from doppel.errors import AlreadyExists, InvalidArgument
+from doppel.files import Received
 from doppel.store import open_store
 from doppel.store.base import Store
 from services.trainer import basemodels
-from services.trainer.uploads import Received, add
+from services.trainer.uploads import add
 from support.hubserver import tiny_repo_files
 
 
