@@ -38,6 +38,7 @@ from typing import Any, Literal
 
 _SENTINEL = "\x00DOPPEL\x00"
 PLAIN_END = "\n"  # what ends a "plain" turn; a "plain-eos" turn ends with EOS and then this
+DEFAULT_USER = "User"  # who the user plays when the model has no participant but its persona
 
 Kind = Literal["chat", "plain-eos", "plain"]
 KINDS: tuple[Kind, ...] = ("chat", "plain-eos", "plain")
@@ -57,6 +58,11 @@ class Encoded:
 
     ids: list[int]
     n_head: int
+
+
+def default_user(participants: Sequence[str], persona: str) -> str:
+    """Who the user plays when they do not say: the first participant but the persona, else "User"."""
+    return next((p for p in participants if p != persona), DEFAULT_USER)
 
 
 def system_prompt(participants: Sequence[str]) -> str:

@@ -16,6 +16,7 @@ import typer
 
 from doppel import enums
 from doppel.cli.context import call, fail, settings
+from doppel.transcript import default_user
 
 HELP = "/reset clears the conversation, /quit (or Ctrl-D) exits"
 
@@ -78,7 +79,7 @@ def _pick_speakers(model: Any, as_speaker: str, me: str) -> tuple[str, str]:
     persona = as_speaker or (model.speakers[0] if model.speakers else "")
     if not persona:
         fail(f"model {model.model_id!r} names no speaker; choose one with --as")
-    user = me or next((p for p in model.participants if p != persona), "User")
+    user = me or default_user(model.participants, persona)
     if user == persona:
         fail(f"--me and --as are both {persona!r}; the model never writes a turn for the user's speaker")
     return persona, user

@@ -14,6 +14,7 @@ import time
 import uuid
 from typing import Any
 
+from doppel.transcript import default_user
 from doppel.v1 import common_pb2
 from doppel.v1 import inference_pb2 as inf
 
@@ -21,16 +22,17 @@ from .errors import bad_field, unsupported
 from .personas import Target
 from .schema import ChatCompletionRequest, CompletionRequest, Message, Sampling
 
-DEFAULT_USER = "User"
 FINISH = {inf.FINISH_REASON_LENGTH: "length", inf.FINISH_REASON_STOP: "stop", inf.FINISH_REASON_END_OF_TURN: "stop",
           inf.FINISH_REASON_CANCELLED: "stop", inf.FINISH_REASON_UNSPECIFIED: None}
 
 
 def sampling(r: Sampling, limit: int | None) -> common_pb2.SamplingParams:
     """The request's sampling fields that are set; the rest keep the service's defaults."""
-    fields: dict[str, Any] = {"n": r.n, "temperature": r.temperature, "top_p": r.top_p, "top_k": r.top_k, "max_new_tokens": limit,
-              "seed": r.seed, "presence_penalty": r.presence_penalty, "frequency_penalty": r.frequency_penalty,
-              "repetition_penalty": r.repetition_penalty}
+    fields: dict[str, Any] = {
+        "n": r.n, "temperature": r.temperature, "top_p": r.top_p, "top_k": r.top_k, "max_new_tokens": limit, "seed": r.seed,
+        "presence_penalty": r.presence_penalty, "frequency_penalty": r.frequency_penalty,
+        "repetition_penalty": r.repetition_penalty,
+    }
     return common_pb2.SamplingParams(stop=r.stops, **{k: v for k, v in fields.items() if v is not None})
 
 
@@ -45,8 +47,8 @@ def _text(m: Message, at: int) -> str:
 
 def chat_request(r: ChatCompletionRequest, target: Target) -> inf.ChatRequest:
     persona = target.speaker
-    default_user = next((p for p in target.model.participants if p != persona), DEFAULT_USER)
-    history, user = [], default_user
+    unnamed = default_user(target.model.participants, persona)
+    history, user = [], unnamed
     for at, m in enumerate(r.messages):
         if m.role in ("tool", "function"):
             raise unsupported(f"messages[{at}].role", f"{m.role!r}: a persona writes chat messages, not tool calls")
@@ -54,7 +56,7 @@ def chat_request(r: ChatCompletionRequest, target: Target) -> inf.ChatRequest:
             continue
         text = _text(m, at)
         if m.role == "user":
-            speaker = user = m.name or default_user
+            speaker = user = m.name or unnamed
         else:
             speaker = m.name or persona
         if text.strip():

@@ -35,12 +35,11 @@ from doppel.errors import AlreadyExists, FailedPrecondition, InvalidArgument
 from doppel.layout import model_prefix, new_id
 from doppel.model import MODELS, Evaluation, FidelityFigures, ModelManifest, Recipe, base_folder, model_folder
 from doppel.store import Store
-from doppel.transcript import Transcript, Turn, system_prompt
+from doppel.transcript import Transcript, Turn, default_user, system_prompt
 
 Format = Literal["adapter", "merged"]
 FORMATS: tuple[Format, ...] = ("adapter", "merged")
 DTYPES = {"f32": torch.float32, "f16": torch.float16, "bf16": torch.bfloat16}
-DEFAULT_USER = "User"  # who an unnamed user message is when the model has no other participant
 NOTICE = ("This model was fine-tuned with Doppel on a chat history to write like the people in it. What it writes is "
           "generated text: it is not something they said, and must not be passed off as theirs.")
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors", "adapter_model.bin")
@@ -56,7 +55,7 @@ def chat_template(transcript: Transcript, participants: Sequence[str], speakers:
     `add_generation_prompt` opens the persona's turn; `apply_chat_template(..., persona=NAME)` picks
     another speaker of a group model, `user=NAME` another default user."""
     persona = speakers[0]
-    user = next((p for p in participants if p != persona), DEFAULT_USER)
+    user = default_user(participants, persona)
 
     def lit(value: Any) -> str:  # a Jinja literal (JSON's escapes are Jinja's)
         return json.dumps(value, ensure_ascii=False)
