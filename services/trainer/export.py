@@ -1,27 +1,31 @@
-"""Taking a persona out of Doppel: its adapter, or a standalone merged model, in a folder other tools load.
+"""Taking a persona out of Doppel, in a folder other tools load.
 
 * `adapter`: the PEFT adapter and its tokenizer; `PeftModel.from_pretrained(base, folder)` on the
   named base (doppel.json says which) gives the persona.
 * `merged`: the adapter merged into its base (a full fine-tune as it is): safetensors, config and
   tokenizer that plain `transformers` loads.
+* `gguf`: the merged model as one GGUF file (`to_gguf.py`), for llama.cpp, LM Studio and the like.
+* `ollama`: the GGUF and a Modelfile (`ollama.py`) for `ollama create`.
 
-Either way the tokenizer carries a chat template that renders a conversation exactly as Doppel
-does (`chat_template`), and a merged model a generation config whose stop strings end the
-persona's turn, so `apply_chat_template` + `generate` there give what Doppel's inference gives.
+The tokenizer (in a GGUF, its metadata) carries a chat template that renders a conversation
+exactly as Doppel does (`chat_template`), and a merged model a generation config whose stop
+strings end the persona's turn, so `apply_chat_template` + `generate` there give what Doppel's
+inference gives; doppel.json lists those stop strings for every format.
 Every export holds `doppel.json`: the persona (speakers, participants, base, recipe, evaluation
 and fidelity figures) and a notice that what it writes is generated.
 
 An export is written in a folder beside `out` and renamed into place when whole: a failed one
 leaves nothing, and an `out` that exists is refused.
 
-`import_model` brings an export back as a persona model of its own id (an adapter onto its base,
-which must be in the store; a merged model as a full one), its base's own chat template restored
-from doppel.json so that the inference service renders its turns as before.
+`import_model` brings an adapter or merged export back as a persona model of its own id (an
+adapter onto its base, which must be in the store; a merged model as a full one), its base's own
+chat template restored from doppel.json so that the inference service renders its turns as before.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import tempfile
 from collections.abc import Sequence
@@ -37,13 +41,16 @@ from doppel.model import MODELS, Evaluation, FidelityFigures, ModelManifest, Rec
 from doppel.store import Store
 from doppel.transcript import Transcript, Turn, default_user, system_prompt
 
-Format = Literal["adapter", "merged"]
-FORMATS: tuple[Format, ...] = ("adapter", "merged")
+from . import ollama, to_gguf
+
+Format = Literal["adapter", "merged", "gguf", "ollama"]
+FORMATS: tuple[Format, ...] = ("adapter", "merged", "gguf", "ollama")
+IMPORTS = ("adapter", "merged")
 DTYPES = {"f32": torch.float32, "f16": torch.float16, "bf16": torch.bfloat16}
 NOTICE = ("This model was fine-tuned with Doppel on a chat history to write like the people in it. What it writes is "
           "generated text: it is not something they said, and must not be passed off as theirs.")
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors", "adapter_model.bin")
-ABOUT, NOTICE_FILE = "doppel.json", "NOTICE.txt"
+ABOUT, NOTICE_FILE, README, MODELFILE = "doppel.json", "NOTICE.txt", "README.md", "Modelfile"
 MAX_NAME = 200
 
 
@@ -66,7 +73,8 @@ def chat_template(transcript: Transcript, participants: Sequence[str], speakers:
         "{%- set user = user if user is defined and user else " + lit(user) + " -%}",
         "{{- " + lit(transcript.header(participants)) + " -}}",
         "{%- for message in messages if message['role'] in ['user', 'assistant'] -%}",
-        "{%- set name = message['name'] if message.get('name') else (persona if message['role'] == 'assistant' else user) -%}",
+        "{%- set name = message['name'] if 'name' in message and message['name'] else "
+        "(persona if message['role'] == 'assistant' else user) -%}",
     ]
     if transcript.kind == "chat":
         ah, _, at = transcript.turn(Turn(persona, ""))  # around a learned speaker's turn, and anyone else's
@@ -102,27 +110,36 @@ def describe(manifest: ModelManifest, fmt: str, base_chat_template: str | None) 
     }
 
 
-def export(store: Store, manifest: ModelManifest, fmt: str, out: Path, *, cache_dir: Path, dtype: str = "f32") -> list[str]:
-    """Write `manifest`'s model to the new folder `out` as `fmt`; the files written, relative to it."""
+def export(store: Store, manifest: ModelManifest, fmt: str, out: Path, *, cache_dir: Path, dtype: str = "f32",
+           quant: str = "") -> list[str]:
+    """Write `manifest`'s model to the new folder `out` as `fmt`; the files written, relative to it.
+
+    `dtype` is the weights' type (merged, gguf, ollama); `quant` a GGUF's quantisation instead."""
     if fmt not in FORMATS:
         raise InvalidArgument(f"unknown export format {fmt!r}; formats: {', '.join(FORMATS)}")
     if dtype not in DTYPES:
         raise InvalidArgument(f"unknown dtype {dtype!r}; dtypes: {', '.join(DTYPES)}")
+    if quant and (fmt not in ("gguf", "ollama") or quant not in to_gguf.QUANTS):
+        raise InvalidArgument(f"quant {quant!r} is not one of a GGUF export's ({', '.join(to_gguf.QUANTS)})"
+                              if fmt in ("gguf", "ollama") else f"quant is for gguf and ollama exports, not {fmt}")
     if fmt == "adapter" and not manifest.is_adapter:
         raise InvalidArgument(f"model {manifest.id!r} is a full fine-tune ({manifest.method}), not an adapter: "
                               "export it as merged")
     out = Path(out)
     if out.exists():
         raise AlreadyExists(f"{out} exists; export to a path that does not")
-    out.parent.mkdir(parents=True, exist_ok=True)
     from transformers import AutoTokenizer
 
     folder = model_folder(store, manifest, cache_dir)
+    weights = base_folder(store, manifest, folder, cache_dir) if manifest.is_adapter and fmt != "adapter" else folder
+    converter = to_gguf.check_architecture(_architecture(weights)) if fmt in ("gguf", "ollama") else None
+    out.parent.mkdir(parents=True, exist_ok=True)
     tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
     base_template = tokenizer.chat_template if isinstance(tokenizer.chat_template, str) else None
     transcript = Transcript(tokenizer, manifest.speakers, manifest.transcript)  # read before the template changes
     generation = generation_config(manifest, tokenizer, transcript)
     tokenizer.chat_template = chat_template(transcript, manifest.participants, manifest.speakers)
+    about = describe(manifest, fmt, base_template) | {"stop": list(transcript.stops(manifest.participants))}
     with tempfile.TemporaryDirectory(prefix=f".{out.name}-", dir=out.parent) as tmp:
         staged = Path(tmp) / "export"
         staged.mkdir()
@@ -130,14 +147,51 @@ def export(store: Store, manifest: ModelManifest, fmt: str, out: Path, *, cache_
             for name in ADAPTER_FILES:
                 if (folder / name).exists():
                     shutil.copy2(folder / name, staged / name)
+            tokenizer.save_pretrained(staged)
         else:
-            _merged(store, manifest, folder, staged, cache_dir, DTYPES[dtype], generation)
-        tokenizer.save_pretrained(staged)
-        about = describe(manifest, fmt, base_template)
+            merged = staged if fmt == "merged" else Path(tmp) / "merged"
+            _merged(manifest, folder, weights, merged, DTYPES[dtype], generation)
+            tokenizer.save_pretrained(merged)
+        if converter is not None:
+            about["gguf"] = gguf_file = f"{_slug(manifest.name) or manifest.id}.{quant or dtype}.gguf"
+            to_gguf.convert(converter, merged, staged / gguf_file, quant or dtype, manifest.name)
+            (staged / README).write_text(_readme(fmt, gguf_file, manifest.name))
+            if fmt == "ollama":
+                (staged / MODELFILE).write_text(ollama.modelfile(
+                    transcript, manifest.participants, manifest.speakers, gguf_file, name=manifest.name,
+                    temperature=generation.temperature, top_p=generation.top_p))
         (staged / ABOUT).write_text(json.dumps(about, indent=2, ensure_ascii=False) + "\n")
         (staged / NOTICE_FILE).write_text(NOTICE + "\n")
         staged.rename(out)
     return sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file())
+
+
+def _architecture(weights: Path) -> str:
+    try:
+        return str(json.loads((weights / "config.json").read_text())["architectures"][0])
+    except (OSError, ValueError, KeyError, IndexError, TypeError) as e:
+        raise FailedPrecondition(f"{weights / 'config.json'} names no model architecture: {e}") from None
+
+
+def _slug(name: str) -> str:
+    """A file name's worth of `name`: lower-case letters, digits and dashes."""
+    return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")[:60]
+
+
+def _readme(fmt: str, gguf_file: str, name: str) -> str:
+    """How to run a GGUF export with llama.cpp (and Ollama)."""
+    if fmt == "ollama":
+        return (f"# {name} for Ollama\n\n"
+                f"    ollama create {_slug(name) or 'persona'} -f Modelfile\n    ollama run {_slug(name) or 'persona'}\n\n"
+                "The Modelfile's TEMPLATE renders the chat as Doppel did in training: your messages are the\n"
+                "turns of the person doppel.json names as the user, the model's the persona's. Ollama merges\n"
+                "consecutive messages of one role into one. The GGUF also runs in llama.cpp:\n\n"
+                f"    llama-server -m {gguf_file} --jinja\n\n" + NOTICE + "\n")
+    return (f"# {name} as GGUF\n\n"
+            f"    llama-server -m {gguf_file} --jinja    # an OpenAI-compatible server; its chat template is Doppel's\n"
+            f"    llama-quantize {gguf_file} smaller.gguf Q4_K_M    # smaller weights, with llama.cpp's tools\n\n"
+            "LM Studio and other llama.cpp front ends load the file as it is. Stop a persona's turn at the\n"
+            "strings doppel.json lists under `stop`.\n\n" + NOTICE + "\n")
 
 
 def generation_config(manifest: ModelManifest, tokenizer: Any, transcript: Transcript) -> Any:
@@ -152,18 +206,15 @@ def generation_config(manifest: ModelManifest, tokenizer: Any, transcript: Trans
                             stop_strings=list(transcript.stops(manifest.participants)))
 
 
-def _merged(store: Store, manifest: ModelManifest, folder: Path, out: Path, cache_dir: Path, dtype: torch.dtype,
-            generation: Any) -> None:
+def _merged(manifest: ModelManifest, folder: Path, weights: Path, out: Path, dtype: torch.dtype, generation: Any) -> None:
+    """The adapter in `folder` merged into its base in `weights` (a full model: as it is), saved to `out`."""
     from transformers import AutoModelForCausalLM
 
+    model: Any = AutoModelForCausalLM.from_pretrained(weights, local_files_only=True, dtype=torch.float32)
     if manifest.is_adapter:
         from peft import PeftModel
 
-        base = AutoModelForCausalLM.from_pretrained(base_folder(store, manifest, folder, cache_dir), local_files_only=True,
-                                                    dtype=torch.float32)
-        model = PeftModel.from_pretrained(base, folder).merge_and_unload()
-    else:
-        model = AutoModelForCausalLM.from_pretrained(folder, local_files_only=True, dtype=torch.float32)
+        model = PeftModel.from_pretrained(model, folder).merge_and_unload()
     model = model.to(dtype)
     model.generation_config = generation
     model.save_pretrained(out, safe_serialization=True)
@@ -228,6 +279,8 @@ def _about(folder: Path) -> dict[str, Any]:
         raise InvalidArgument(f"not a Doppel export: it has no {ABOUT}") from None
     except (OSError, ValueError) as e:
         raise InvalidArgument(f"{ABOUT} is not readable JSON: {e}") from None
-    if not isinstance(about, dict) or about.get("format") not in FORMATS:
-        raise InvalidArgument(f"{ABOUT} names no export format Doppel imports ({', '.join(FORMATS)})")
+    if not isinstance(about, dict) or about.get("format") not in IMPORTS:
+        found = about.get("format") if isinstance(about, dict) else None
+        raise InvalidArgument(f"{ABOUT} names {'format ' + repr(found) if found else 'no export format'}: Doppel imports "
+                              f"{' and '.join(IMPORTS)} exports (a GGUF is llama.cpp's; import the merged export)")
     return about

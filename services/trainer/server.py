@@ -226,7 +226,7 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
         with tempfile.TemporaryDirectory(dir=cache, prefix=".export-") as tmp:
             out = Path(tmp) / "export"
             files = await asyncio.to_thread(export.export, self.store, manifest, fmt, out, cache_dir=cache,
-                                            dtype=request.dtype or "f32")
+                                            dtype=request.dtype or "f32", quant=request.quant)
             paths = [out / f for f in files]
             yield trainer_pb2.ExportModelResponse(summary=trainer_pb2.ExportSummary(
                 files=len(files), total_bytes=sum(p.stat().st_size for p in paths)))

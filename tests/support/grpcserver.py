@@ -47,3 +47,14 @@ def grpc_server() -> Iterator:
     yield start
     for server in started:
         server.stop()
+
+
+def trainer_server(store, home) -> BackgroundServer:
+    """The trainer service over `store`, with no runner (nothing it serves may train); stop() it when done."""
+    from doppel.config import Settings
+    from doppel.v1 import trainer_pb2, trainer_pb2_grpc
+    from services.trainer.server import TrainerServicer
+
+    settings = Settings(home=home, store_url=store.url, prepare_base=False)
+    return BackgroundServer([Service.of(trainer_pb2, trainer_pb2_grpc, "TrainerService",
+                                        TrainerServicer(settings, store, serve_runs=False))])

@@ -7,6 +7,7 @@ that read models (inference, the UI) check what the trainer really writes.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import torch
 from peft import LoraConfig, get_peft_model
@@ -56,3 +57,19 @@ def publish_personas(store: Store, tmp: Path, adapters: int = 2) -> dict[str, st
     full, _ = tiny_model(TEXTS, seed=5, block_size=1024)
     ids["full"] = publish(store, persona_manifest("model-full", "full", ["Alice"], None, "plain"), full, tok).id
     return ids
+
+
+def publish_smollm2_persona(tmp: Path) -> tuple[Store, ModelManifest, Any]:
+    """The default base (the shipped GGUF, converted) in a store under `tmp`, with Alice's persona: a LoRA of
+    random non-zero weights on every projection, published as the trainer publishes it. (store, manifest,
+    the loaded base)."""
+    from doppel.store import open_store
+    from services.trainer.basemodels import load_base_model
+
+    store = open_store((tmp / "store").as_uri())
+    base = load_base_model("smollm2-135m", store, cache_dir=tmp / "cache")
+    torch.manual_seed(0)
+    peft = get_peft_model(base.model, LoraConfig(r=8, lora_alpha=16, target_modules="all-linear", init_lora_weights=False))
+    manifest = persona_manifest("model-smol", "lora", ["Alice"], base.store_prefix, "chat", base_model="smollm2-135m",
+                                base_source=base.source)
+    return store, publish(store, manifest, peft, base.tokenizer), base

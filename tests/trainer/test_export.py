@@ -163,16 +163,9 @@ def test_bad_exports_are_refused_and_write_nothing(exported, tmp_path):
 @pytest.fixture(scope="module")
 def trainer(models_store, tmp_path_factory):
     """The trainer service's address, on a real gRPC server (no runner: nothing here trains)."""
-    from doppel.config import Settings
-    from doppel.rpc.server import Service
-    from doppel.v1 import trainer_pb2, trainer_pb2_grpc
-    from services.trainer.server import TrainerServicer
-    from support.grpcserver import BackgroundServer
+    from support.grpcserver import trainer_server
 
-    store, _, _ = models_store
-    settings = Settings(home=tmp_path_factory.mktemp("trainer-home"), store_url=store.url, prepare_base=False)
-    server = BackgroundServer([Service.of(trainer_pb2, trainer_pb2_grpc, "TrainerService",
-                                          TrainerServicer(settings, store, serve_runs=False))])
+    server = trainer_server(models_store[0], tmp_path_factory.mktemp("trainer-home"))
     yield server.addr
     server.stop()
 
@@ -195,7 +188,10 @@ def test_the_cli_exports_through_the_trainer_service(trainer, exported, tmp_path
     assert [p.name for p in tmp_path.iterdir()] == ["jonah"]  # nothing staged is left beside it
     # Refusals, each saying why, and nothing written.
     for args, message in ((["--out", str(out)], "exists"),
-                          (["--out", str(tmp_path / "x"), "--format", "gguf"], "--format must be one of adapter, merged"),
+                          (["--out", str(tmp_path / "x"), "--format", "onnx"],
+                           "--format must be one of adapter, merged, gguf, ollama"),
+                          (["--out", str(tmp_path / "x"), "--format", "gguf"],  # a tokenizer llama.cpp does not know
+                           "FAILED_PRECONDITION: llama.cpp's converter could not convert this model"),
                           (["--out", str(tmp_path / "y"), "--dtype", "f8"], "unknown dtype 'f8'")):
         done = CliRunner().invoke(app, ["models", "export", ids["a0"], *args])
         assert done.exit_code != 0 and message in done.stderr, done.output
@@ -210,20 +206,9 @@ def test_smollm2_merged_computes_what_its_adapter_served_on_the_base_does(tmp_pa
     """The default base (the shipped GGUF, converted), a LoRA of random non-zero weights on every projection,
     published as the trainer publishes, exported merged in fp32: the same logits, and the chat template
     renders ChatML as Doppel's transcript does."""
-    from peft import LoraConfig, get_peft_model
+    from support.personas import publish_smollm2_persona
 
-    from doppel.store import open_store
-    from services.trainer.basemodels import load_base_model
-    from services.trainer.models import publish
-    from support.personas import persona_manifest
-
-    store = open_store((tmp_path / "store").as_uri())
-    base = load_base_model("smollm2-135m", store, cache_dir=tmp_path / "cache")
-    torch.manual_seed(0)
-    peft = get_peft_model(base.model, LoraConfig(r=8, lora_alpha=16, target_modules="all-linear", init_lora_weights=False))
-    manifest = persona_manifest("model-smol", "lora", ["Alice"], base.store_prefix, "chat", base_model="smollm2-135m",
-                                base_source=base.source)
-    publish(store, manifest, peft, base.tokenizer)
+    store, manifest, base = publish_smollm2_persona(tmp_path)
     out = tmp_path / "merged"
     export(store, manifest, "merged", out, cache_dir=tmp_path / "cache")
     merged = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32).eval()
@@ -294,7 +279,7 @@ def test_what_is_not_an_export_is_refused_and_nothing_is_stored(exported, traine
     adapter = run("a0", "adapter")
     about = json.loads((adapter / "doppel.json").read_text())
     broken = [("base_store_prefix", "base-models/gone/", "FAILED_PRECONDITION", "is not in this store"),
-              ("format", "onnx", "INVALID_ARGUMENT", "names no export format"),
+              ("format", "gguf", "INVALID_ARGUMENT", "Doppel imports adapter and merged exports"),
               ("recipe", {"method": "lora"}, "INVALID_ARGUMENT", "does not describe a persona model")]
     for key, value, code, message in broken:
         (adapter / "doppel.json").write_text(json.dumps({**about, key: value}))

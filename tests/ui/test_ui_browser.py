@@ -14,6 +14,7 @@ import re
 import shutil
 import subprocess
 import sys
+import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -197,4 +198,18 @@ def test_import_train_chat_and_simulate_in_a_browser(stack: tuple[str, dict[str,
         expect(details.locator("th", has_text="answering")).to_be_visible()
         no_errors(page)
         shots.take(page, "5-models")
+
+        # Export: the model merged, as a zip to download; as GGUF, the converter's reason why not (the
+        # tiny base's tokenizer, trained on the spot, is none llama.cpp knows).
+        page.locator("#models-export").click()
+        expect(page.get_by_text(f"Exported {model_id} as merged")).to_be_visible(timeout=120_000)
+        with page.expect_download() as download:
+            page.locator("#models-download a").first.click()
+        with zipfile.ZipFile(download.value.path()) as archive:  # the export's folder, named for the model
+            names = set(archive.namelist())
+            assert {f"{model_id}/{f}" for f in ("doppel.json", "NOTICE.txt", "model.safetensors")} <= names, names
+            assert json.loads(archive.read(f"{model_id}/doppel.json"))["model_id"] == model_id
+        choose(page, "models-export-format", "gguf")
+        page.locator("#models-export").click()
+        expect(page.locator(".toast-body.error")).to_contain_text("pre-tokenizer", timeout=120_000)
         browser.close()
