@@ -31,6 +31,12 @@ export HF_HUB_OFFLINE := 1
 export HF_HUB_DISABLE_TELEMETRY := 1
 export DO_NOT_TRACK := 1
 export GRADIO_ANALYTICS_ENABLED := False
+# llama-cpp-python (test extra) builds llama.cpp from source: for x86-64 with AVX2, not for this
+# CPU's every feature, since a native build can die with "Illegal instruction" on machines that
+# advertise AMX or AVX-512 (../shared/ENVIRONMENT.md), and pip's wheel cache may outlive the machine.
+ifeq ($(shell uname -m),x86_64)
+export CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON
+endif
 
 .PHONY: up test check setup lock release-protos
 up: setup
