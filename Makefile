@@ -23,6 +23,8 @@ RELEASED := proto/released/doppel-v1.binpb
 BROWSER := /usr/bin/chromium
 # The Ollama export tests render Modelfile templates with Go's text/template, as Ollama does.
 GO := /usr/bin/go
+# The inference replicas' tests balance them with Debian's nginx, as `doppel up --inference-replicas` does.
+NGINX := /usr/sbin/nginx
 # The live container test (tests/deploy/test_live_stack.py) starts Debian's dockerd and builds
 # its base image with mmdebstrap; without apt-get it is skipped.
 DOCKERD := /usr/sbin/dockerd
@@ -42,7 +44,7 @@ endif
 up: setup
 	$(VENV)/bin/doppel up
 
-test: setup check $(BROWSER) $(DOCKERD) $(GO)
+test: setup check $(BROWSER) $(DOCKERD) $(GO) $(NGINX)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 # ruff (lint), mypy (types; settings in pyproject.toml), buf lint and buf breaking against the
@@ -95,3 +97,8 @@ $(GO):
 	@command -v apt-get >/dev/null || { echo "the Ollama export tests need Go at $@ (Debian's golang-go package)"; exit 1; }
 	$(SUDO) apt-get update -qq
 	DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq golang-go
+
+$(NGINX):
+	@command -v apt-get >/dev/null || { echo "the inference replicas' tests need nginx at $@ (Debian's nginx package)"; exit 1; }
+	$(SUDO) apt-get update -qq
+	DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq nginx

@@ -45,6 +45,10 @@ class Settings(BaseSettings):
         default=1024, ge=1, description="DOPPEL_OPENAI_MAX_REQUEST_KB: largest request body the OpenAI-compatible API "
         "reads; a larger one is refused with 413.",
     )
+    inference_replicas: int = Field(
+        default=1, ge=1, le=64, description="DOPPEL_INFERENCE_REPLICAS: inference processes `doppel up` runs behind "
+        "nginx at DOPPEL_INFERENCE_ADDR (1: one process there, no balancer).",
+    )
     ui_host: str = Field(default="127.0.0.1", description="DOPPEL_UI_HOST: interface the UI binds to.")
     ui_port: int = Field(default=7860, description="DOPPEL_UI_PORT: port of the UI.")
     prefect_api_url: str = Field(

@@ -6,6 +6,7 @@ import http.client
 import http.server
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -22,10 +23,10 @@ from typer.testing import CliRunner
 
 from doppel import demo
 from doppel.cli.main import app
-from doppel.clients import IngestClient, ServiceClient
+from doppel.clients import InferenceClient, IngestClient, ServiceClient
 from doppel.config import Settings
 from doppel.demo import make_demo
-from doppel.v1 import ingest_pb2
+from doppel.v1 import inference_pb2, ingest_pb2
 from services.ingest.server import build as build_ingest
 from services.trainer.recipe import MIN_MESSAGES
 from support.processes import free_port, read_until
@@ -296,6 +297,38 @@ def test_up_serves_everything_and_ctrl_c_leaves_no_child(stack):
     assert proc.returncode == 0, rest
     assert "stopped" in rest
     assert not any(pid_alive(pid) for pid in pids.values())
+
+
+@pytest.mark.skipif(not Path("/usr/sbin/nginx").exists() and not shutil.which("nginx"), reason="needs nginx")
+def test_up_runs_inference_replicas_behind_nginx_and_restarts_one_that_dies(up_home, tmp_path):
+    env = {**stack_env(up_home), "DOPPEL_STORE_URL": (tmp_path / "store").as_uri(), "DOPPEL_INFERENCE_THREADS": "1"}
+    proc, output = start_up(env, "--inference-replicas", "2")
+    pids = child_pids(output)
+    try:
+        assert {"inference-1", "inference-2", "balancer"} <= set(pids) and "inference" not in pids
+        assert children_of(proc.pid) == set(pids.values())
+        addr = env["DOPPEL_INFERENCE_ADDR"]
+        assert f"balancer   {addr} (nginx, in front of the 2 inference replicas)" in output
+        conf = (up_home / "balancer" / "nginx.conf").read_text()
+        replicas = [line.split()[1] for line in output.splitlines() if line.strip().startswith("inference-")
+                    and "(pid " in line]
+        assert len(replicas) == 2 and all(f"server {r} " in conf for r in replicas)
+        with InferenceClient(addr) as client:
+            assert client.health() == 1
+            client.list_served_models(inference_pb2.ListServedModelsRequest())
+        # One replica dies: calls go to the other, and `doppel up` restarts it.
+        os.kill(pids["inference-1"], signal.SIGKILL)
+        with InferenceClient(addr) as client:
+            for _ in range(5):
+                client.list_served_models(inference_pb2.ListServedModelsRequest())
+        said = read_until(proc, "inference-1 healthy again", timeout=120)
+        assert "inference-1 was killed by SIGKILL; restarting it" in said
+        proc.send_signal(signal.SIGINT)
+        rest = read_all(proc)
+        assert proc.returncode == 0 and "stopped" in rest, rest
+        assert not any(pid_alive(pid) for pid in pids.values())
+    finally:
+        stop_up(proc, set(pids.values()))
 
 
 class Answers200(http.server.BaseHTTPRequestHandler):

@@ -123,16 +123,28 @@ def up(
         False, "--demo", help="Import the demo chats (invented people) unless a dataset of theirs exists; "
         "without it, they are imported only into a store with no dataset."
     ),
+    inference_replicas: int | None = typer.Option(
+        None, "--inference-replicas", min=1, max=64, help="Inference processes to run behind nginx, which balances "
+        "calls by model (one per GPU; default: DOPPEL_INFERENCE_REPLICAS, 1)."
+    ),
 ) -> None:
     """Run the whole stack here until Ctrl-C: a local Prefect server, every service and the UI, as child processes."""
     from functools import partial
 
+    from doppel import balancer
     from doppel.cli.supervisor import PrefectEndpoint, Stack, ui_url
     from doppel.demo import first_run
     from doppel.errors import DoppelError
     from doppel.store import open_store
 
     settings = _settings()
+    if inference_replicas is not None:
+        settings = settings.model_copy(update={"inference_replicas": inference_replicas})
+    if settings.inference_replicas > 1:
+        try:
+            balancer.nginx()
+        except DoppelError as e:
+            _fail(str(e), 2)
     try:
         PrefectEndpoint.parse(settings.prefect_api_url)
     except ValueError as e:

@@ -40,6 +40,7 @@ from urllib.parse import urlsplit
 import grpc
 from grpc_health.v1 import health_pb2
 
+from doppel import balancer
 from doppel.clients import ServiceClient
 from doppel.config import Settings
 
@@ -207,6 +208,9 @@ class Stack:
         services = []
         for name in names:
             addr = getattr(settings, f"{name}_addr")
+            if name == "inference" and settings.inference_replicas > 1:
+                services += self._replicas(logs, common)
+                continue
             services.append(Child(
                 name, addr, [sys.executable, "-m", "doppel", "serve", name, "--listen", addr],
                 logs / f"{name}.log", partial(_serving, addr), env=common, grace_s=settings.grace_s + 5,
@@ -223,6 +227,28 @@ class Stack:
         self.children = [c for stage in self.stages for c in stage]
         self._stop_signal: int | None = None
         self._stopping = threading.Event()
+
+    def _replicas(self, logs: Path, common: dict[str, str]) -> list[Child]:
+        """DOPPEL_INFERENCE_REPLICAS inference processes on free loopback ports, and nginx in front of them at
+        DOPPEL_INFERENCE_ADDR (`doppel.balancer`). Replica i gets the i-th of CUDA_VISIBLE_DEVICES when it
+        lists one for each."""
+        settings, n = self.settings, self.settings.inference_replicas
+        gpus = [g for g in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if g.strip()]
+        children = []
+        for i, addr in enumerate(balancer.free_addrs(n), 1):
+            env = {**common, **({"CUDA_VISIBLE_DEVICES": gpus[i - 1]} if len(gpus) >= n else {})}
+            children.append(Child(
+                f"inference-{i}", addr, [sys.executable, "-m", "doppel", "serve", "inference", "--listen", addr],
+                logs / f"inference-{i}.log", partial(_serving, addr), env=env, grace_s=settings.grace_s + 5,
+            ))
+        conf = balancer.write_config(settings.inference_addr, [c.where for c in children], settings.home / "balancer",
+                                     max_message_mb=settings.max_message_mb)
+        children.append(Child(
+            "balancer", f"{settings.inference_addr} (nginx, in front of the {n} inference replicas)",
+            balancer.command(conf), logs / "balancer.log", partial(_serving, settings.inference_addr), env=common,
+            grace_s=5.0,
+        ))
+        return children
 
     def _say(self, message: str) -> None:
         try:

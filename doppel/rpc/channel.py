@@ -1,4 +1,5 @@
-"""Client channels: bearer token, a default deadline for unary calls, retries on UNAVAILABLE.
+"""Client channels: bearer token, a default deadline for unary calls, retries on UNAVAILABLE, and the
+model a call is for in its metadata (for a balancer in front of inference replicas).
 
 Retries are gRPC's own (a service-config retry policy), so they apply to every kind of
 call and only while the server has not answered yet: a call is never replayed after
@@ -14,6 +15,8 @@ from typing import Any
 import grpc
 
 from doppel.rpc.server import channel_options
+
+MODEL_HEADER = "x-doppel-model"  # which model a call is for, for a balancer (doppel/balancer.py)
 
 RETRY_POLICY = {
     "methodConfig": [
@@ -54,16 +57,16 @@ class _ClientInterceptor(
         self._auth = auth_metadata(token)
         self._timeout = timeout
 
-    def _details(self, d: grpc.ClientCallDetails, unary: bool) -> _Details:
+    def _details(self, d: grpc.ClientCallDetails, unary: bool, request: Any = None) -> _Details:
         timeout = d.timeout if d.timeout is not None or not unary else self._timeout
-        metadata = tuple(d.metadata or ()) + self._auth
+        metadata = tuple(d.metadata or ()) + self._auth + model_metadata(request)
         return _Details(d.method, timeout, metadata, d.credentials, d.wait_for_ready, d.compression)
 
     def intercept_unary_unary(self, continuation, details, request):
-        return continuation(self._details(details, unary=True), request)
+        return continuation(self._details(details, unary=True, request=request), request)
 
     def intercept_unary_stream(self, continuation, details, request):
-        return continuation(self._details(details, unary=False), request)
+        return continuation(self._details(details, unary=False, request=request), request)
 
     def intercept_stream_unary(self, continuation, details, request_iterator):
         return continuation(self._details(details, unary=False), request_iterator)
@@ -88,6 +91,18 @@ def open_aio_channel(addr: str, *, max_message_mb: int = 64) -> grpc.aio.Channel
 def auth_metadata(token: str | None) -> tuple[tuple[str, str], ...]:
     """The call metadata that carries `token` (none when auth is off)."""
     return (("authorization", f"Bearer {token}"),) if token else ()
+
+
+def model_metadata(request: Any) -> tuple[tuple[str, str], ...]:
+    """The call metadata naming the model a request is for (its `model_id`, or that of the request it
+    wraps), which a balancer in front of inference replicas hashes on (`doppel.balancer`); none when
+    it names no model."""
+    fields = getattr(getattr(request, "DESCRIPTOR", None), "fields", ())
+    for message in (request, *(getattr(request, f.name) for f in fields if f.message_type is not None)):
+        model_id = getattr(message, "model_id", "")
+        if model_id and isinstance(model_id, str):
+            return ((MODEL_HEADER, model_id),)
+    return ()
 
 
 def _options(max_message_mb: int) -> list[tuple[str, Any]]:

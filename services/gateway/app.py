@@ -26,7 +26,7 @@ from starlette.routing import Route
 
 from doppel.auth import token_matches
 from doppel.config import Settings
-from doppel.rpc.channel import auth_metadata, open_aio_channel
+from doppel.rpc.channel import auth_metadata, model_metadata, open_aio_channel
 from doppel.v1 import inference_pb2 as inf
 from doppel.v1 import inference_pb2_grpc
 
@@ -172,9 +172,9 @@ class Gateway:
         chat = mapping.chat_request(body, target)
         reply = mapping.Reply("chatcmpl", body.model)
         if not body.stream:
-            call = self.stub.Chat(chat, metadata=self.metadata)
+            call = self.stub.Chat(chat, metadata=self.metadata + model_metadata(chat))
             return _json(mapping.chat_completion(reply, await self._unless_gone(request, call, [call])))
-        call = self.stub.ChatStream(inf.ChatStreamRequest(chat=chat), metadata=self.metadata)
+        call = self.stub.ChatStream(inf.ChatStreamRequest(chat=chat), metadata=self.metadata + model_metadata(chat))
         pieces = await self._pieces(request, [call])
         return self._stream(self._chat_events(reply, body, pieces, target.speaker))
 
@@ -185,10 +185,11 @@ class Gateway:
         reply = mapping.Reply("cmpl", body.model)
         asks = [mapping.complete_request(body, target, p) for p in prompts]
         if not body.stream:
-            calls = [self.stub.Complete(a, metadata=self.metadata) for a in asks]
+            calls = [self.stub.Complete(a, metadata=self.metadata + model_metadata(a)) for a in asks]
             answers = await self._unless_gone(request, asyncio.gather(*calls), calls)
             return _json(mapping.text_completion(reply, answers, prompts, body.echo))
-        streams = [self.stub.CompleteStream(inf.CompleteStreamRequest(complete=a), metadata=self.metadata) for a in asks]
+        streams = [self.stub.CompleteStream(inf.CompleteStreamRequest(complete=a), metadata=self.metadata + model_metadata(a))
+                   for a in asks]
         pieces = await self._pieces(request, streams)
         return self._stream(self._text_events(reply, body, pieces, prompts))
 

@@ -202,7 +202,8 @@ class HubServer:
         self.repos: dict[str, Repo] = {}
         self.requests: list[Request] = []
         self._drops: dict[tuple[str, str], list[int]] = {}
-        self._lock = threading.Lock()
+        self._lock = threading.Condition()
+        self._in_flight = 0  # requests being answered: logged once answered
         self._httpd: _HTTPServer | None = None
         self._thread: threading.Thread | None = None
 
@@ -343,7 +344,10 @@ class HubServer:
         return self.log(kind="unknown")
 
     def clear_log(self) -> None:
+        """Forget what was logged, once the requests being answered are (a client may have its answer
+        before the handler logs it)."""
         with self._lock:
+            self._lock.wait_for(lambda: self._in_flight == 0, timeout=10)
             self.requests.clear()
 
     # -- HTTP
@@ -352,6 +356,8 @@ class HubServer:
         parts = urlsplit(h.path)
         rec = Request(method, parts.path, parts.query, authorized=bool(h.headers.get("Authorization")))
         head = method == "HEAD"
+        with self._lock:
+            self._in_flight += 1
         try:
             path = parts.path
             if method == "POST":
@@ -372,6 +378,8 @@ class HubServer:
         finally:
             with self._lock:
                 self.requests.append(rec)
+                self._in_flight -= 1
+                self._lock.notify_all()
 
     def _send(self, h: _Handler, rec: Request, status: int, headers: Mapping[str, str], body: bytes, head: bool) -> None:
         h.send_response(status)

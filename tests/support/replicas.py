@@ -1,0 +1,72 @@
+"""Inference replicas as real processes (`doppel serve inference`) behind a real nginx (`doppel.balancer`)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from doppel import balancer
+from doppel.clients import InferenceClient
+from support.processes import die_with_parent, log_tail, stop
+
+
+class Replicas:
+    """`n` inference processes over the store at `store_url`, and nginx in front of them at `addr`."""
+
+    def __init__(self, store_url: str, folder: Path, n: int = 2):
+        self.folder, self.store_url = folder, store_url
+        self.addrs = balancer.free_addrs(n)
+        self.procs: list[subprocess.Popen | None] = [None] * n
+        for i in range(n):
+            self.start(i)
+        self.addr = balancer.free_addrs(1)[0]
+        conf = balancer.write_config(self.addr, self.addrs, folder / "balancer")
+        self.access_log = folder / "balancer" / "access.log"
+        self.nginx = subprocess.Popen(balancer.command(conf), stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
+                                      preexec_fn=die_with_parent)
+        for addr in [*self.addrs, self.addr]:
+            self.wait_serving(addr)
+
+    def start(self, i: int) -> None:
+        env = {**os.environ, "DOPPEL_STORE_URL": self.store_url, "DOPPEL_HOME": str(self.folder / f"home-{i}"),
+               "DOPPEL_INFERENCE_THREADS": "1"}
+        with (self.folder / f"inference-{i}.log").open("ab") as log:
+            self.procs[i] = subprocess.Popen([sys.executable, "-m", "doppel", "serve", "inference", "--listen",
+                                              self.addrs[i]], env=env, stdout=log, stderr=subprocess.STDOUT,
+                                             preexec_fn=die_with_parent)
+
+    def wait_serving(self, addr: str, timeout: float = 120) -> None:
+        deadline = time.monotonic() + timeout
+        with InferenceClient(addr) as client:
+            while time.monotonic() < deadline:
+                try:
+                    client.health(timeout=1)
+                    return
+                except Exception:  # noqa: BLE001 - not up yet
+                    time.sleep(0.25)
+        raise AssertionError(f"{addr} not serving after {timeout} s:\n"
+                             + "\n".join(log_tail(p) for p in sorted(self.folder.glob("*.log"))))
+
+    def client(self, i: int | None = None) -> InferenceClient:
+        """A client of the balancer, or of replica `i` directly."""
+        return InferenceClient(self.addr if i is None else self.addrs[i], timeout=120)
+
+    def loaded(self) -> list[set[str]]:
+        """The models each replica holds loaded (asked directly)."""
+        from doppel.v1 import inference_pb2 as inf
+
+        out = []
+        for i in range(len(self.addrs)):
+            with self.client(i) as client:
+                answer = client.list_served_models(inf.ListServedModelsRequest(loaded_only=True))
+                out.append({m.model_id for m in answer.models})
+        return out
+
+    def close(self) -> None:
+        stop(self.nginx)
+        for proc in self.procs:
+            if proc is not None:
+                stop(proc, grace_s=5)
