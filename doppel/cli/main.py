@@ -66,6 +66,8 @@ def serve(
 
     settings = _settings()
     logging.basicConfig(level=settings.log_level, format=f"%(asctime)s {service.value} %(levelname)s %(message)s")
+    # httpx says every request at INFO: the trainer's Prefect runner polls every second, for ever.
+    logging.getLogger("httpx").setLevel(max(logging.WARNING, logging.getLogger().level))
     address = listen or settings.listen or getattr(settings, f"{service.value}_addr")
     if service is ServiceName.openai:
         from services.gateway.server import serve as serve_http

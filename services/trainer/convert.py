@@ -106,7 +106,7 @@ def run_to_proto(record: RunRecord, dashboard_url: str) -> trainer_pb2.Run:
     run = trainer_pb2.Run(
         run_id=record.id, flow_run_id=record.id, dashboard_url=dashboard_url, spec=spec_from_request(record.request),
         state=STATES[record.state], message=record.message, step=record.step, total_steps=record.total,
-        model_id=record.model_id,
+        model_id=record.model_id, worker=record.worker,
     )
     for name in ("created_at", "started_at", "finished_at"):
         ts = _ts(getattr(record, name))

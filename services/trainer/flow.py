@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 import os
+import socket
 import tempfile
 import time
 from collections.abc import Callable
@@ -175,6 +176,7 @@ def _report(record: RunRecord, evaluation: Evaluation, samples: list[SampleText]
 def _start(store: Store, run_id: str, request: TrainRequest) -> RunLog:
     record = runs.find_record(store, run_id) or RunRecord(id=run_id, request=request)
     record.state, record.message, record.pid = "running", "", os.getpid()
+    record.worker = f"{socket.gethostname()}:{os.getppid()}"  # the Prefect runner started this process
     record.started_at = record.started_at or datetime.now(UTC)
     record.finished_at = None
     return RunLog(store, record)

@@ -25,6 +25,17 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
+class _QuietAtCapacity(logging.Filter):
+    """Drops the runner's "N scheduled runs skipped (at capacity)", which it says at every poll (twice a
+    second) while runs wait for a busy trainer."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "skipped (at capacity)" not in record.getMessage()
+
+
+_QUIET = _QuietAtCapacity()
+
+
 class DeploymentRunner:
     """Serves the deployment until `stop`; `limit` runs at a time."""
 
@@ -39,6 +50,7 @@ class DeploymentRunner:
     def start(self, timeout: float = 60.0) -> None:
         """Register the deployment and start polling; raises if the Prefect API cannot be reached."""
         os.environ.update(self.settings.environment())
+        logging.getLogger("prefect.runner").addFilter(_QUIET)
         self._thread = threading.Thread(target=self._main, name="prefect-runner", daemon=True)
         self._thread.start()
         if not self._ready.wait(timeout) or self._error is not None:

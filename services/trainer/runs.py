@@ -68,6 +68,7 @@ class RunRecord(BaseModel):
     finished_at: datetime | None = None
     model_id: str = ""
     pid: int | None = None  # of the process training it, while it runs
+    worker: str = ""  # the trainer that ran its latest attempt, host:pid (its flow-run process's parent)
     resumed_from: int = 0  # the checkpoint step the latest attempt started from
 
 

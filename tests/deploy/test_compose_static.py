@@ -190,11 +190,14 @@ def test_ports_agree_between_settings_publishing_and_health_checks(stack):
             assert host_ip == FILLED["PUBLISH_HOST"], f"{s.name} publishes on {host_ip!r}, not PUBLISH_HOST"
 
 
-def test_trainer_and_inference_reserve_gpus_and_nothing_else_does(stack):
+def test_trainer_and_inference_reserve_their_gpus_and_nothing_else_does(stack):
     for s in stack.values():
         devices = s.spec.get("deploy", {}).get("resources", {}).get("reservations", {}).get("devices", [])
         if s.name in ("trainer", "inference"):
             assert any(d.get("driver") == "nvidia" and "gpu" in d.get("capabilities", []) for d in devices), s.name
+            # the GPUs .env gives it, not every GPU
+            assert [d.get("device_ids") for d in devices] == [[FILLED[f"{s.name.upper()}_GPUS"]]], devices
+            assert not any("count" in d for d in devices), devices
         else:
             assert not devices, f"{s.name} reserves {devices}"
 

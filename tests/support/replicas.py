@@ -8,8 +8,10 @@ import sys
 import time
 from pathlib import Path
 
+import grpc
+
 from doppel import balancer
-from doppel.clients import InferenceClient
+from doppel.clients import InferenceClient, ServiceClient
 from support.processes import die_with_parent, log_tail, stop
 
 
@@ -38,17 +40,8 @@ class Replicas:
                                               self.addrs[i]], env=env, stdout=log, stderr=subprocess.STDOUT,
                                              preexec_fn=die_with_parent)
 
-    def wait_serving(self, addr: str, timeout: float = 120) -> None:
-        deadline = time.monotonic() + timeout
-        with InferenceClient(addr) as client:
-            while time.monotonic() < deadline:
-                try:
-                    client.health(timeout=1)
-                    return
-                except Exception:  # noqa: BLE001 - not up yet
-                    time.sleep(0.25)
-        raise AssertionError(f"{addr} not serving after {timeout} s:\n"
-                             + "\n".join(log_tail(p) for p in sorted(self.folder.glob("*.log"))))
+    def wait_serving(self, addr: str) -> None:
+        wait_serving(addr, self.folder)
 
     def client(self, i: int | None = None) -> InferenceClient:
         """A client of the balancer, or of replica `i` directly."""
@@ -70,3 +63,16 @@ class Replicas:
         for proc in self.procs:
             if proc is not None:
                 stop(proc, grace_s=5)
+
+
+def wait_serving(addr: str, logs: Path, timeout: float = 120) -> None:
+    """Until the gRPC health check at `addr` answers; AssertionError with the tails of `logs`/*.log if it never does."""
+    deadline = time.monotonic() + timeout
+    with ServiceClient(addr) as client:
+        while time.monotonic() < deadline:
+            try:
+                client.health(timeout=1)
+                return
+            except grpc.RpcError:
+                time.sleep(0.25)
+    raise AssertionError(f"{addr} not serving after {timeout} s:\n" + "\n".join(log_tail(p) for p in sorted(logs.glob("*.log"))))
