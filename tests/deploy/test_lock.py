@@ -40,7 +40,7 @@ def _lock() -> dict[str, Version]:
 
 def _requirements() -> list[Requirement]:
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    names = [*project["dependencies"], *project["optional-dependencies"]["test"]]
+    names = [*project["dependencies"], *project["optional-dependencies"]["test"], *project["optional-dependencies"]["llama"]]
     return [Requirement(r) for r in names]
 
 
