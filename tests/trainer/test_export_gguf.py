@@ -83,16 +83,16 @@ def test_the_default_bases_gguf_decodes_in_llama_cpp_as_the_merged_model_does_in
 
 
 def tiny_full(store: Any, tokenizer: Any, arch: str, model_id: str) -> ModelManifest:
-    """A full persona model of a small random `arch` (llama, qwen2, gpt2) over SmolLM2's tokenizer, published."""
-    from transformers import GPT2Config, LlamaConfig, Qwen2Config
+    """A full persona model of a small random `arch` (llama, gpt2) over SmolLM2's tokenizer, published. (Not
+    qwen2: transformers 5 gives a qwen2 model Qwen's own pre-tokenizer, which llama.cpp's converter cannot
+    name for SmolLM2's vocabulary; Qwen's tokenizer cannot be downloaded here.)"""
+    from transformers import GPT2Config, LlamaConfig
 
     from services.trainer.models import publish
 
     vocab = len(tokenizer)
     config = {
         "llama": LlamaConfig(vocab_size=vocab, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                             num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512),
-        "qwen2": Qwen2Config(vocab_size=vocab, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                              num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512),
         "gpt2": GPT2Config(vocab_size=vocab, n_embd=64, n_layer=2, n_head=4, n_positions=512,
                            bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id),
