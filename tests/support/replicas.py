@@ -30,7 +30,7 @@ class Replicas:
         self.nginx = subprocess.Popen(balancer.command(conf), stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
                                       preexec_fn=die_with_parent)
         for addr in [*self.addrs, self.addr]:
-            self.wait_serving(addr)
+            wait_serving(addr, folder)
 
     def start(self, i: int) -> None:
         env = {**os.environ, "DOPPEL_STORE_URL": self.store_url, "DOPPEL_HOME": str(self.folder / f"home-{i}"),
@@ -39,9 +39,6 @@ class Replicas:
             self.procs[i] = subprocess.Popen([sys.executable, "-m", "doppel", "serve", "inference", "--listen",
                                               self.addrs[i]], env=env, stdout=log, stderr=subprocess.STDOUT,
                                              preexec_fn=die_with_parent)
-
-    def wait_serving(self, addr: str) -> None:
-        wait_serving(addr, self.folder)
 
     def client(self, i: int | None = None) -> InferenceClient:
         """A client of the balancer, or of replica `i` directly."""
