@@ -7,10 +7,13 @@ over all of them. Doppel's clients send that header with every call that names a
 (`doppel.rpc.channel.model_metadata`); a call that names none (health, listing) goes to the
 replica the empty key hashes to.
 
-A replica that refuses connections or dies mid-call is taken out for `FAIL_S` and the call is
-passed to the next replica (`grpc_next_upstream error timeout non_idempotent`: a Doppel call
-changes nothing a retry could repeat), as long as nothing of its answer reached the caller;
-a stream that had begun fails with UNAVAILABLE, as it would without a balancer.
+A replica that refuses connections or fails a call is left out for `FAIL_S`. A call it refused
+is passed to the next replica by nginx itself. A call it had taken and then died with cannot be:
+grpc_pass streams the request body and keeps no copy to send again. nginx answers it with a
+trailers-only UNAVAILABLE (`@unavailable`), which gRPC clients' retry policy resends (Doppel's
+channels retry UNAVAILABLE: `doppel.rpc.channel`), to another replica; a Doppel call changes
+nothing a second attempt could repeat. A stream whose first piece had reached the caller fails
+with UNAVAILABLE, as it would without a balancer.
 """
 
 from __future__ import annotations
