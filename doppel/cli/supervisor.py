@@ -211,10 +211,7 @@ class Stack:
             if name == "inference" and settings.inference_replicas > 1:
                 services += self._replicas(logs, common)
                 continue
-            services.append(Child(
-                name, addr, [sys.executable, "-m", "doppel", "serve", name, "--listen", addr],
-                logs / f"{name}.log", partial(_serving, addr), env=common, grace_s=settings.grace_s + 5,
-            ))
+            services.append(self._service(name, name, addr, logs, common))
         url = ui_url(settings)
         ui = Child("ui", url, [sys.executable, "-m", "doppel", "ui"], logs / "ui.log", partial(_http_ok, url),
                    env=common)
@@ -228,6 +225,11 @@ class Stack:
         self._stop_signal: int | None = None
         self._stopping = threading.Event()
 
+    def _service(self, name: str, service: str, addr: str, logs: Path, env: dict[str, str]) -> Child:
+        """`doppel serve SERVICE` at `addr` as the child `name`, healthy when its gRPC health check says so."""
+        return Child(name, addr, [sys.executable, "-m", "doppel", "serve", service, "--listen", addr],
+                     logs / f"{name}.log", partial(_serving, addr), env=env, grace_s=self.settings.grace_s + 5)
+
     def _replicas(self, logs: Path, common: dict[str, str]) -> list[Child]:
         """DOPPEL_INFERENCE_REPLICAS inference processes on free loopback ports, and nginx in front of them at
         DOPPEL_INFERENCE_ADDR (`doppel.balancer`). Replica i gets the i-th of CUDA_VISIBLE_DEVICES when it
@@ -237,10 +239,7 @@ class Stack:
         children = []
         for i, addr in enumerate(balancer.free_addrs(n), 1):
             env = {**common, **({"CUDA_VISIBLE_DEVICES": gpus[i - 1]} if len(gpus) >= n else {})}
-            children.append(Child(
-                f"inference-{i}", addr, [sys.executable, "-m", "doppel", "serve", "inference", "--listen", addr],
-                logs / f"inference-{i}.log", partial(_serving, addr), env=env, grace_s=settings.grace_s + 5,
-            ))
+            children.append(self._service(f"inference-{i}", "inference", addr, logs, env))
         conf = balancer.write_config(settings.inference_addr, [c.where for c in children], settings.home / "balancer",
                                      max_message_mb=settings.max_message_mb)
         children.append(Child(

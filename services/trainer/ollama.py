@@ -69,7 +69,7 @@ def modelfile(transcript: Transcript, participants: Sequence[str], speakers: Seq
               name: str, temperature: float, top_p: float) -> str:
     """The Modelfile for the persona in `gguf_file` (beside it)."""
     tmpl = template(transcript, participants, speakers)
-    if '"""' in tmpl or not writable(tmpl):
+    if not writable(tmpl):
         raise InvalidArgument("the persona's Ollama template cannot be written in a Modelfile")  # not expected: ASCII
     system = system_prompt(participants)
     stops = transcript.stops(participants)

@@ -21,9 +21,7 @@ class Replicas:
     def __init__(self, store_url: str, folder: Path, n: int = 2):
         self.folder, self.store_url = folder, store_url
         self.addrs = balancer.free_addrs(n)
-        self.procs: list[subprocess.Popen | None] = [None] * n
-        for i in range(n):
-            self.start(i)
+        self.procs = [self._start(i) for i in range(n)]
         self.addr = balancer.free_addrs(1)[0]
         conf = balancer.write_config(self.addr, self.addrs, folder / "balancer")
         self.access_log = folder / "balancer" / "access.log"
@@ -32,13 +30,12 @@ class Replicas:
         for addr in [*self.addrs, self.addr]:
             wait_serving(addr, folder)
 
-    def start(self, i: int) -> None:
+    def _start(self, i: int) -> subprocess.Popen:
         env = {**os.environ, "DOPPEL_STORE_URL": self.store_url, "DOPPEL_HOME": str(self.folder / f"home-{i}"),
                "DOPPEL_INFERENCE_THREADS": "1"}
         with (self.folder / f"inference-{i}.log").open("ab") as log:
-            self.procs[i] = subprocess.Popen([sys.executable, "-m", "doppel", "serve", "inference", "--listen",
-                                              self.addrs[i]], env=env, stdout=log, stderr=subprocess.STDOUT,
-                                             preexec_fn=die_with_parent)
+            return subprocess.Popen([sys.executable, "-m", "doppel", "serve", "inference", "--listen", self.addrs[i]],
+                                    env=env, stdout=log, stderr=subprocess.STDOUT, preexec_fn=die_with_parent)
 
     def client(self, i: int | None = None) -> InferenceClient:
         """A client of the balancer, or of replica `i` directly."""
@@ -58,8 +55,7 @@ class Replicas:
     def close(self) -> None:
         stop(self.nginx)
         for proc in self.procs:
-            if proc is not None:
-                stop(proc, grace_s=5)
+            stop(proc, grace_s=5)
 
 
 def wait_serving(addr: str, logs: Path, timeout: float = 120) -> None:
