@@ -72,6 +72,7 @@ class Recipe(BaseModel):
     max_pass_tokens: int | None = None  # most tokens in one forward pass (a batch above is split); None: a batch at once
     precision: Precision = "auto"
     session_gap_s: float = 6 * 3600.0
+    devices: int = 1  # processes the run trained on, a device each (the trainer sets it)
 
 
 class SampleText(BaseModel):

@@ -61,6 +61,8 @@ def train(
     lora_rank: Annotated[int | None, typer.Option("--lora-rank", help="LoRA rank.")] = None,
     lora_alpha: Annotated[float | None, typer.Option("--lora-alpha", help="LoRA alpha.")] = None,
     lora_dropout: Annotated[float | None, typer.Option("--lora-dropout", help="LoRA dropout.")] = None,
+    devices: Annotated[int | None, typer.Option("--devices", min=1, help="Devices to train on, a process each (torchrun); "
+                                                "default: every GPU the trainer was given.")] = None,
     detach: Annotated[bool, typer.Option("--detach", help="Print the run id and return; do not follow it.")] = False,
 ) -> None:
     """Start a training run and follow it until it ends."""
@@ -89,7 +91,7 @@ def train(
     lora_given: dict[str, Any] = {"rank": lora_rank, "alpha": lora_alpha, "dropout": lora_dropout}
     lora = tr.LoraConfig(**{k: v for k, v in lora_given.items() if v is not None})
     spec = tr.TrainingSpec(dataset_id=dataset, speakers=persona, base_model=base_model, method=methods[method],
-                           lora=lora, hyperparameters=hyper, model_name=name, preset=preset)
+                           lora=lora, hyperparameters=hyper, model_name=name, preset=preset, devices=devices)
     run = _call("start_run", tr.StartRunRequest(spec=spec)).run
     typer.echo(f"run {run.run_id}\n  dashboard  {run.dashboard_url}")
     if detach:

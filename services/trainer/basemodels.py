@@ -255,8 +255,9 @@ def _convert_smollm2(store: Store, cache_dir: Path) -> None:
             store.put_file(SMOLLM2_PREFIX + path.relative_to(tmp).as_posix(), path)
 
 
-def _from_pretrained(where: str | Path, dtype: torch.dtype,
-                     quantize_on: torch.device | None = None) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+def from_folder(where: str | Path, dtype: torch.dtype,
+                quantize_on: torch.device | None = None) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """A model and tokenizer saved in `where`, in `dtype` (quantized on `quantize_on` when given)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(where, local_files_only=True)
@@ -341,7 +342,7 @@ def load_base_model(
             written = Path(scratch) / "tiny"
             model.save_pretrained(written)
             tokenizer.save_pretrained(written)
-            model, tokenizer = _from_pretrained(written, dtype, quantize_on)
+            model, tokenizer = from_folder(written, dtype, quantize_on)
         source = "registry:tiny"
     else:
         if kind == "registry":  # smollm2-135m
@@ -354,7 +355,7 @@ def load_base_model(
             else:
                 prefix = where
             where = str(mirror(store, prefix, cache_dir / "store" / prefix))
-        model, tokenizer = _from_pretrained(where, dtype, quantize_on)
+        model, tokenizer = from_folder(where, dtype, quantize_on)
         source = f"store:{prefix}" if prefix else f"{kind}:{where}"
     _ensure_pad(model, tokenizer)
     return LoadedBase(model=model, tokenizer=tokenizer, name=name, source=source, store_prefix=prefix, written=written)

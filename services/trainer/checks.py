@@ -49,4 +49,6 @@ def check_request(store: Store, data: dict[str, Any] | TrainRequest, *, min_mess
     basemodels.check_base_model(recipe.base_model, store)
     if recipe.method == "qlora":
         quantization.check()
+        if (request.devices or 1) > 1:
+            raise InvalidArgument("QLoRA trains on one device; use LoRA to train on several")
     return Checked(request, recipe, manifest)

@@ -77,6 +77,8 @@ def request_from_spec(spec: trainer_pb2.TrainingSpec) -> dict[str, Any]:
         out["base_model"] = spec.base_model
     if spec.preset:
         out["preset"] = spec.preset
+    if spec.HasField("devices"):
+        out["devices"] = spec.devices
     return out
 
 
@@ -98,7 +100,7 @@ def spec_from_request(r: TrainRequest) -> trainer_pb2.TrainingSpec:
     )
     return trainer_pb2.TrainingSpec(
         dataset_id=r.dataset_id, speakers=r.speakers, base_model=r.base_model, method=METHOD_ENUMS[r.method],
-        lora=lora, hyperparameters=hyper, model_name=r.model_name, preset=r.preset,
+        lora=lora, hyperparameters=hyper, model_name=r.model_name, preset=r.preset, devices=r.devices,
     )
 
 
@@ -106,7 +108,7 @@ def run_to_proto(record: RunRecord, dashboard_url: str) -> trainer_pb2.Run:
     run = trainer_pb2.Run(
         run_id=record.id, flow_run_id=record.id, dashboard_url=dashboard_url, spec=spec_from_request(record.request),
         state=STATES[record.state], message=record.message, step=record.step, total_steps=record.total,
-        model_id=record.model_id, worker=record.worker,
+        model_id=record.model_id, worker=record.worker, devices=record.recipe.devices if record.recipe else 0,
     )
     for name in ("created_at", "started_at", "finished_at"):
         ts = _ts(getattr(record, name))

@@ -11,6 +11,10 @@ tests drive the same code.
 The batch order is a pure function of (seed, epoch), so a resumed run sees the batches the
 dead one would have seen from its step on. The loss of a step is the mean over every trained
 token of its micro-batches, however they are padded or accumulated.
+
+In a distributed run (`torch.distributed` initialised, one process a device: `ranks.py`), each
+rank takes every world-th sample of each micro-batch and `DistributedDataParallel` sums the
+gradients, so N processes take the steps one would, with the same global batch.
 """
 
 from __future__ import annotations
@@ -23,10 +27,13 @@ import random
 import re
 import time
 from collections.abc import Callable, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+from torch import distributed as dist
+from torch import nn
 from transformers import get_scheduler
 
 from doppel.errors import DoppelError
@@ -78,6 +85,27 @@ class Result:
     stopped: bool = False
 
 
+def world() -> int:
+    """Processes training together: 1 unless `torch.distributed` is initialised."""
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def rank() -> int:
+    return dist.get_rank() if world() > 1 else 0
+
+
+class _Loss(nn.Module):
+    """`token_loss` as a module's forward, so that DistributedDataParallel sees the passes that
+    make gradients (it hooks `forward`; the fused loss calls the backbone and head itself)."""
+
+    def __init__(self, model: Any):
+        super().__init__()
+        self.model = model
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        return token_loss(self.model, batch)[0]
+
+
 def device_for() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
@@ -104,7 +132,8 @@ def weights_dtype(recipe: Recipe, device: torch.device) -> torch.dtype:
 def prepare_model(model: Any, recipe: Recipe) -> Any:
     """The model to train: wrapped in a LoRA adapter (on a 4-bit base for QLoRA), or every weight trainable."""
     if recipe.gradient_checkpointing:
-        model.gradient_checkpointing_enable()
+        # reentrant checkpointing recomputes outside autograd, which DistributedDataParallel's hooks miss
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": world() == 1})
         model.config.use_cache = False
     if recipe.method == "full":
         model.requires_grad_(True)
@@ -265,7 +294,7 @@ def _heap_trimmer() -> Callable[[], object] | None:
         return None
 
 
-def _trainable_state(model: Any) -> dict[str, torch.Tensor]:
+def trainable_state(model: Any) -> dict[str, torch.Tensor]:
     return {k: p.detach().cpu() for k, p in model.named_parameters() if p.requires_grad}
 
 
@@ -338,7 +367,7 @@ def _train(model: Any, samples: Sequence[Sample], recipe: Recipe, pad_id: int, c
         torch.save(
             {
                 "step": result.step,
-                "weights": _trainable_state(model),
+                "weights": trainable_state(model),
                 "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(),
                 "rng": torch.get_rng_state(),
@@ -350,6 +379,11 @@ def _train(model: Any, samples: Sequence[Sample], recipe: Recipe, pad_id: int, c
 
     lengths = needed_lengths(samples)
     pack = packable(model)
+    ranks, me = world(), rank()
+    loss_of: nn.Module = _Loss(model)
+    ddp = None  # made after the checkpoint is loaded (every rank loads the same one)
+    if ranks > 1:
+        loss_of = ddp = nn.parallel.DistributedDataParallel(loss_of, device_ids=[device.index] if device.type == "cuda" else None)
     # where memory is short (passes), freed activations go back to the system after each pass; with
     # a batch at once that costs a sixth of the speed (every step faults its memory in again)
     release = _heap_trimmer() if device.type == "cpu" and recipe.max_pass_tokens else None
@@ -376,18 +410,26 @@ def _train(model: Any, samples: Sequence[Sample], recipe: Recipe, pad_id: int, c
         step_batches = [batch_at(k) for k in range(micro, micro + accum)]
         micro += accum
         n_tokens = sum(_scored_tokens(samples[i]) for b in step_batches for i in b)
-        step_loss = 0.0
-        for batch_ids in step_batches:
-            for part in passes([samples[i] for i in batch_ids], recipe.max_pass_tokens):
-                batch = collate(part, pad_id, device, pack=pack)
+        window_tokens += sum(len(samples[i].input_ids) for b in step_batches for i in b)
+        # this rank's share: every ranks-th sample of each micro-batch (all of it when alone)
+        work = [part for b in step_batches if b[me::ranks] for part in passes([samples[i] for i in b[me::ranks]], recipe.max_pass_tokens)]
+        scale = ranks  # DistributedDataParallel averages the ranks' gradients: undo it
+        if not work:  # fewer samples than ranks: a pass that adds nothing, as every rank must join the sum
+            work, scale = [[samples[step_batches[0][0]]]], 0
+        summed = torch.zeros((), device=device)
+        for k, part in enumerate(work):
+            batch = collate(part, pad_id, device, pack=pack)
+            # gradients are summed across ranks in the last pass
+            with nullcontext() if ddp is None or k == len(work) - 1 else ddp.no_sync():
                 with torch.autocast(device.type, dtype=cast or torch.float32, enabled=cast is not None):
-                    loss, _ = token_loss(model, batch)
-                loss = loss / max(1, n_tokens)
+                    loss = loss_of(batch) * scale / max(1, n_tokens)
                 scaler.scale(loss).backward()
-                step_loss += float(loss.detach())
-                if release:
-                    release()
-            window_tokens += sum(len(samples[i].input_ids) for i in batch_ids)
+            summed += loss.detach().float() / ranks
+            if release:
+                release()
+        if ranks > 1:
+            dist.all_reduce(summed)
+        step_loss = float(summed)
         scaler.unscale_(optimizer)
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         scaler.step(optimizer)
@@ -405,7 +447,7 @@ def _train(model: Any, samples: Sequence[Sample], recipe: Recipe, pad_id: int, c
             model.eval()
             cb.on_sample(model, result.step)
             model.train()
-        if result.step % recipe.save_every == 0 or result.step == total:
+        if (result.step % recipe.save_every == 0 or result.step == total) and me == 0:
             save()
     model.eval()
     return result

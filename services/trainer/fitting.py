@@ -46,14 +46,15 @@ def device(where: torch.device) -> Device:
 
 
 def fit(config: dict[str, Any], recipe: Recipe, found: Device, *, dtype_bytes: int, device_type: str = "cuda",
-        asked: Collection[str] = ()) -> tuple[Recipe, list[str]]:
+        asked: Collection[str] = (), ranks: int = 1) -> tuple[Recipe, list[str]]:
     """`recipe` with what it left open chosen to fit `found`, and what was chosen, said.
 
     Gradient checkpointing, when unset, goes on only if a step would not fit without it. If one
     would still not fit and the request named neither `batch_size` nor
     `gradient_accumulation_steps` (`asked`: the fields it set; a preset's values are not asked
     for), the batch is halved and the accumulation doubled until it fits: the same samples a step,
-    less memory at once.
+    less memory at once. With `ranks` processes each takes a share of every batch, so a rank's
+    share is what must fit: on a GPU each has a device like `found`, on a CPU they share its memory.
     """
     try:
         shape = Shape.of(config)
@@ -64,12 +65,12 @@ def fit(config: dict[str, Any], recipe: Recipe, found: Device, *, dtype_bytes: i
     passes = recipe.max_pass_tokens
 
     def need(batch: int, checkpoint: bool, pass_tokens: int | None = None) -> int:
-        return int(training_memory(shape, recipe.method, batch_size=batch, block_size=recipe.block_size,
+        return int(training_memory(shape, recipe.method, batch_size=-(-batch // ranks), block_size=recipe.block_size,
                                    dtype_bytes=dtype_bytes, checkpointing=checkpoint, attention_scores=scores,
                                    adapter_dropout=recipe.lora_dropout > 0, loss_chunk=CHUNK,
                                    pass_tokens=pass_tokens or passes) * (CPU_HEAP if device_type == "cpu" else 1))
 
-    room, gib, said = int(found.free_bytes * HEADROOM), 2**30, []
+    room, gib, said = int(found.free_bytes * HEADROOM) // (ranks if device_type == "cpu" else 1), 2**30, []
     where = f"{found.name} has {found.free_bytes / gib:.1f} GiB free"
     checkpoint, batch, accum = recipe.gradient_checkpointing, recipe.batch_size, recipe.gradient_accumulation_steps
     if device_type == "cpu" and passes is None and need(batch, bool(checkpoint)) > room:
@@ -82,7 +83,7 @@ def fit(config: dict[str, Any], recipe: Recipe, found: Device, *, dtype_bytes: i
             said.append(f"a training step needs about {need(batch, False) / gib:.1f} GiB and {where}: gradient "
                         f"checkpointing on (about {need(batch, True) / gib:.1f} GiB)")
     if need(batch, checkpoint) > room and not {"batch_size", "gradient_accumulation_steps"} & set(asked):
-        while batch > 1 and batch % 2 == 0 and need(batch, checkpoint) > room:
+        while batch > ranks and batch % 2 == 0 and need(batch, checkpoint) > room:
             batch, accum = batch // 2, accum * 2
         if batch != recipe.batch_size:
             said.append(f"batch size {recipe.batch_size} -> {batch} with {accum} forward passes a step (the same "

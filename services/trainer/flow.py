@@ -33,13 +33,14 @@ from doppel import dataset
 from doppel import fidelity as shown
 from doppel.config import Settings
 from doppel.conversation import Conversation
+from doppel.errors import InvalidArgument
 from doppel.layout import new_id
 from doppel.model import Evaluation, FidelityFigures, ModelManifest, SampleText
 from doppel.store import open_store
 from doppel.store.base import Store
 from doppel.transcript import Transcript
 
-from . import basemodels, fidelity, finetune, fitting, models, previews, quantization, runs
+from . import basemodels, fidelity, finetune, fitting, models, previews, quantization, ranks, runs
 from .checks import check_request
 from .hub import PullProgress
 from .recipe import Recipe, TrainRequest
@@ -105,6 +106,28 @@ def train_model(model: Any, train: list[Sample], recipe: Recipe, pad_id: int, ca
 
 
 @task(cache_policy=NO_CACHE)
+def train_on_devices(model: Any, folder: Path, job: ranks.Job, devices: int, callbacks: finetune.Callbacks,
+                     on_samples: ranks.OnSamples, threads: int | None) -> finetune.Result:
+    """Train on `devices` processes (ranks.py), then load what they trained into `model`."""
+    where = next(model.parameters()).device
+    model.to("cpu")  # the ranks need the device's memory
+    result, weights = ranks.train(folder, job, devices, callbacks, on_samples, threads=threads)
+    model.load_state_dict(weights, strict=False)
+    model.to(where)
+    return result
+
+
+def devices_for(request: TrainRequest, device: torch.device) -> int:
+    """How many devices a run trains on: as asked, else every GPU this trainer was given (QLoRA: one; on a
+    CPU one, or as asked: processes sharing its cores)."""
+    given = torch.cuda.device_count() if device.type == "cuda" else 1
+    devices = request.devices or (1 if request.method == "qlora" else given)
+    if device.type == "cuda" and devices > given:
+        raise InvalidArgument(f"devices={devices}, but this trainer was given {given} GPU{'s' * (given != 1)} (CUDA_VISIBLE_DEVICES)")
+    return devices
+
+
+@task(cache_policy=NO_CACHE)
 def evaluate(model: Any, held_out: list[Sample], pad_id: int, base_loss: float) -> Evaluation:
     loss, tokens = finetune.held_out_loss(model, held_out, pad_id=pad_id)
     return Evaluation.of(loss, base_loss, tokens)
@@ -139,6 +162,9 @@ class _Progress:
 
     def callbacks(self) -> finetune.Callbacks:
         return finetune.Callbacks(on_step=self.on_step, on_checkpoint=self.on_checkpoint, on_sample=self.sample_at)
+
+    def on_samples(self, step: int, texts: list[SampleText], loss: float) -> None:
+        self.log.emit(Event(step=step, total=self.log.record.total, samples=texts, held_out_loss=None if math.isnan(loss) else loss))
 
     def on_step(self, p: finetune.Progress) -> None:
         self.log.emit(Event(step=p.step, total=p.total, loss=p.loss, learning_rate=p.learning_rate,
@@ -218,6 +244,7 @@ def _train(settings: Settings, store: Store, log: RunLog) -> str:
     participants = list(checked.dataset.stats.participants)
     del conversations
     device = finetune.device_for()
+    devices = devices_for(checked.request, device)
     with tempfile.TemporaryDirectory(prefix="doppel-run-") as tmp:
         log.say(f"loading base model {recipe.base_model}" + (" in 4 bits" if recipe.method == "qlora" else ""))
         base = load_base(store, recipe, split, settings.home / "cache", log.say, device, Path(tmp))
@@ -229,12 +256,12 @@ def _train(settings: Settings, store: Store, log: RunLog) -> str:
             asked = {k for k, v in checked.request.hyperparameters.model_dump().items() if v is not None}
             recipe, said = fitting.fit(base.model.config.to_dict(), recipe, fitting.device(device), asked=asked,
                                        dtype_bytes=4 if finetune.autocast_dtype(recipe.precision, device) is None else 2,
-                                       device_type=device.type)
+                                       device_type=device.type, ranks=devices)
             for line in said:
                 log.say(line)
         else:  # fitted as before, so that a checkpoint resumes with the batches it was made with
             recipe = recipe.model_copy(update={k: getattr(previous, k) for k in fitting.FITTED})
-        record.recipe = recipe
+        recipe = record.recipe = recipe.model_copy(update={"devices": devices})
         if not quantization.is_quantized(base.model):  # a 4-bit base is loaded on its device
             base.model.to(device)  # type: ignore[arg-type]  # stub: @wraps(Module.to) loses the bound self
         base_loss, _ = finetune.held_out_loss(base.model, held_out, pad_id=pad_id)
@@ -243,13 +270,16 @@ def _train(settings: Settings, store: Store, log: RunLog) -> str:
             base_folder = Path(tmp) / "base"  # nowhere else holds these weights: publish them with the adapter
             base.model.save_pretrained(base_folder)
             base.tokenizer.save_pretrained(base_folder)
+        job_folder = Path(tmp) / "job"
+        if devices > 1:
+            ranks.save_base(job_folder, base.model, base.tokenizer)
         model = finetune.prepare_model(base.model, recipe)
         found = previews.openings(split.held_out or split.train, recipe.speakers, recipe.sample_prompts)
 
         def sample_at(m: Any, step: int) -> None:
             texts = previews.generate(m, base.tokenizer, transcript, found, step=step, seed=recipe.seed)
             loss, _ = finetune.held_out_loss(m, held_out[:EVAL_DURING], pad_id=pad_id)
-            log.emit(Event(step=step, total=record.total, samples=texts, held_out_loss=None if math.isnan(loss) else loss))
+            progress.on_samples(step, texts, loss)
 
         checkpoint = runs.latest_checkpoint(store, record.id)
         blob = None
@@ -257,10 +287,16 @@ def _train(settings: Settings, store: Store, log: RunLog) -> str:
             record.resumed_from, blob = checkpoint[0], store.get(checkpoint[1])
             logger.info("resuming from the checkpoint at step %d", checkpoint[0])
         record.total = finetune.total_steps(len(train), recipe)
-        log.say(f"training: {len(train)} samples, {record.total} steps" + (f", resuming at step {record.resumed_from}" if blob else ""))
+        log.say(f"training: {len(train)} samples, {record.total} steps" + (f" on {devices} devices" if devices > 1 else "")
+                + (f", resuming at step {record.resumed_from}" if blob else ""))
         artifact = create_progress_artifact(progress=0.0, description=f"training {recipe.model_name}")
         progress = _Progress(store, log, artifact, sample_at)
-        result = train_model(model, train, recipe, pad_id, progress.callbacks(), blob)
+        if devices > 1:
+            job = ranks.Job(samples=train, held_out=held_out[:EVAL_DURING], openings=found, recipe=recipe, pad_id=pad_id, checkpoint=blob)
+            threads = max(1, settings.train_threads // devices) if settings.train_threads else None
+            result = train_on_devices(model, job_folder, job, devices, progress.callbacks(), progress.on_samples, threads)
+        else:
+            result = train_model(model, train, recipe, pad_id, progress.callbacks(), blob)
         log.say("evaluating")
         evaluation = evaluate(model, held_out, pad_id, base_loss)
         log.say("sampling")

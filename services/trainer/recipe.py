@@ -67,6 +67,8 @@ class TrainRequest(BaseModel):
     method: Method = Field("lora", description="LoRA adapter, QLoRA (LoRA on a 4-bit base) or full fine-tuning.")
     preset: str = Field("default", description="Named recipe whose values fill what is unset.")
     model_name: str = Field("", description="Name of the published model; empty: from the speakers.")
+    devices: int | None = Field(None, ge=1, le=1024, description="Devices to train on, a process each (torchrun); "
+                                "unset: every GPU the trainer was given, or 1 on a CPU.")
     lora: LoraSettings = Field(default_factory=LoraSettings)
     hyperparameters: Hyperparameters = Field(default_factory=Hyperparameters)
 

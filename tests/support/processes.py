@@ -18,6 +18,34 @@ def die_with_parent() -> None:
         ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
 
+def rank_pid(root: int, rank: int) -> int:
+    """The process of training rank `rank` (services.trainer.ranks, started by torchrun, which sets RANK) below `root`."""
+    parents: dict[int, int] = {}
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit():
+                parents[int(entry.name)] = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+
+    def below(pid: int) -> bool:
+        while pid > 1:
+            pid = parents.get(pid, 0)
+            if pid == root:
+                return True
+        return False
+
+    for pid in filter(below, parents):
+        try:
+            proc = Path("/proc", str(pid))
+            if b"services.trainer.ranks" in (proc / "cmdline").read_bytes() \
+                    and f"RANK={rank}".encode() in (proc / "environ").read_bytes().split(b"\0"):
+                return pid
+        except OSError:
+            continue
+    raise AssertionError(f"no training rank {rank} below process {root}")
+
+
 def port_free(port: int) -> bool:
     """Whether `port` can be bound on 127.0.0.1 now."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:

@@ -61,6 +61,25 @@ def test_a_preset_batch_that_does_not_fit_is_split_into_accumulated_passes():
     assert "even with gradient checkpointing" in said[-1] and "QLoRA or LoRA" in said[-1]
 
 
+def test_each_rank_fits_its_share_of_the_batch():
+    """On two GPUs a rank trains half of each batch, so the batch that needed halving on one fits as it is."""
+    recipe = _recipe(batch_size=8, block_size=512, gradient_checkpointing=True)
+    shape = BY_NAME["qwen2.5-0.5b-instruct"].shape
+    need = {b: training_memory(shape, "full", batch_size=b, block_size=512, dtype_bytes=2, checkpointing=True,
+                                loss_chunk=CHUNK) for b in (8, 4, 1)}
+    gpu = fitting.Device("GPU", free_bytes=int((need[4] + need[8]) / 2 / fitting.HEADROOM), total_bytes=need[8] * 2)
+    assert fitting.fit(QWEN, recipe, gpu, dtype_bytes=2)[0].batch_size == 4
+    assert fitting.fit(QWEN, recipe, gpu, dtype_bytes=2, ranks=2) == (recipe, [])
+    none = fitting.Device("no room", free_bytes=1, total_bytes=1)  # halving stops at one sample a rank
+    assert fitting.fit(QWEN, recipe, none, dtype_bytes=2, ranks=2)[0].batch_size == 2
+    # on a CPU the ranks share its memory: two ranks of 4 samples are fitted as one of 4 in half the memory
+    cpu = fitting.Device("CPU", free_bytes=need[4] * 2, total_bytes=need[8] * 4)
+    half = fitting.Device("CPU", free_bytes=need[4], total_bytes=need[8] * 4)
+    fitted, said = fitting.fit(QWEN, recipe, cpu, dtype_bytes=2, device_type="cpu", ranks=2)
+    alone, _ = fitting.fit(QWEN, recipe.model_copy(update={"batch_size": 4}), half, dtype_bytes=2, device_type="cpu")
+    assert said and fitted.max_pass_tokens == alone.max_pass_tokens is not None
+
+
 def test_the_cpu_reports_its_available_memory():
     found = fitting.device(torch.device("cpu"))
     assert found.name == "CPU" and 0 < found.free_bytes <= found.total_bytes

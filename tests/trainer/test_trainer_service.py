@@ -25,6 +25,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from doppel.clients import InferenceClient, TrainerClient
 from doppel.config import Settings
+from doppel.model import MODELS
 from doppel.rpc.server import Service
 from doppel.store import open_store
 from doppel.transcript import Transcript
@@ -37,6 +38,7 @@ from services.trainer.samples import split_sessions, tokenise
 from services.trainer.server import TrainerServicer
 from support.chats import chat, ingest_chat
 from support.grpcserver import BackgroundServer
+from support.processes import rank_pid
 
 QUICK = dict(max_steps=30, batch_size=8, block_size=128, learning_rate=1e-2, save_every=10, sample_every=15, seed=1)
 
@@ -225,6 +227,28 @@ def test_killed_run_resumes_from_its_checkpoint(trainer, prefect_api_url):
     # within 2%: two runs never killed already differ by ~0.2% at step 400 here (3.4588 and 3.4518:
     # float results vary between processes from step 3 on), and a resumed one by ~0.5%
     assert ends[0][1] == pytest.approx(ends[1][1], rel=0.02), ends
+
+
+def test_a_run_on_two_devices_that_loses_a_rank_is_retried_and_resumes(trainer):
+    """Two `gloo` processes under torchrun: killing one fails the attempt with the reason, and the flow's retry
+    resumes from the checkpoint rank 0 wrote, reported and sampled as a one-device run is."""
+    client, store, _, dataset = trainer
+    two = spec(dataset, max_steps=300, save_every=20, sample_every=150)
+    two.devices = 2
+    run = client.start_run(tr.StartRunRequest(spec=two)).run
+    _wait(lambda: runs.latest_checkpoint(store, run.run_id), timeout=120)
+    step, _ = runs.latest_checkpoint(store, run.run_id)
+    os.kill(rank_pid(runs.load_record(store, run.run_id).pid, 1), signal.SIGKILL)
+    events = watch_to_end(client, run.run_id, timeout=300)
+    assert events[-1].state == tr.RUN_STATE_COMPLETED, events[-1].message
+    failed = [e.message for e in events if "attempt 1 failed" in e.message]
+    assert failed and "training on 2 devices failed: rank 1" in failed[0] and "SIGKILL" in failed[0], failed
+    record = runs.load_record(store, run.run_id)
+    assert 0 < step <= record.resumed_from < 300
+    assert any(f"300 steps on 2 devices, resuming at step {record.resumed_from}" in e.message for e in events)
+    assert {e.step for e in events if e.samples} >= {150, 300}  # rank 0's samples, relayed
+    assert client.get_run(tr.GetRunRequest(run_id=run.run_id)).run.devices == 2
+    assert MODELS.get(store, record.model_id).recipe.devices == 2
 
 
 def _create_in_prefect(api_url: str, request: dict) -> str:

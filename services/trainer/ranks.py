@@ -1,0 +1,191 @@
+"""One training run on several devices: the job the flow hands its processes, their launch, what comes back.
+
+The flow (flow.py) loads, tokenises and fits as for one device, then writes a job folder (the base
+model as loaded, and a `Job`: samples, recipe, the checkpoint to resume from) and launches PyTorch's
+own launcher, `python -m torch.distributed.run --nproc-per-node N -m services.trainer.ranks JOB`:
+torchrun starts a process a device, makes them meet, and when one dies stops the others and exits
+with the failure. Every rank loads the base and trains its share of each batch (finetune.py, which
+wraps the model in DistributedDataParallel); rank 0 alone writes: progress and sample lines to
+`events.jsonl`, checkpoints and at the end the trained weights to files. The flow reads them as
+they come and hands them to the callbacks a one-device run calls, so a run on N devices is watched,
+checkpointed, retried and resumed the same way.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.distributed.elastic.multiprocessing.errors import record
+
+from doppel.errors import DoppelError
+from doppel.model import SampleText
+from doppel.transcript import Transcript
+
+from . import finetune, previews
+from .basemodels import from_folder
+from .recipe import Recipe
+from .samples import Sample
+
+EVENTS, TRAINED, LAUNCH_LOG = "events.jsonl", "trained.pt", "launch.log"
+
+
+@dataclass
+class Job:
+    """What every rank needs besides the base model (`base/` beside it)."""
+
+    samples: list[Sample]
+    held_out: list[Sample]  # scored at sampling points (the flow's EVAL_DURING)
+    openings: list[previews.Opening]  # sampled from at sampling points
+    recipe: Recipe
+    pad_id: int
+    checkpoint: bytes | None
+
+
+def save_base(folder: Path, model: Any, tokenizer: Any) -> None:
+    """The base as the flow loaded it, before any adapter: every rank starts from it."""
+    model.save_pretrained(folder / "base")
+    tokenizer.save_pretrained(folder / "base")
+
+
+OnSamples = Callable[[int, list[SampleText], float], None]  # (step, texts, held-out loss) at a sampling point
+
+
+def train(folder: Path, job: Job, devices: int, callbacks: finetune.Callbacks, on_samples: OnSamples, *,
+          threads: int | None = None) -> tuple[finetune.Result, dict[str, torch.Tensor]]:
+    """Train on `devices` processes; (the result, the trained weights). Progress, checkpoints and samples
+    reach `callbacks` and `on_samples` as rank 0 makes them; a rank that fails fails this, with torchrun's reason."""
+    torch.save(job, folder / "job.pt")
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads or max(1, (os.cpu_count() or 1) // devices))}
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={devices}",
+               "--max-restarts=0", "-m", __name__, str(folder)]
+    with (folder / LAUNCH_LOG).open("wb") as log:
+        proc = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent)
+    relay = _Relay(folder, callbacks, on_samples)
+    try:
+        while proc.poll() is None:
+            relay.read()
+            time.sleep(0.2)
+        relay.read()
+    finally:
+        if proc.poll() is None:  # this process is being stopped (a cancel): take the ranks with it
+            proc.terminate()
+            proc.wait()
+    if proc.returncode != 0:
+        raise DoppelError(f"training on {devices} devices failed: {_reason(folder / LAUNCH_LOG)}")
+    out = torch.load(folder / TRAINED, map_location="cpu", weights_only=False)
+    return finetune.Result(step=out["step"], total=out["total"], losses=out["losses"], stopped=out["stopped"]), out["weights"]
+
+
+def _die_with_parent() -> None:
+    """In torchrun's process: SIGTERM (which it passes on to the ranks) if the flow's process dies."""
+    import ctypes
+    import signal
+
+    ctypes.CDLL(None).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+def _reason(log: Path) -> str:
+    """torchrun's account of the first failure: the rank, its exit code or signal, and its error's last line."""
+    text = log.read_text(errors="replace")
+    if "Root Cause" not in text:
+        lines = [line.strip() for line in text.splitlines() if line.strip()]
+        return lines[-1] if lines else "no output"
+    section = text.split("Root Cause", 1)[1].split("\n=====", 1)[0].splitlines()
+    fields = {k.strip(): v.strip() for k, _, v in (line.partition(":") for line in section) if v}
+    error = fields.get("traceback", "")
+    if error.startswith("Traceback"):  # a rank's exception (`record`): its last line says what
+        error = next((line.strip() for line in reversed(section) if re.match(r"\s*[\w.]+(Error|Exception)\b", line)), error)
+    return f"rank {fields.get('rank', '?')} exited with {fields.get('exitcode', '?')}: {error}"
+
+
+class _Relay:
+    """Rank 0's lines, read as they are written, handed to the flow's callbacks."""
+
+    def __init__(self, folder: Path, callbacks: finetune.Callbacks, on_samples: OnSamples):
+        self.folder, self.callbacks, self.on_samples, self.at = folder, callbacks, on_samples, 0
+
+    def read(self) -> None:
+        path = self.folder / EVENTS
+        if not path.exists():
+            return
+        with path.open("rb") as f:
+            f.seek(self.at)
+            data = f.read()
+        done = data.rfind(b"\n") + 1  # a line still being written waits for the next read
+        self.at += done
+        for line in data[:done].splitlines():
+            self.handle(json.loads(line))
+
+    def handle(self, event: dict[str, Any]) -> None:
+        if "progress" in event:
+            self.callbacks.on_step(finetune.Progress(**event["progress"]))
+        elif "checkpoint" in event:
+            path = self.folder / event["path"]
+            self.callbacks.on_checkpoint(event["checkpoint"], path.read_bytes())
+            path.unlink()
+        elif "samples" in event:
+            self.on_samples(event["samples"], [SampleText(**t) for t in event["texts"]], event["loss"])
+
+
+def _rank_zero_callbacks(folder: Path, job: Job, tokenizer: Any) -> finetune.Callbacks:
+    """Callbacks that write what rank 0 makes for the flow to relay."""
+    out = (folder / EVENTS).open("a", encoding="utf-8")
+    transcript = Transcript(tokenizer, job.recipe.speakers)
+
+    def write(event: dict[str, Any]) -> None:
+        out.write(json.dumps(event) + "\n")
+        out.flush()
+
+    def checkpoint(step: int, blob: bytes) -> None:
+        name = f"checkpoint-{step}.pt"
+        (folder / f"{name}.part").write_bytes(blob)
+        (folder / f"{name}.part").rename(folder / name)
+        write({"checkpoint": step, "path": name})
+
+    def sample(model: Any, step: int) -> None:
+        texts = previews.generate(model, tokenizer, transcript, job.openings, step=step, seed=job.recipe.seed)
+        loss, _ = finetune.held_out_loss(model, job.held_out, pad_id=job.pad_id)
+        write({"samples": step, "texts": [t.model_dump() for t in texts], "loss": loss})
+
+    return finetune.Callbacks(on_step=lambda p: write({"progress": asdict(p)}), on_checkpoint=checkpoint, on_sample=sample)
+
+
+@record  # a rank's exception reaches torchrun's summary, and so the run's message
+def main(folder: Path) -> None:
+    """One rank (run by torchrun, which sets RANK, LOCAL_RANK and WORLD_SIZE)."""
+    from torch import distributed as dist
+
+
+    cuda = torch.cuda.is_available()
+    device = torch.device("cuda", int(os.environ["LOCAL_RANK"])) if cuda else torch.device("cpu")
+    if cuda:
+        torch.cuda.set_device(device)
+    dist.init_process_group("nccl" if cuda else "gloo")
+    try:
+        job: Job = torch.load(folder / "job.pt", weights_only=False)
+        model, tokenizer = from_folder(folder / "base", finetune.weights_dtype(job.recipe, device))
+        model.to(device)  # type: ignore[arg-type]  # stub: @wraps(Module.to) loses the bound self
+        torch.manual_seed(job.recipe.seed)  # the adapter a one-device run makes (DistributedDataParallel copies rank 0's to all)
+        model = finetune.prepare_model(model, job.recipe)
+        first = dist.get_rank() == 0
+        callbacks = _rank_zero_callbacks(folder, job, tokenizer) if first else finetune.Callbacks()
+        result = finetune.train(model, job.samples, job.recipe, pad_id=job.pad_id, callbacks=callbacks, checkpoint=job.checkpoint)
+        if first:
+            torch.save({**asdict(result), "weights": finetune.trainable_state(model)}, folder / f"{TRAINED}.part")
+            (folder / f"{TRAINED}.part").rename(folder / TRAINED)
+    finally:
+        dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main(Path(sys.argv[1]))

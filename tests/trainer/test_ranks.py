@@ -1,0 +1,149 @@
+"""services.trainer.ranks: a run on two `gloo` processes launched by torchrun takes the steps one process takes,
+rank 0 alone reports and checkpoints, and a rank that dies fails the launch with the reason; its checkpoint resumes."""
+
+from __future__ import annotations
+
+import os
+import signal
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from doppel.errors import DoppelError
+from doppel.model import SampleText
+from doppel.tiny import tiny_model
+from doppel.transcript import Transcript
+from services.trainer import finetune, previews, ranks
+from services.trainer.basemodels import from_folder
+from services.trainer.recipe import Hyperparameters, Recipe, TrainRequest, resolve
+from services.trainer.samples import split_sessions, tokenise
+from support.chats import chat
+from support.processes import rank_pid
+
+BLOCK = 64
+# Losses of one and of two processes agree to this (relative): the ranks pad their shares to other widths
+# and sum in another order, so float results differ in the last bits and grow a little over the steps
+# (measured over 12 steps of the tiny model: losses within 6e-6, the trained weights' norms 3e-5).
+SAME = 1e-4
+
+
+def recipe(**hp: Any) -> Recipe:
+    hp = {"block_size": BLOCK, "batch_size": 6, "gradient_accumulation_steps": 2, "max_steps": 12, "learning_rate": 1e-2,
+          "save_every": 4, "sample_every": 6, "seed": 3, **hp}
+    return resolve(TrainRequest(dataset_id="ds", speakers=["Alice"], base_model="tiny", hyperparameters=Hyperparameters(**hp)))
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, ranks.Job]:
+    """A folder holding the tiny base (no dropout: every rank and the lone process then compute the same function),
+    and a job on the learnable chat."""
+    texts = [f"{m.sender}: {m.text}" for c in chat() for m in c.messages]
+    model, tokenizer = tiny_model(texts, block_size=BLOCK)
+    model.config.update({"resid_pdrop": 0.0, "embd_pdrop": 0.0, "attn_pdrop": 0.0})
+    folder = tmp_path_factory.mktemp("base")
+    ranks.save_base(folder, model, tokenizer)
+    split = split_sessions(chat(), ["Alice"], session_gap=timedelta(hours=6), held_out_fraction=0.1)
+    transcript = Transcript(tokenizer, ["Alice"])
+    found = previews.openings(split.held_out, ["Alice"], [])
+    job = ranks.Job(samples=tokenise(split.train, transcript, BLOCK), held_out=tokenise(split.held_out, transcript, BLOCK)[:8],
+                    openings=found, recipe=recipe(), pad_id=tokenizer.pad_token_id, checkpoint=None)
+    return folder, job
+
+
+class Heard:
+    """What the flow's callbacks were handed."""
+
+    def __init__(self, on_step: Any = None):
+        self.steps: list[finetune.Progress] = []
+        self.checkpoints: dict[int, bytes] = {}
+        self.samples: list[tuple[int, list[SampleText], float]] = []
+        self.on_step = on_step
+
+    def callbacks(self) -> finetune.Callbacks:
+        def step(p: finetune.Progress) -> None:
+            self.steps.append(p)
+            if self.on_step:
+                self.on_step(p)
+
+        return finetune.Callbacks(on_step=step, on_checkpoint=self.checkpoints.__setitem__)
+
+    def on_samples(self, step: int, texts: list[SampleText], loss: float) -> None:
+        self.samples.append((step, texts, loss))
+
+
+@pytest.fixture
+def gloo(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ranks on the CPU, with gloo, even on a machine with GPUs."""
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+
+
+def launch(base: tuple[Path, ranks.Job], tmp: Path, devices: int, heard: Heard, **change: Any) -> tuple[finetune.Result, dict]:
+    folder, job = base
+    tmp.mkdir()
+    (tmp / "base").symlink_to(folder / "base")
+    return ranks.train(tmp, ranks.Job(**{**job.__dict__, **change}), devices, heard.callbacks(), heard.on_samples, threads=1)
+
+
+@pytest.mark.usefixtures("gloo")
+def test_two_ranks_take_the_steps_one_process_takes(base: tuple[Path, ranks.Job], tmp_path: Path) -> None:
+    one, two = Heard(), Heard()
+    alone, weights_alone = launch(base, tmp_path / "one", 1, one)
+    shared, weights_shared = launch(base, tmp_path / "two", 2, two)
+    assert [s for s, _ in shared.losses] == [s for s, _ in alone.losses] == list(range(1, 13))
+    assert [loss for _, loss in shared.losses] == pytest.approx([loss for _, loss in alone.losses], rel=SAME)
+    assert alone.losses[-1][1] < alone.losses[0][1] * 0.8  # it learnt something, the same on both
+    assert weights_shared.keys() == weights_alone.keys() and any("lora" in k for k in weights_alone)
+    # the weights too, as a whole (Adam magnifies float noise in a weight whose gradient is ~0)
+    for k, w in weights_alone.items():
+        assert float((weights_shared[k] - w).norm() / w.norm()) < SAME, k
+    # rank 0 alone reported: each step once, the checkpoints, and the samples at step 6
+    assert [p.step for p in two.steps] == list(range(1, 13)) and all(p.total == 12 for p in two.steps)
+    assert [p.loss for p in two.steps] == [loss for _, loss in shared.losses]
+    assert sorted(two.checkpoints) == [4, 8, 12]
+    assert [(step, len(texts)) for step, texts, _ in two.samples] == [(6, len(base[1].openings))] and two.samples[0][2] > 0
+    assert not list((tmp_path / "two").glob("checkpoint-*")), "relayed checkpoints are not left behind"
+
+
+@pytest.mark.usefixtures("gloo")
+def test_two_ranks_match_the_loop_without_torchrun(base: tuple[Path, ranks.Job], tmp_path: Path) -> None:
+    """The launched path against finetune.train in this process, with no process group at all."""
+    folder, job = base
+    model, _ = from_folder(folder / "base", torch.float32)
+    torch.manual_seed(job.recipe.seed)
+    model = finetune.prepare_model(model, job.recipe)
+    here = finetune.train(model, job.samples, job.recipe, pad_id=job.pad_id)
+    shared, _ = launch(base, tmp_path / "two", 2, Heard())
+    assert [loss for _, loss in shared.losses] == pytest.approx([loss for _, loss in here.losses], rel=SAME)
+
+
+@pytest.mark.usefixtures("gloo")
+def test_a_killed_rank_fails_the_launch_and_its_checkpoint_resumes(base: tuple[Path, ranks.Job], tmp_path: Path) -> None:
+    killed = tmp_path / "killed"
+
+    def kill_at_step_6(p: finetune.Progress) -> None:
+        if p.step == 6:
+            os.kill(rank_pid(os.getpid(), 1), signal.SIGKILL)
+
+    first = Heard(on_step=kill_at_step_6)
+    with pytest.raises(DoppelError, match=r"training on 2 devices failed: rank 1 .*exited with -9 .*SIGKILL"):
+        launch(base, killed, 2, first)
+    assert 4 in first.checkpoints and max(first.checkpoints) < 12
+    resumed_at = max(first.checkpoints)
+    again = Heard()
+    resumed, _ = launch(base, tmp_path / "again", 2, again, checkpoint=first.checkpoints[resumed_at])
+    assert [p.step for p in again.steps] == list(range(resumed_at + 1, 13))
+    plain, _ = launch(base, tmp_path / "plain", 2, Heard())
+    assert [loss for _, loss in resumed.losses] == pytest.approx([loss for _, loss in plain.losses], rel=SAME)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA GPUs")
+def test_two_gpus_take_the_steps_one_takes(base: tuple[Path, ranks.Job], tmp_path: Path) -> None:
+    """The same on GPUs, with NCCL (`pytest -m gpu tests/trainer/test_ranks.py`); fp32, so the tolerance is the CPU's."""
+    fp32 = base[1].recipe.model_copy(update={"precision": "fp32"})
+    alone, _ = launch(base, tmp_path / "one", 1, Heard(), recipe=fp32)
+    shared, _ = launch(base, tmp_path / "two", 2, Heard(), recipe=fp32)
+    assert [loss for _, loss in shared.losses] == pytest.approx([loss for _, loss in alone.losses], rel=SAME)
