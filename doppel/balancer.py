@@ -52,8 +52,9 @@ def free_addrs(n: int, host: str = "127.0.0.1") -> list[str]:
             s.close()
 
 
-def config(listen: str, replicas: Sequence[str], folder: Path, *, max_message_mb: int = 64) -> str:
-    """An nginx.conf serving gRPC at `listen` from `replicas`, its logs and scratch under `folder`.
+def config(listen: str, replicas: Sequence[str], folder: Path, *, max_message_mb: int = 64, stdio: bool = False) -> str:
+    """An nginx.conf serving gRPC at `listen` from `replicas`, its scratch under `folder`, its logs
+    there too or (`stdio`, in a container) on stderr and stdout.
 
     The access log says, for each call, the model and the replica(s) it went to."""
     servers = "\n".join(f"        server {addr} max_fails=1 fail_timeout={FAIL_S}s;" for addr in replicas)
@@ -63,13 +64,13 @@ def config(listen: str, replicas: Sequence[str], folder: Path, *, max_message_mb
 worker_processes 1;
 daemon off;
 pid {folder / 'nginx.pid'};
-error_log {folder / 'error.log'} warn;
+error_log {'stderr' if stdio else folder / 'error.log'} warn;
 events {{ worker_connections 4096; }}
 http {{
 {temp}
     log_format calls '$time_iso8601 $request_uri model=$http_{HEADER.replace('-', '_')} '
                      'upstream="$upstream_addr" status=$status grpc=$sent_trailer_grpc_status';
-    access_log {folder / 'access.log'} calls;
+    access_log {'/dev/stdout' if stdio else folder / 'access.log'} calls;
     upstream inference {{
         hash $http_{HEADER.replace('-', '_')} consistent;
 {servers}
@@ -100,15 +101,15 @@ http {{
 """
 
 
-def write_config(listen: str, replicas: Sequence[str], folder: Path, *, max_message_mb: int = 64) -> Path:
+def write_config(listen: str, replicas: Sequence[str], folder: Path, *, max_message_mb: int = 64, stdio: bool = False) -> Path:
     """Write `config` to `folder`/nginx.conf (and its scratch folders); the file."""
     for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"):
         (folder / "tmp" / kind).mkdir(parents=True, exist_ok=True)
     path = folder / "nginx.conf"
-    path.write_text(config(listen, replicas, folder, max_message_mb=max_message_mb))
+    path.write_text(config(listen, replicas, folder, max_message_mb=max_message_mb, stdio=stdio))
     return path
 
 
-def command(conf: Path) -> list[str]:
+def command(conf: Path, *, stdio: bool = False) -> list[str]:
     """The nginx command line that serves `conf` in the foreground."""
-    return [nginx(), "-c", str(conf), "-p", str(conf.parent), "-e", str(conf.parent / "error.log")]
+    return [nginx(), "-c", str(conf), "-p", str(conf.parent), "-e", "stderr" if stdio else str(conf.parent / "error.log")]

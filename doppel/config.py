@@ -72,6 +72,19 @@ class Settings(BaseSettings):
     train_threads: int = Field(
         default=0, ge=0, description="DOPPEL_TRAIN_THREADS: CPU threads a training run uses; 0 lets torch choose."
     )
+    train_nodes: int = Field(
+        default=1, ge=1, le=1024, description="DOPPEL_TRAIN_NODES: machines a run on several devices spans: this "
+        "trainer's and DOPPEL_TRAIN_NODES - 1 more, each running `doppel train-node`.",
+    )
+    train_rendezvous: str = Field(
+        default="", description="DOPPEL_TRAIN_RENDEZVOUS: host:port of this trainer where a run's machines meet "
+        "(torchrun's c10d rendezvous), reachable from all of them; needed when DOPPEL_TRAIN_NODES > 1.",
+    )
+    train_jobs: Path | None = Field(
+        default=None, description="DOPPEL_TRAIN_JOBS: a folder every machine of a run mounts at the same path, where "
+        "the trainer writes each run's job for `doppel train-node` to join; needed when DOPPEL_TRAIN_NODES > 1 "
+        "(default: a temporary folder of this machine).",
+    )
     inference_cache_mb: int = Field(
         default=0, ge=0, description="DOPPEL_INFERENCE_CACHE_MB: memory budget of the model cache; 0: 80% of free GPU "
         "memory on a GPU, 4096 on CPU.",

@@ -108,6 +108,7 @@ def training_spec(
     sample_every: str = "",
     seed: str = "",
     lora_rank: str = "",
+    devices: str = "",
 ) -> tr.TrainingSpec:
     """A TrainingSpec from the Train tab's fields; blank ones take the preset's values."""
     spec = tr.TrainingSpec(
@@ -127,6 +128,7 @@ def training_spec(
     })
     if spec.method != tr.METHOD_FULL:
         _set(spec.lora, {"rank": number(lora_rank, "LoRA rank", int)})
+    _set(spec, {"devices": number(devices, "Devices", int)})
     return spec
 
 

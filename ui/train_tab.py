@@ -58,7 +58,7 @@ class TrainTab:
     def start(
         self, dataset_id: str | None, speakers: list[str], base_model: str | None, method: str, preset: str,
         model_name: str, max_steps: str, epochs: str, learning_rate: str, lr_schedule: str, batch_size: str,
-        block_size: str, sample_every: str, seed: str, lora_rank: str,
+        block_size: str, sample_every: str, seed: str, lora_rank: str, devices: str = "",
     ) -> Iterator[tuple[Any, ...]]:
         """Start a run, then follow it until it ends: (run id, progress, loss curve, samples, links) per update."""
         if not dataset_id:
@@ -70,7 +70,7 @@ class TrainTab:
                 dataset_id=dataset_id, speakers=speakers, base_model=base_model or "", method=method, preset=preset,
                 model_name=model_name, max_steps=max_steps, epochs=epochs, learning_rate=learning_rate,
                 lr_schedule=lr_schedule, batch_size=batch_size, block_size=block_size, sample_every=sample_every,
-                seed=seed, lora_rank=lora_rank,
+                seed=seed, lora_rank=lora_rank, devices=devices,
             )
         with reported(self.backend.trainer):
             run = self.backend.trainer.start_run(tr.StartRunRequest(spec=spec)).run
@@ -176,6 +176,7 @@ class TrainTab:
                                               elem_id="train-sample-every")
                     seed = gr.Textbox(label="Seed", placeholder="e.g. 0")
                     lora_rank = gr.Textbox(label="LoRA rank", placeholder="e.g. 16")
+                    devices = gr.Textbox(label="Devices", placeholder="default: every GPU of the trainer")
             with gr.Row():
                 start = gr.Button("Start training", variant="primary", elem_id="train-start")
                 cancel = gr.Button("Cancel run", variant="stop", elem_id="train-cancel")
@@ -197,7 +198,7 @@ class TrainTab:
             start.click(
                 self.start,
                 [dataset, speakers, base, method, preset, model_name, max_steps, epochs, learning_rate, schedule,
-                 batch_size, block_size, sample_every, seed, lora_rank],
+                 batch_size, block_size, sample_every, seed, lora_rank, devices],
                 [run_id, progress, loss, samples, links],
                 show_progress="hidden",
                 api_visibility="private",

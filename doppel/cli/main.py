@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import sys
 from enum import Enum
 
@@ -89,6 +90,49 @@ def serve(
         )
     except DoppelError as exc:
         _fail(str(exc))
+
+
+@app.command()
+def balancer(
+    replica: list[str] = typer.Option(..., "--replica", help="host:port of an inference replica (repeatable)."),
+    listen: str = typer.Option("", help="host:port to serve; default DOPPEL_LISTEN or DOPPEL_INFERENCE_ADDR."),
+) -> None:
+    """Run nginx in front of inference replicas, in the foreground, logging to stdout and stderr (the compose
+    file's `replicas` profile runs this; `doppel up --inference-replicas N` runs its own)."""
+    from doppel import balancer as nginx
+    from doppel.errors import DoppelError
+
+    settings = _settings()
+    try:
+        conf = nginx.write_config(listen or settings.listen or settings.inference_addr, replica, settings.home / "balancer",
+                                  max_message_mb=settings.max_message_mb, stdio=True)
+        argv = nginx.command(conf, stdio=True)
+    except DoppelError as e:
+        _fail(str(e), 2)
+    os.execv(argv[0], argv)
+
+
+@app.command("train-node")
+def train_node(
+    devices: int | None = typer.Option(None, "--devices", min=1, help="Processes to train with here, a GPU each; "
+                                       "default: every GPU this machine has, or 1 on a CPU. Give every machine the same."),
+) -> None:
+    """Lend this machine to the trainer's runs on several machines: join each run it launches in DOPPEL_TRAIN_JOBS
+    (a folder both mount) through torchrun, until SIGTERM or Ctrl-C."""
+    import torch
+
+    from services.trainer import ranks
+
+    settings = _settings()
+    if settings.train_jobs is None:
+        _fail("DOPPEL_TRAIN_JOBS must name the folder the trainer writes its runs' jobs to (mounted here too)", 2)
+    settings.train_jobs.mkdir(parents=True, exist_ok=True)
+    here = devices or (torch.cuda.device_count() if torch.cuda.is_available() else 1)
+    typer.echo(f"waiting for runs in {settings.train_jobs}, to train with {here} process{'es' * (here != 1)} here")
+    try:
+        ranks.join(settings.train_jobs, here, threads=settings.train_threads or None, say=lambda line: typer.echo(line))
+    except KeyboardInterrupt:
+        pass
 
 
 @app.command()

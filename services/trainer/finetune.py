@@ -13,8 +13,8 @@ dead one would have seen from its step on. The loss of a step is the mean over e
 token of its micro-batches, however they are padded or accumulated.
 
 In a distributed run (`torch.distributed` initialised, one process a device: `ranks.py`), each
-rank takes every world-th sample of each micro-batch and `DistributedDataParallel` sums the
-gradients, so N processes take the steps one would, with the same global batch.
+rank takes every world-th sample of each micro-batch and the ranks sum their gradients
+(`parallel.py`), so N processes take the steps one would, with the same global batch.
 """
 
 from __future__ import annotations
@@ -27,17 +27,15 @@ import random
 import re
 import time
 from collections.abc import Callable, Sequence
-from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from torch import distributed as dist
-from torch import nn
 from transformers import get_scheduler
 
 from doppel.errors import DoppelError
 
+from . import parallel
 from .loss import packable, token_loss
 from .recipe import Recipe
 from .samples import IGNORE, Sample
@@ -85,27 +83,6 @@ class Result:
     stopped: bool = False
 
 
-def world() -> int:
-    """Processes training together: 1 unless `torch.distributed` is initialised."""
-    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
-
-
-def rank() -> int:
-    return dist.get_rank() if world() > 1 else 0
-
-
-class _Loss(nn.Module):
-    """`token_loss` as a module's forward, so that DistributedDataParallel sees the passes that
-    make gradients (it hooks `forward`; the fused loss calls the backbone and head itself)."""
-
-    def __init__(self, model: Any):
-        super().__init__()
-        self.model = model
-
-    def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        return token_loss(self.model, batch)[0]
-
-
 def device_for() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
@@ -133,7 +110,7 @@ def prepare_model(model: Any, recipe: Recipe) -> Any:
     """The model to train: wrapped in a LoRA adapter (on a 4-bit base for QLoRA), or every weight trainable."""
     if recipe.gradient_checkpointing:
         # reentrant checkpointing recomputes outside autograd, which DistributedDataParallel's hooks miss
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": world() == 1})
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": parallel.world() == 1})
         model.config.use_cache = False
     if recipe.method == "full":
         model.requires_grad_(True)
@@ -294,10 +271,6 @@ def _heap_trimmer() -> Callable[[], object] | None:
         return None
 
 
-def trainable_state(model: Any) -> dict[str, torch.Tensor]:
-    return {k: p.detach().cpu() for k, p in model.named_parameters() if p.requires_grad}
-
-
 def _oom(e: BaseException) -> OutOfMemory:
     return OutOfMemory(
         f"training ran out of memory ({str(e).splitlines()[0][:200]}): use LoRA instead of full "
@@ -334,13 +307,21 @@ def train(
 def _train(model: Any, samples: Sequence[Sample], recipe: Recipe, pad_id: int, cb: Callbacks, checkpoint: bytes | None) -> Result:
     if not samples:
         raise DoppelError("no training samples")
+    state = torch.load(io.BytesIO(checkpoint), map_location="cpu", weights_only=False) if checkpoint is not None else None
+    if state is not None:  # the weights before the ranks share them out; every rank loads the same checkpoint
+        model.load_state_dict(state["weights"], strict=False)
+    wrapped = parallel.wrap(model, recipe.method, next(model.parameters()).device)
     device = next(model.parameters()).device
     cast = autocast_dtype(recipe.precision, device)
-    params = [p for p in model.parameters() if p.requires_grad]
-    decay = [p for p in params if p.ndim >= 2]
-    rest = [p for p in params if p.ndim < 2]
+    if wrapped.sharded and cast is torch.float16:
+        raise DoppelError("a full fine-tune on several devices trains in bf16 or fp32, not fp16")
+    named = [(k, p) for k, p in model.named_parameters() if p.requires_grad]
+    decay, rest = [(k, p) for k, p in named if p.ndim >= 2], [(k, p) for k, p in named if p.ndim < 2]
+    order = [k for k, _ in decay + rest]  # the optimizer's parameters, by position
+    params = [p for _, p in decay + rest]
     optimizer = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": recipe.weight_decay}, {"params": rest, "weight_decay": 0.0}],
+        [{"params": [p for _, p in decay], "weight_decay": recipe.weight_decay},
+         {"params": [p for _, p in rest], "weight_decay": 0.0}],
         lr=recipe.learning_rate,
         fused=device.type == "cuda",
     )
@@ -354,36 +335,27 @@ def _train(model: Any, samples: Sequence[Sample], recipe: Recipe, pad_id: int, c
     scaler = torch.amp.GradScaler(device.type, enabled=cast is torch.float16)
     result = Result(step=0, total=total)
     torch.manual_seed(recipe.seed)
-    if checkpoint is not None:
-        state = torch.load(io.BytesIO(checkpoint), map_location="cpu", weights_only=False)
-        model.load_state_dict(state["weights"], strict=False)
-        optimizer.load_state_dict(state["optimizer"])
+    if state is not None:
+        parallel.load_optimizer(model, optimizer, state["optimizer"], order)
         scheduler.load_state_dict(state["scheduler"])
         torch.set_rng_state(state["rng"])
         result.step, result.losses = state["step"], [tuple(x) for x in state["losses"]]
+    ranks, me = parallel.world(), parallel.rank()
 
     def save() -> None:
+        """A checkpoint, made by rank 0 (with the others' shares, when sharded)."""
+        if me != 0 and not wrapped.sharded:
+            return
+        weights, moments = parallel.trainable_state(model), parallel.optimizer_state(model, optimizer, order)
+        if me != 0:
+            return
         buf = io.BytesIO()
-        torch.save(
-            {
-                "step": result.step,
-                "weights": trainable_state(model),
-                "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(),
-                "rng": torch.get_rng_state(),
-                "losses": result.losses,
-            },
-            buf,
-        )
+        torch.save({"step": result.step, "weights": weights, "optimizer": moments, "scheduler": scheduler.state_dict(),
+                    "rng": torch.get_rng_state(), "losses": result.losses}, buf)
         cb.on_checkpoint(result.step, buf.getvalue())
 
     lengths = needed_lengths(samples)
     pack = packable(model)
-    ranks, me = world(), rank()
-    loss_of: nn.Module = _Loss(model)
-    ddp = None  # made after the checkpoint is loaded (every rank loads the same one)
-    if ranks > 1:
-        loss_of = ddp = nn.parallel.DistributedDataParallel(loss_of, device_ids=[device.index] if device.type == "cuda" else None)
     # where memory is short (passes), freed activations go back to the system after each pass; with
     # a batch at once that costs a sixth of the speed (every step faults its memory in again)
     release = _heap_trimmer() if device.type == "cpu" and recipe.max_pass_tokens else None
@@ -412,24 +384,22 @@ def _train(model: Any, samples: Sequence[Sample], recipe: Recipe, pad_id: int, c
         n_tokens = sum(_scored_tokens(samples[i]) for b in step_batches for i in b)
         window_tokens += sum(len(samples[i].input_ids) for b in step_batches for i in b)
         # this rank's share: every ranks-th sample of each micro-batch (all of it when alone)
-        work = [part for b in step_batches if b[me::ranks] for part in passes([samples[i] for i in b[me::ranks]], recipe.max_pass_tokens)]
-        scale = ranks  # DistributedDataParallel averages the ranks' gradients: undo it
-        if not work:  # fewer samples than ranks: a pass that adds nothing, as every rank must join the sum
-            work, scale = [[samples[step_batches[0][0]]]], 0
+        work = [(part, ranks) for b in step_batches if b[me::ranks]  # DistributedDataParallel averages: undo it
+                for part in passes([samples[i] for i in b[me::ranks]], recipe.max_pass_tokens)]
+        # every rank must join each summing pass (sharded: each pass), some with a pass that adds nothing
+        passes_needed = parallel.most(len(work), device) if wrapped.sharded else max(1, len(work))
+        work += [([samples[step_batches[0][0]]], 0)] * (passes_needed - len(work))
         summed = torch.zeros((), device=device)
-        for k, part in enumerate(work):
+        for k, (part, scale) in enumerate(work):
             batch = collate(part, pad_id, device, pack=pack)
-            # gradients are summed across ranks in the last pass
-            with nullcontext() if ddp is None or k == len(work) - 1 else ddp.no_sync():
+            with wrapped.passing(last=k == len(work) - 1):
                 with torch.autocast(device.type, dtype=cast or torch.float32, enabled=cast is not None):
-                    loss = loss_of(batch) * scale / max(1, n_tokens)
+                    loss = wrapped.loss(batch) * scale / max(1, n_tokens)
                 scaler.scale(loss).backward()
             summed += loss.detach().float() / ranks
             if release:
                 release()
-        if ranks > 1:
-            dist.all_reduce(summed)
-        step_loss = float(summed)
+        step_loss = parallel.total(summed)
         scaler.unscale_(optimizer)
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         scaler.step(optimizer)
@@ -443,11 +413,11 @@ def _train(model: Any, samples: Sequence[Sample], recipe: Recipe, pad_id: int, c
         per_step = (now - started) / (result.step - done_at_start)
         cb.on_step(Progress(result.step, total, step_loss, scheduler.get_last_lr()[0], rate, per_step * (total - result.step)))
         window_tokens, window_start = 0, now
-        if recipe.sample_every and result.step % recipe.sample_every == 0 and result.step < total:
+        if recipe.sample_every and result.step % recipe.sample_every == 0 and result.step < total and not wrapped.sharded:
             model.eval()
             cb.on_sample(model, result.step)
             model.train()
-        if (result.step % recipe.save_every == 0 or result.step == total) and me == 0:
+        if result.step % recipe.save_every == 0 or result.step == total:
             save()
     model.eval()
     return result

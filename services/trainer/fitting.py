@@ -53,8 +53,9 @@ def fit(config: dict[str, Any], recipe: Recipe, found: Device, *, dtype_bytes: i
     would still not fit and the request named neither `batch_size` nor
     `gradient_accumulation_steps` (`asked`: the fields it set; a preset's values are not asked
     for), the batch is halved and the accumulation doubled until it fits: the same samples a step,
-    less memory at once. With `ranks` processes each takes a share of every batch, so a rank's
-    share is what must fit: on a GPU each has a device like `found`, on a CPU they share its memory.
+    less memory at once. With `ranks` processes each takes a share of every batch (and of a full
+    fine-tune's weights), so a rank's share is what must fit: on a GPU each has a device like
+    `found`, on a CPU they share its memory.
     """
     try:
         shape = Shape.of(config)
@@ -68,7 +69,8 @@ def fit(config: dict[str, Any], recipe: Recipe, found: Device, *, dtype_bytes: i
         return int(training_memory(shape, recipe.method, batch_size=-(-batch // ranks), block_size=recipe.block_size,
                                    dtype_bytes=dtype_bytes, checkpointing=checkpoint, attention_scores=scores,
                                    adapter_dropout=recipe.lora_dropout > 0, loss_chunk=CHUNK,
-                                   pass_tokens=pass_tokens or passes) * (CPU_HEAP if device_type == "cpu" else 1))
+                                   pass_tokens=pass_tokens or passes, shards=ranks if recipe.method == "full" else 1)
+                   * (CPU_HEAP if device_type == "cpu" else 1))
 
     room, gib, said = int(found.free_bytes * HEADROOM) // (ranks if device_type == "cpu" else 1), 2**30, []
     where = f"{found.name} has {found.free_bytes / gib:.1f} GiB free"

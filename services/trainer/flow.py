@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 import os
+import shutil
 import socket
 import tempfile
 import time
@@ -33,7 +34,7 @@ from doppel import dataset
 from doppel import fidelity as shown
 from doppel.config import Settings
 from doppel.conversation import Conversation
-from doppel.errors import InvalidArgument
+from doppel.errors import FailedPrecondition, InvalidArgument
 from doppel.layout import new_id
 from doppel.model import Evaluation, FidelityFigures, ModelManifest, SampleText
 from doppel.store import open_store
@@ -106,25 +107,41 @@ def train_model(model: Any, train: list[Sample], recipe: Recipe, pad_id: int, ca
 
 
 @task(cache_policy=NO_CACHE)
-def train_on_devices(model: Any, folder: Path, job: ranks.Job, devices: int, callbacks: finetune.Callbacks,
-                     on_samples: ranks.OnSamples, threads: int | None) -> finetune.Result:
-    """Train on `devices` processes (ranks.py), then load what they trained into `model`."""
+def train_on_devices(model: Any, folder: Path, job: ranks.Job, devices: int, meeting: ranks.Meeting,
+                     callbacks: finetune.Callbacks, on_samples: ranks.OnSamples, threads: int | None) -> finetune.Result:
+    """Train on `devices` processes here and as many on each other machine of `meeting` (ranks.py), then
+    load what they trained into `model`; the job folder goes when they are done."""
     where = next(model.parameters()).device
     model.to("cpu")  # the ranks need the device's memory
-    result, weights = ranks.train(folder, job, devices, callbacks, on_samples, threads=threads)
+    try:
+        result, weights = ranks.train(folder, job, devices, callbacks, on_samples, threads=threads, meeting=meeting)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
     model.load_state_dict(weights, strict=False)
     model.to(where)
     return result
 
 
 def devices_for(request: TrainRequest, device: torch.device) -> int:
-    """How many devices a run trains on: as asked, else every GPU this trainer was given (QLoRA: one; on a
-    CPU one, or as asked: processes sharing its cores)."""
+    """How many devices of this machine a run trains on: as asked, else every GPU this trainer was given
+    (QLoRA: one; on a CPU one, or as asked: processes sharing its cores)."""
     given = torch.cuda.device_count() if device.type == "cuda" else 1
     devices = request.devices or (1 if request.method == "qlora" else given)
     if device.type == "cuda" and devices > given:
         raise InvalidArgument(f"devices={devices}, but this trainer was given {given} GPU{'s' * (given != 1)} (CUDA_VISIBLE_DEVICES)")
     return devices
+
+
+def meeting_for(settings: Settings, run_id: str, method: str) -> ranks.Meeting:
+    """Where the machines of this attempt meet: this one alone unless DOPPEL_TRAIN_NODES says more."""
+    if settings.train_nodes == 1:
+        return ranks.Meeting()
+    if not settings.train_rendezvous or settings.train_jobs is None:
+        raise FailedPrecondition(f"DOPPEL_TRAIN_NODES={settings.train_nodes} needs DOPPEL_TRAIN_RENDEZVOUS (this trainer's "
+                                 "host:port, for the other machines) and DOPPEL_TRAIN_JOBS (a folder they all mount)")
+    if method == "qlora":
+        raise InvalidArgument("QLoRA trains on one device; use LoRA to train on several machines")
+    return ranks.Meeting(settings.train_nodes, settings.train_rendezvous, f"{run_id}-{flow_run.run_count or 1}")
 
 
 @task(cache_policy=NO_CACHE)
@@ -244,7 +261,8 @@ def _train(settings: Settings, store: Store, log: RunLog) -> str:
     participants = list(checked.dataset.stats.participants)
     del conversations
     device = finetune.device_for()
-    devices = devices_for(checked.request, device)
+    here, meeting = devices_for(checked.request, device), meeting_for(settings, log.record.id, recipe.method)
+    devices = here * meeting.nodes
     with tempfile.TemporaryDirectory(prefix="doppel-run-") as tmp:
         log.say(f"loading base model {recipe.base_model}" + (" in 4 bits" if recipe.method == "qlora" else ""))
         base = load_base(store, recipe, split, settings.home / "cache", log.say, device, Path(tmp))
@@ -270,7 +288,7 @@ def _train(settings: Settings, store: Store, log: RunLog) -> str:
             base_folder = Path(tmp) / "base"  # nowhere else holds these weights: publish them with the adapter
             base.model.save_pretrained(base_folder)
             base.tokenizer.save_pretrained(base_folder)
-        job_folder = Path(tmp) / "job"
+        job_folder = settings.train_jobs / meeting.id if meeting.nodes > 1 and settings.train_jobs else Path(tmp) / "job"
         if devices > 1:
             ranks.save_base(job_folder, base.model, base.tokenizer)
         model = finetune.prepare_model(base.model, recipe)
@@ -287,14 +305,17 @@ def _train(settings: Settings, store: Store, log: RunLog) -> str:
             record.resumed_from, blob = checkpoint[0], store.get(checkpoint[1])
             logger.info("resuming from the checkpoint at step %d", checkpoint[0])
         record.total = finetune.total_steps(len(train), recipe)
-        log.say(f"training: {len(train)} samples, {record.total} steps" + (f" on {devices} devices" if devices > 1 else "")
+        machines = f" ({meeting.nodes} machines)" if meeting.nodes > 1 else ""
+        log.say(f"training: {len(train)} samples, {record.total} steps" + (f" on {devices} devices{machines}" if devices > 1 else "")
                 + (f", resuming at step {record.resumed_from}" if blob else ""))
+        if devices > 1 and recipe.method == "full" and recipe.sample_every:
+            log.say("the model is shared out over the devices (FSDP): it is sampled at the end, not during training")
         artifact = create_progress_artifact(progress=0.0, description=f"training {recipe.model_name}")
         progress = _Progress(store, log, artifact, sample_at)
         if devices > 1:
             job = ranks.Job(samples=train, held_out=held_out[:EVAL_DURING], openings=found, recipe=recipe, pad_id=pad_id, checkpoint=blob)
-            threads = max(1, settings.train_threads // devices) if settings.train_threads else None
-            result = train_on_devices(model, job_folder, job, devices, progress.callbacks(), progress.on_samples, threads)
+            threads = max(1, settings.train_threads // here) if settings.train_threads else None
+            result = train_on_devices(model, job_folder, job, here, meeting, progress.callbacks(), progress.on_samples, threads)
         else:
             result = train_model(model, train, recipe, pad_id, progress.callbacks(), blob)
         log.say("evaluating")

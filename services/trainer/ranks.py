@@ -4,11 +4,17 @@ The flow (flow.py) loads, tokenises and fits as for one device, then writes a jo
 model as loaded, and a `Job`: samples, recipe, the checkpoint to resume from) and launches PyTorch's
 own launcher, `python -m torch.distributed.run --nproc-per-node N -m services.trainer.ranks JOB`:
 torchrun starts a process a device, makes them meet, and when one dies stops the others and exits
-with the failure. Every rank loads the base and trains its share of each batch (finetune.py, which
-wraps the model in DistributedDataParallel); rank 0 alone writes: progress and sample lines to
-`events.jsonl`, checkpoints and at the end the trained weights to files. The flow reads them as
+with the failure. Every rank loads the base and trains its share of each batch (finetune.py;
+parallel.py shares the gradients, and for a full fine-tune the model too); rank 0 alone writes:
+progress and sample lines to `events.jsonl`, checkpoints and at the end the trained weights to
+files. The flow reads them as
 they come and hands them to the callbacks a one-device run calls, so a run on N devices is watched,
 checkpointed, retried and resumed the same way.
+
+Several machines: the job folder is on storage they all mount (DOPPEL_TRAIN_JOBS); the trainer's
+launcher serves torchrun's rendezvous (DOPPEL_TRAIN_RENDEZVOUS) and writes `launch.json` beside
+the job, and `doppel train-node` on each other machine (`join`) runs the same launch on every job
+that appears, so that all of them meet there and train as one.
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import socket
 import subprocess
 import sys
 import time
@@ -31,12 +38,31 @@ from doppel.errors import DoppelError
 from doppel.model import SampleText
 from doppel.transcript import Transcript
 
-from . import finetune, previews
+from . import finetune, parallel, previews
 from .basemodels import from_folder
 from .recipe import Recipe
 from .samples import Sample
 
-EVENTS, TRAINED, LAUNCH_LOG = "events.jsonl", "trained.pt", "launch.log"
+EVENTS, TRAINED, LAUNCH_LOG, LAUNCH = "events.jsonl", "trained.pt", "launch.log", "launch.json"
+JOIN_TIMEOUT_S = 300  # how long the machines of a run wait for each other
+
+
+@dataclass(frozen=True)
+class Meeting:
+    """Where a run's machines meet: `nodes` machines at `rendezvous` (host:port), under an id of this attempt's."""
+
+    nodes: int = 1
+    rendezvous: str = ""
+    id: str = ""
+
+
+def command(folder: Path, devices: int, meeting: Meeting) -> list[str]:
+    """torchrun training the job in `folder` on `devices` processes here, alone or with the meeting's other machines."""
+    where = ["--standalone"] if meeting.nodes == 1 else [
+        f"--nnodes={meeting.nodes}", "--rdzv-backend=c10d", f"--rdzv-endpoint={meeting.rendezvous}", f"--rdzv-id={meeting.id}",
+        f"--rdzv-conf=join_timeout={JOIN_TIMEOUT_S}"]
+    return [sys.executable, "-m", "torch.distributed.run", *where, f"--nproc-per-node={devices}", "--max-restarts=0",
+            "-m", __name__, str(folder)]
 
 
 @dataclass
@@ -61,15 +87,17 @@ OnSamples = Callable[[int, list[SampleText], float], None]  # (step, texts, held
 
 
 def train(folder: Path, job: Job, devices: int, callbacks: finetune.Callbacks, on_samples: OnSamples, *,
-          threads: int | None = None) -> tuple[finetune.Result, dict[str, torch.Tensor]]:
-    """Train on `devices` processes; (the result, the trained weights). Progress, checkpoints and samples
-    reach `callbacks` and `on_samples` as rank 0 makes them; a rank that fails fails this, with torchrun's reason."""
+          threads: int | None = None, meeting: Meeting = Meeting()) -> tuple[finetune.Result, dict[str, torch.Tensor]]:
+    """Train on `devices` processes here (and as many on each other machine of `meeting`); (the result, the
+    trained weights). Progress, checkpoints and samples reach `callbacks` and `on_samples` as rank 0 makes
+    them; a rank that fails fails this, with torchrun's reason."""
     torch.save(job, folder / "job.pt")
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads or max(1, (os.cpu_count() or 1) // devices))}
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={devices}",
-               "--max-restarts=0", "-m", __name__, str(folder)]
+    if meeting.nodes > 1:  # for `doppel train-node` on the other machines
+        (folder / f"{LAUNCH}.part").write_text(json.dumps(asdict(meeting)))
+        (folder / f"{LAUNCH}.part").rename(folder / LAUNCH)
     with (folder / LAUNCH_LOG).open("wb") as log:
-        proc = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent)
+        proc = subprocess.Popen(command(folder, devices, meeting), env=_env(devices, threads), stdout=log,
+                                stderr=subprocess.STDOUT, preexec_fn=_die_with_parent)
     relay = _Relay(folder, callbacks, on_samples)
     try:
         while proc.poll() is None:
@@ -81,9 +109,34 @@ def train(folder: Path, job: Job, devices: int, callbacks: finetune.Callbacks, o
             proc.terminate()
             proc.wait()
     if proc.returncode != 0:
-        raise DoppelError(f"training on {devices} devices failed: {_reason(folder / LAUNCH_LOG)}")
+        raise DoppelError(f"training on {devices * meeting.nodes} devices failed: {_reason(folder / LAUNCH_LOG)}")
     out = torch.load(folder / TRAINED, map_location="cpu", weights_only=False)
     return finetune.Result(step=out["step"], total=out["total"], losses=out["losses"], stopped=out["stopped"]), out["weights"]
+
+
+def _env(devices: int, threads: int | None) -> dict[str, str]:
+    return {**os.environ, "OMP_NUM_THREADS": str(threads or max(1, (os.cpu_count() or 1) // devices))}
+
+
+def join(jobs: Path, devices: int, *, threads: int | None = None, poll_s: float = 1.0,
+         stop: Callable[[], bool] = lambda: False, say: Callable[[str], object] = print) -> None:
+    """Join, with `devices` processes here, every run another machine's trainer launches in `jobs` from now
+    on, one after the other, until `stop` (`doppel train-node`). A run that fails here fails there too,
+    with this machine's reason in its launch log."""
+    seen = {p.parent for p in jobs.glob(f"*/{LAUNCH}")}  # launched before this machine came: not waiting for it
+    while not stop():
+        for path in sorted(jobs.glob(f"*/{LAUNCH}")):
+            folder = path.parent
+            if folder in seen:
+                continue
+            seen.add(folder)
+            meeting = Meeting(**json.loads(path.read_text()))
+            say(f"joining run {meeting.id} ({meeting.nodes} machines, at {meeting.rendezvous})")
+            with (folder / f"launch-{socket.gethostname()}-{os.getpid()}.log").open("wb") as log:
+                done = subprocess.run(command(folder, devices, meeting), env=_env(devices, threads), stdout=log,
+                                      stderr=subprocess.STDOUT, preexec_fn=_die_with_parent, check=False)
+            say(f"run {meeting.id}: " + ("done" if done.returncode == 0 else f"failed: {_reason(Path(log.name))}"))
+        time.sleep(poll_s)
 
 
 def _die_with_parent() -> None:
@@ -174,14 +227,16 @@ def main(folder: Path) -> None:
     try:
         job: Job = torch.load(folder / "job.pt", weights_only=False)
         model, tokenizer = from_folder(folder / "base", finetune.weights_dtype(job.recipe, device))
-        model.to(device)  # type: ignore[arg-type]  # stub: @wraps(Module.to) loses the bound self
+        if job.recipe.method != "full":  # a full fine-tune's ranks each take their share to the device (parallel.py)
+            model.to(device)  # type: ignore[arg-type]  # stub: @wraps(Module.to) loses the bound self
         torch.manual_seed(job.recipe.seed)  # the adapter a one-device run makes (DistributedDataParallel copies rank 0's to all)
         model = finetune.prepare_model(model, job.recipe)
         first = dist.get_rank() == 0
         callbacks = _rank_zero_callbacks(folder, job, tokenizer) if first else finetune.Callbacks()
         result = finetune.train(model, job.samples, job.recipe, pad_id=job.pad_id, callbacks=callbacks, checkpoint=job.checkpoint)
+        weights = parallel.trainable_state(model)  # sharded: gathered from every rank to rank 0
         if first:
-            torch.save({**asdict(result), "weights": finetune.trainable_state(model)}, folder / f"{TRAINED}.part")
+            torch.save({**asdict(result), "weights": weights}, folder / f"{TRAINED}.part")
             (folder / f"{TRAINED}.part").rename(folder / TRAINED)
     finally:
         dist.destroy_process_group()

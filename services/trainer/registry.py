@@ -177,17 +177,21 @@ def keeps_attention_scores(config: dict[str, Any], device_type: str) -> bool:
 
 def training_memory(shape: Shape, method: Method, *, batch_size: int, block_size: int, dtype_bytes: int = 2,
                     checkpointing: bool = False, scored: float = 1.0, attention_scores: bool = False,
-                    adapter_dropout: bool = False, loss_chunk: int | None = None, pass_tokens: int | None = None) -> int:
+                    adapter_dropout: bool = False, loss_chunk: int | None = None, pass_tokens: int | None = None,
+                    shards: int = 1) -> int:
     """Bytes a training step needs at its peak (see the module docstring); `scored`: the share of
     positions whose logits are computed (1.0: all of them); `attention_scores`: the attention keeps
     its scores (`keeps_attention_scores`); `adapter_dropout`: LoRA's dropout is on; `loss_chunk`:
     the loss projects this many positions at a time (`loss.CHUNK`; None: all at once);
-    `pass_tokens`: a batch is split into forward passes of this many tokens (`finetune.passes`)."""
+    `pass_tokens`: a batch is split into forward passes of this many tokens (`finetune.passes`);
+    `shards`: a full fine-tune's weights and their states are shared out over this many ranks (FSDP,
+    `parallel.py`), each of which gathers one block at a time (not counted)."""
     p = shape.parameters
     if method == "full":
         weights = p * dtype_bytes
         trained = p
         states = trained * (4 + 8) + (trained * 4 if dtype_bytes < 4 else 0)  # grads, AdamW, fp32 master copy
+        weights, states = weights // shards, states // shards
     else:
         trained = shape.lora_parameters()
         quantized = shape.layers * sum(a * b for a, b in shape.projections) if method == "qlora" else 0

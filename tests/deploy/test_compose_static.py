@@ -34,7 +34,8 @@ BIN = Path(sys.executable).parent
 # What a filled-in `.env` holds: the example, with its empty secrets set.
 FILLED = {k: v or f"not-a-secret-{k.lower()}" for k, v in read_env_file(EXAMPLE_ENV).items()}
 GRPC = {"ingest": "ingest_addr", "trainer": "trainer_addr", "inference": "inference_addr"}
-LONG_RUNNING = {"minio", "postgres", "prefect-server", *GRPC, "ui", "openai"}
+LONG_RUNNING = {"minio", "postgres", "prefect-server", *GRPC, "ui", "openai", "inference-2", "balancer"}
+GPU_SERVICES = {"trainer": "TRAINER_GPUS", "inference": "INFERENCE_GPUS", "inference-2": "INFERENCE_2_GPUS"}
 
 
 @pytest.fixture(scope="module")
@@ -193,13 +194,46 @@ def test_ports_agree_between_settings_publishing_and_health_checks(stack):
 def test_trainer_and_inference_reserve_their_gpus_and_nothing_else_does(stack):
     for s in stack.values():
         devices = s.spec.get("deploy", {}).get("resources", {}).get("reservations", {}).get("devices", [])
-        if s.name in ("trainer", "inference"):
+        if s.name in GPU_SERVICES:
             assert any(d.get("driver") == "nvidia" and "gpu" in d.get("capabilities", []) for d in devices), s.name
             # the GPUs .env gives it, not every GPU
-            assert [d.get("device_ids") for d in devices] == [[FILLED[f"{s.name.upper()}_GPUS"]]], devices
+            assert [d.get("device_ids") for d in devices] == [[FILLED[GPU_SERVICES[s.name]]]], devices
             assert not any("count" in d for d in devices), devices
         else:
             assert not devices, f"{s.name} reserves {devices}"
+
+
+def test_the_replicas_profile_puts_nginx_in_front_of_two_inference_replicas(stack):
+    replica, balancer, first = stack["inference-2"], stack["balancer"], stack["inference"]
+    assert replica.spec["profiles"] == balancer.spec["profiles"] == ["replicas"] and "profiles" not in first.spec
+    assert replica.command == first.command and replica.env == first.env and not replica.published
+    port = _port(first.env["DOPPEL_LISTEN"])
+    argv = balancer.command
+    assert argv[0] == "balancer" and [argv[i + 1] for i, a in enumerate(argv) if a == "--replica"] == [
+        f"inference:{port}", f"inference-2:{port}"]
+    assert balancer.env["DOPPEL_LISTEN"] == f"0.0.0.0:{port}" and [c for _, _, c in balancer.published] == [port]
+    assert balancer.healthcheck == ["doppel", "healthcheck", f"127.0.0.1:{port}"]
+    assert set(balancer.spec["depends_on"]) == {"inference", "inference-2"}
+    # the UI and the OpenAI API reach inference where INFERENCE_ADDR says: the balancer, with the profile's value
+    balanced = services({**FILLED, "INFERENCE_ADDR": f"balancer:{port}"})
+    for name in ("ui", "openai"):
+        assert stack[name].env["DOPPEL_INFERENCE_ADDR"] == f"inference:{port}", name
+        assert balanced[name].env["DOPPEL_INFERENCE_ADDR"] == f"balancer:{port}", name
+
+
+def test_the_cpu_override_leaves_no_service_asking_for_a_gpu(tmp_path):
+    """deploy/compose.cpu.yml, as compose merges it, with every profile on: no service reserves a device."""
+    import json
+
+    env = tmp_path / ".env"
+    env.write_text("".join(f"{k}={v}\n" for k, v in FILLED.items()))
+    done = subprocess.run([_tool("docker-compose"), "-p", "t", "--project-directory", str(ROOT), "--env-file", str(env),
+                           "--profile", "*", "-f", str(COMPOSE), "-f", str(ROOT / "deploy" / "compose.cpu.yml"),
+                           "config", "--format", "json"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
+    merged = json.loads(done.stdout)["services"]
+    assert set(GPU_SERVICES) <= set(merged)
+    assert not {name for name, spec in merged.items() if spec.get("deploy", {}).get("resources", {}).get("reservations")}
 
 
 def test_health_checks_gate_every_dependency(stack):
@@ -224,10 +258,11 @@ def test_caches_live_in_named_volumes(stack):
     """Converted base models (DOPPEL_HOME/cache) and the Hugging Face cache survive a container's replacement."""
     raw_volumes = set(load_compose().get("volumes") or {})
     env = dockerfile_env()
-    for name in ("trainer", "inference"):
+    for name in ("trainer", "inference", "inference-2"):
         mounts = {m.split(":")[1]: m.split(":")[0] for m in stack[name].spec["volumes"]}
         for target in (env["DOPPEL_HOME"], env["HF_HOME"]):
             assert mounts.get(target) in raw_volumes, f"{name}: no named volume at {target}"
+    assert stack["inference-2"].spec["volumes"] != stack["inference"].spec["volumes"], "each replica has a home of its own"
     for name, target in (("minio", "/data"), ("postgres", "/var/lib/postgresql/data")):
         mounts = {m.split(":")[1]: m.split(":")[0] for m in stack[name].spec["volumes"]}
         assert mounts.get(target) in raw_volumes, f"{name}: no named volume at {target}"

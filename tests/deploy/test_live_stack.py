@@ -5,7 +5,8 @@ registry needs (deploy/compose.cpu.yml, deploy/compose.local.yml; images from
 `python3 deploy/images.py local`, cached). Then, only through the ports published on 127.0.0.1:
 an import, a `tiny` training run started from the Prefect API as the dashboard's form does, a
 chat with the token, the UI page in Chromium; `restart` keeps datasets and models, a killed
-inference container comes back by its restart policy, and `down` removes only what `up` made.
+inference container comes back by its restart policy, the `replicas` profile serves through
+nginx, and `down` removes only what `up` made.
 
 Starts `dockerd` when none answers and stops only what it started; skipped where no Docker
 engine can be started (no `dockerd`, not root). `make test` installs docker.io and mmdebstrap
@@ -17,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import secrets
 import shutil
 import signal
@@ -126,11 +128,12 @@ class Stack:
     def logs(self, lines: int = 30) -> str:
         return self.compose("logs", "--no-color", "--tail", str(lines), check=False).stdout[-12000:]
 
-    def client(self, argv: list[str], *, token: bool = True, timeout: float = 120) -> subprocess.CompletedProcess:
+    def client(self, argv: list[str], *, token: bool = True, timeout: float = 120,
+               inference_port: int = 50053) -> subprocess.CompletedProcess:
         """A process on the host, reaching the stack through its published ports only."""
         env = {k: v for k, v in os.environ.items() if not k.startswith(("DOPPEL_", "AWS_", "PREFECT_API"))}
         env.update({"DOPPEL_INGEST_ADDR": f"{HOST}:50051", "DOPPEL_TRAINER_ADDR": f"{HOST}:50052",
-                    "DOPPEL_INFERENCE_ADDR": f"{HOST}:50053", "DOPPEL_HOME": str(self.home)})
+                    "DOPPEL_INFERENCE_ADDR": f"{HOST}:{inference_port}", "DOPPEL_HOME": str(self.home)})
         if token:
             env["DOPPEL_API_TOKEN"] = self.token
         return subprocess.run(argv, env=env, capture_output=True, text=True, timeout=timeout)
@@ -287,6 +290,36 @@ def test_a_killed_inference_container_comes_back_by_its_restart_policy(stack: St
     stack.wait_healthy(("inference",))
     done = stack.client([sys.executable, "-m", "doppel", "healthcheck", f"{HOST}:50053"])
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_the_replicas_profile_serves_one_persona_from_one_replica_behind_nginx(stack: Stack):
+    """What example.env says to set: a second inference replica and nginx come up, a chat through the balancer's
+    published port and one through the OpenAI API (now reaching inference through nginx) both answer, and nginx's
+    access log shows every call for the persona went to one replica. Then the profile is taken down again."""
+    _, model_id = getattr(stack, "made", (None, None))
+    if model_id is None:
+        pytest.skip("the import-and-train test did not get as far as a model")
+    plain = stack.env_file.read_text()
+    port = int(read_env_file(stack.env_file)["BALANCER_PORT"])
+    stack.env_file.write_text(plain + "COMPOSE_PROFILES=replicas\nINFERENCE_ADDR=balancer:50053\n")
+    try:
+        stack.compose("up", "-d", "--no-build", timeout=600)
+        stack.wait_healthy((*LONG_RUNNING, "inference-2", "balancer"))
+        for _ in range(3):
+            talked = stack.client([sys.executable, "-c", CHAT, model_id], timeout=240, inference_port=port)
+            assert talked.returncode == 0, talked.stdout + talked.stderr + stack.logs()
+        said = stack.client([sys.executable, "-c", OPENAI_CHAT, f"http://{HOST}:{PORTS['openai']}/v1", stack.token,
+                             model_id], timeout=240)
+        assert said.returncode == 0, said.stdout + said.stderr + stack.logs()
+        calls = stack.compose("logs", "--no-color", "balancer").stdout
+        went = re.findall(rf'model={re.escape(model_id)} upstream="([^"]+)" status=200', calls)
+        assert len(went) >= 4 and len(set(went)) == 1, calls[-4000:]
+    finally:
+        stack.compose("--profile", "replicas", "rm", "--stop", "--force", "--volumes", "inference-2", "balancer", check=False)
+        stack.env_file.write_text(plain)
+        stack.compose("up", "-d", "--no-build", timeout=600)  # the UI and the API reach `inference` again
+        _docker("volume", "rm", f"{stack.project}_inference-2-home", check=False)
+    stack.wait_healthy()
 
 
 def test_down_removes_only_what_up_created(stack: Stack):

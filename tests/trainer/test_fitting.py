@@ -70,14 +70,24 @@ def test_each_rank_fits_its_share_of_the_batch():
     gpu = fitting.Device("GPU", free_bytes=int((need[4] + need[8]) / 2 / fitting.HEADROOM), total_bytes=need[8] * 2)
     assert fitting.fit(QWEN, recipe, gpu, dtype_bytes=2)[0].batch_size == 4
     assert fitting.fit(QWEN, recipe, gpu, dtype_bytes=2, ranks=2) == (recipe, [])
+    # a full fine-tune's weights and Adam's moments are shared out too: what no batch fits on one GPU fits on four
+    one = training_memory(shape, "full", batch_size=1, block_size=512, dtype_bytes=2, checkpointing=True, loss_chunk=CHUNK)
+    four = training_memory(shape, "full", batch_size=2, block_size=512, dtype_bytes=2, checkpointing=True, loss_chunk=CHUNK,
+                           shards=4)
+    assert four < one / 2
+    small = fitting.Device("small GPU", free_bytes=int(four * 1.05 / fitting.HEADROOM), total_bytes=one)
+    assert fitting.fit(QWEN, recipe, small, dtype_bytes=2, ranks=4) == (recipe, [])
+    assert "may run out of memory" in fitting.fit(QWEN, recipe, small, dtype_bytes=2)[1][-1]
     none = fitting.Device("no room", free_bytes=1, total_bytes=1)  # halving stops at one sample a rank
     assert fitting.fit(QWEN, recipe, none, dtype_bytes=2, ranks=2)[0].batch_size == 2
     # on a CPU the ranks share its memory: two ranks of 4 samples are fitted as one of 4 in half the memory
-    cpu = fitting.Device("CPU", free_bytes=need[4] * 2, total_bytes=need[8] * 4)
-    half = fitting.Device("CPU", free_bytes=need[4], total_bytes=need[8] * 4)
-    fitted, said = fitting.fit(QWEN, recipe, cpu, dtype_bytes=2, device_type="cpu", ranks=2)
-    alone, _ = fitting.fit(QWEN, recipe.model_copy(update={"batch_size": 4}), half, dtype_bytes=2, device_type="cpu")
-    assert said and fitted.max_pass_tokens == alone.max_pass_tokens is not None
+    lora = recipe.model_copy(update={"method": "lora", "gradient_checkpointing": None})
+    tight = training_memory(shape, "lora", batch_size=4, block_size=512, dtype_bytes=4, loss_chunk=CHUNK)
+    cpu = fitting.Device("CPU", free_bytes=tight * 2, total_bytes=tight * 8)
+    half = fitting.Device("CPU", free_bytes=tight, total_bytes=tight * 8)
+    fitted, said = fitting.fit(QWEN, lora, cpu, dtype_bytes=4, device_type="cpu", ranks=2)
+    alone, _ = fitting.fit(QWEN, lora.model_copy(update={"batch_size": 4}), half, dtype_bytes=4, device_type="cpu")
+    assert said and (fitted.max_pass_tokens, fitted.gradient_checkpointing) == (alone.max_pass_tokens, alone.gradient_checkpointing)
 
 
 def test_the_cpu_reports_its_available_memory():

@@ -3,6 +3,7 @@ rank 0 alone reports and checkpoints, and a rank that dies fails the launch with
 
 from __future__ import annotations
 
+import math
 import os
 import signal
 from datetime import timedelta
@@ -30,10 +31,11 @@ BLOCK = 64
 SAME = 1e-4
 
 
-def recipe(**hp: Any) -> Recipe:
+def recipe(method: str = "lora", **hp: Any) -> Recipe:
     hp = {"block_size": BLOCK, "batch_size": 6, "gradient_accumulation_steps": 2, "max_steps": 12, "learning_rate": 1e-2,
           "save_every": 4, "sample_every": 6, "seed": 3, **hp}
-    return resolve(TrainRequest(dataset_id="ds", speakers=["Alice"], base_model="tiny", hyperparameters=Hyperparameters(**hp)))
+    return resolve(TrainRequest(dataset_id="ds", speakers=["Alice"], base_model="tiny", method=method,  # type: ignore[arg-type]
+                                hyperparameters=Hyperparameters(**hp)))
 
 
 @pytest.fixture(scope="module")
@@ -51,6 +53,12 @@ def base(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, ranks.Job]:
     job = ranks.Job(samples=tokenise(split.train, transcript, BLOCK), held_out=tokenise(split.held_out, transcript, BLOCK)[:8],
                     openings=found, recipe=recipe(), pad_id=tokenizer.pad_token_id, checkpoint=None)
     return folder, job
+
+
+def apart(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
+    """How far weights `a` are from `b`, as a whole (one weight alone can differ more: Adam magnifies the float
+    noise of a gradient near 0)."""
+    return math.sqrt(sum(float((a[k] - w).norm()) ** 2 for k, w in b.items()) / sum(float(w.norm()) ** 2 for w in b.values()))
 
 
 class Heard:
@@ -96,9 +104,7 @@ def test_two_ranks_take_the_steps_one_process_takes(base: tuple[Path, ranks.Job]
     assert [loss for _, loss in shared.losses] == pytest.approx([loss for _, loss in alone.losses], rel=SAME)
     assert alone.losses[-1][1] < alone.losses[0][1] * 0.8  # it learnt something, the same on both
     assert weights_shared.keys() == weights_alone.keys() and any("lora" in k for k in weights_alone)
-    # the weights too, as a whole (Adam magnifies float noise in a weight whose gradient is ~0)
-    for k, w in weights_alone.items():
-        assert float((weights_shared[k] - w).norm() / w.norm()) < SAME, k
+    assert apart(weights_shared, weights_alone) < SAME
     # rank 0 alone reported: each step once, the checkpoints, and the samples at step 6
     assert [p.step for p in two.steps] == list(range(1, 13)) and all(p.total == 12 for p in two.steps)
     assert [p.loss for p in two.steps] == [loss for _, loss in shared.losses]
@@ -139,11 +145,53 @@ def test_a_killed_rank_fails_the_launch_and_its_checkpoint_resumes(base: tuple[P
     assert [loss for _, loss in resumed.losses] == pytest.approx([loss for _, loss in plain.losses], rel=SAME)
 
 
+@pytest.mark.usefixtures("gloo")
+def test_a_full_fine_tune_is_sharded_and_takes_the_steps_one_process_takes(base: tuple[Path, ranks.Job], tmp_path: Path) -> None:
+    """FSDP: each rank holds a share of the weights and Adam's moments; the losses, the trained weights and the
+    checkpoints are those of one process, and a checkpoint of either resumes on the other."""
+    full = recipe("full", learning_rate=1e-3)
+    one, two = Heard(), Heard()
+    alone, weights_alone = launch(base, tmp_path / "one", 1, one, recipe=full)
+    shared, weights_shared = launch(base, tmp_path / "two", 2, two, recipe=full)
+    assert [loss for _, loss in shared.losses] == pytest.approx([loss for _, loss in alone.losses], rel=SAME)
+    assert alone.losses[-1][1] < alone.losses[0][1] * 0.8
+    assert weights_shared.keys() == weights_alone.keys() and len(weights_alone) > 20  # every weight, whole
+    assert all(weights_shared[k].shape == w.shape for k, w in weights_alone.items())
+    assert apart(weights_shared, weights_alone) < SAME
+    assert sorted(two.checkpoints) == [4, 8, 12] and [p.step for p in two.steps] == list(range(1, 13))
+    assert one.samples and not two.samples, "a sharded model samples only at the end, in the flow"
+    # a checkpoint of the sharded run resumes on one process, and one process's on two sharded ranks
+    on_one, _ = launch(base, tmp_path / "to-one", 1, Heard(), recipe=full, checkpoint=two.checkpoints[4])
+    on_two, _ = launch(base, tmp_path / "to-two", 2, Heard(), recipe=full, checkpoint=one.checkpoints[8])
+    assert [loss for _, loss in on_one.losses] == pytest.approx([loss for _, loss in alone.losses], rel=SAME)
+    assert [loss for _, loss in on_two.losses] == pytest.approx([loss for _, loss in alone.losses], rel=SAME)
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA GPUs")
-def test_two_gpus_take_the_steps_one_takes(base: tuple[Path, ranks.Job], tmp_path: Path) -> None:
-    """The same on GPUs, with NCCL (`pytest -m gpu tests/trainer/test_ranks.py`); fp32, so the tolerance is the CPU's."""
-    fp32 = base[1].recipe.model_copy(update={"precision": "fp32"})
+@pytest.mark.parametrize("method", ["lora", "full"])
+def test_two_gpus_take_the_steps_one_takes(base: tuple[Path, ranks.Job], tmp_path: Path, method: str) -> None:
+    """The same on GPUs with NCCL (`pytest -m gpu tests/trainer/test_ranks.py`), DDP and FSDP; fp32, so the CPU's tolerance."""
+    fp32 = recipe(method, precision="fp32", learning_rate=1e-2 if method == "lora" else 1e-3)
     alone, _ = launch(base, tmp_path / "one", 1, Heard(), recipe=fp32)
     shared, _ = launch(base, tmp_path / "two", 2, Heard(), recipe=fp32)
     assert [loss for _, loss in shared.losses] == pytest.approx([loss for _, loss in alone.losses], rel=SAME)
+
+
+def test_several_machines_need_a_rendezvous_and_a_shared_folder(tmp_path: Path) -> None:
+    from doppel.config import Settings
+    from doppel.errors import FailedPrecondition
+    from services.trainer.flow import meeting_for
+
+    assert meeting_for(Settings(home=tmp_path), "run", "lora") == ranks.Meeting()
+    with pytest.raises(FailedPrecondition, match="DOPPEL_TRAIN_NODES=2 needs DOPPEL_TRAIN_RENDEZVOUS .* and DOPPEL_TRAIN_JOBS"):
+        meeting_for(Settings(home=tmp_path, train_nodes=2, train_rendezvous="10.0.0.1:29400"), "run", "lora")
+    both = Settings(home=tmp_path, train_nodes=2, train_rendezvous="10.0.0.1:29400", train_jobs=tmp_path)
+    assert meeting_for(both, "run", "lora") == ranks.Meeting(2, "10.0.0.1:29400", "run-1")
+    with pytest.raises(DoppelError, match="QLoRA trains on one device"):
+        meeting_for(both, "run", "qlora")
+    # what every machine runs: torchrun meeting the others at the rendezvous, under the attempt's id
+    argv = ranks.command(tmp_path, 4, meeting_for(both, "run", "lora"))
+    assert argv[1:3] == ["-m", "torch.distributed.run"] and argv[-3:] == ["-m", "services.trainer.ranks", str(tmp_path)]
+    assert {"--nnodes=2", "--rdzv-backend=c10d", "--rdzv-endpoint=10.0.0.1:29400", "--rdzv-id=run-1",
+            "--nproc-per-node=4"} <= set(argv) and "--standalone" not in argv

@@ -191,6 +191,8 @@ def test_forms_leave_blanks_to_the_service_and_name_bad_fields():
     assert qlora.method == tr.METHOD_QLORA and qlora.lora.rank == 8 and views.method_name(qlora.method) == "qlora"
     full = forms.training_spec(dataset_id="d", speakers=["A"], base_model="tiny", method="full", lora_rank="8")
     assert full.method == tr.METHOD_FULL and not full.lora.HasField("rank")
+    assert forms.training_spec(dataset_id="d", speakers=["A"], base_model="tiny", devices="2").devices == 2
+    assert not full.HasField("devices")  # blank: every GPU the trainer was given
     options = forms.ingest_options(format="whatsapp", session_gap="6h", exclude_senders="Ann, Bo\nCy", min_messages=3)
     assert options.format == ingest_pb2.EXPORT_FORMAT_WHATSAPP and options.session_gap.seconds == 6 * 3600
     assert list(options.exclude_senders) == ["Ann", "Bo", "Cy"] and not options.HasField("merge_window")
