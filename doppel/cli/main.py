@@ -130,7 +130,8 @@ def train_node(
     here = devices or (torch.cuda.device_count() if torch.cuda.is_available() else 1)
     typer.echo(f"waiting for runs in {settings.train_jobs}, to train with {here} process{'es' * (here != 1)} here")
     try:
-        ranks.join(settings.train_jobs, here, threads=settings.train_threads or None, say=lambda line: typer.echo(line))
+        ranks.join(settings.train_jobs, here, settings.home / "train-node", threads=settings.train_threads or None,
+                   say=lambda line: typer.echo(line))
     except KeyboardInterrupt:
         pass
 

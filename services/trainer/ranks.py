@@ -7,9 +7,8 @@ torchrun starts a process a device, makes them meet, and when one dies stops the
 with the failure. Every rank loads the base and trains its share of each batch (finetune.py;
 parallel.py shares the gradients, and for a full fine-tune the model too); rank 0 alone writes:
 progress and sample lines to `events.jsonl`, checkpoints and at the end the trained weights to
-files. The flow reads them as
-they come and hands them to the callbacks a one-device run calls, so a run on N devices is watched,
-checkpointed, retried and resumed the same way.
+files. The flow reads them as they come and hands them to the callbacks a one-device run calls,
+so a run on N devices is watched, checkpointed, retried and resumed the same way.
 
 Several machines: the job folder is on storage they all mount (DOPPEL_TRAIN_JOBS); the trainer's
 launcher serves torchrun's rendezvous (DOPPEL_TRAIN_RENDEZVOUS) and writes `launch.json` beside
@@ -22,7 +21,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import socket
 import subprocess
 import sys
 import time
@@ -118,25 +116,29 @@ def _env(devices: int, threads: int | None) -> dict[str, str]:
     return {**os.environ, "OMP_NUM_THREADS": str(threads or max(1, (os.cpu_count() or 1) // devices))}
 
 
-def join(jobs: Path, devices: int, *, threads: int | None = None, poll_s: float = 1.0,
-         stop: Callable[[], bool] = lambda: False, say: Callable[[str], object] = print) -> None:
+def join(jobs: Path, devices: int, logs: Path, *, threads: int | None = None,
+         say: Callable[[str], object] = print) -> None:
     """Join, with `devices` processes here, every run another machine's trainer launches in `jobs` from now
-    on, one after the other, until `stop` (`doppel train-node`). A run that fails here fails there too,
-    with this machine's reason in its launch log."""
+    on, one after the other, for ever (`doppel train-node`); torchrun's output goes to `logs`. A run that
+    fails here fails there too."""
     seen = {p.parent for p in jobs.glob(f"*/{LAUNCH}")}  # launched before this machine came: not waiting for it
-    while not stop():
+    logs.mkdir(parents=True, exist_ok=True)
+    while True:
         for path in sorted(jobs.glob(f"*/{LAUNCH}")):
-            folder = path.parent
-            if folder in seen:
+            if path.parent in seen:
                 continue
-            seen.add(folder)
-            meeting = Meeting(**json.loads(path.read_text()))
+            seen.add(path.parent)
+            try:
+                meeting = Meeting(**json.loads(path.read_text()))
+            except OSError:  # gone already: that run ended before this machine came to it
+                continue
             say(f"joining run {meeting.id} ({meeting.nodes} machines, at {meeting.rendezvous})")
-            with (folder / f"launch-{socket.gethostname()}-{os.getpid()}.log").open("wb") as log:
-                done = subprocess.run(command(folder, devices, meeting), env=_env(devices, threads), stdout=log,
+            log = logs / f"{meeting.id}.log"
+            with log.open("wb") as out:
+                done = subprocess.run(command(path.parent, devices, meeting), env=_env(devices, threads), stdout=out,
                                       stderr=subprocess.STDOUT, preexec_fn=_die_with_parent, check=False)
-            say(f"run {meeting.id}: " + ("done" if done.returncode == 0 else f"failed: {_reason(Path(log.name))}"))
-        time.sleep(poll_s)
+            say(f"run {meeting.id}: " + ("done" if done.returncode == 0 else f"failed: {_reason(log)} (all of it: {log})"))
+        time.sleep(1)
 
 
 def _die_with_parent() -> None:

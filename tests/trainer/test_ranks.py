@@ -167,6 +167,14 @@ def test_a_full_fine_tune_is_sharded_and_takes_the_steps_one_process_takes(base:
     assert [loss for _, loss in on_two.losses] == pytest.approx([loss for _, loss in alone.losses], rel=SAME)
 
 
+@pytest.mark.usefixtures("gloo")
+def test_an_error_in_a_rank_is_the_reason_the_launch_gives(base: tuple[Path, ranks.Job], tmp_path: Path) -> None:
+    fp16 = recipe("full", precision="fp16")
+    with pytest.raises(DoppelError, match=r"training on 2 devices failed: rank \d .*exited with 1 .*: doppel.errors.DoppelError: "
+                                          r"a full fine-tune on several devices trains in bf16 or fp32, not fp16"):
+        launch(base, tmp_path / "fp16", 2, Heard(), recipe=fp16)
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA GPUs")
 @pytest.mark.parametrize("method", ["lora", "full"])
