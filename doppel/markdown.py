@@ -9,8 +9,10 @@ _SYNTAX = re.compile(r"([\\`*_{}\[\]()#+\-.!|~$])")
 
 
 def escape(text: str) -> str:
-    """`text` shown literally in Markdown: HTML, Markdown and LaTeX syntax neutralised, line breaks kept."""
-    return _SYNTAX.sub(r"\\\1", html.escape(text, quote=False)).replace("\n", "  \n")
+    """`text` shown literally in Markdown: HTML, Markdown and LaTeX syntax neutralised, line breaks kept
+    (a blank line too, as a line holding a no-break space: a blank line would end the paragraph)."""
+    lines = _SYNTAX.sub(r"\\\1", html.escape(text, quote=False)).split("\n")
+    return lines[0] if len(lines) == 1 else "  \n".join(line if line.strip() else "&nbsp;" for line in lines)
 
 
 def cell(text: str) -> str:

@@ -170,7 +170,7 @@ def test_import_train_chat_and_simulate_in_a_browser(stack: tuple[str, dict[str,
         page.locator("#sim-start").click()
         output = page.locator("#sim-output")
         expect(output).to_contain_text("Alice:", timeout=60_000)
-        expect(output.locator("p")).to_have_count(8, timeout=60_000)
+        expect(output.locator("strong")).to_have_count(8, timeout=60_000)  # a speaker's name a turn
         no_errors(page)
         shots.take(page, "4-conversations")
 

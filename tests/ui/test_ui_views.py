@@ -110,6 +110,11 @@ def test_text_from_exports_and_models_is_shown_literally():
     assert "<b>" not in shown and "&lt;b&gt;" in shown
     assert "\\*not bold\\*" in shown and "\\[link\\]\\(x\\)" in shown and "\\$x\\$" in shown
     assert shown.endswith("  \nnext")  # a line break survives Markdown
+    # a blank line in a turn stays inside the turn's paragraph: one paragraph a turn
+    from markdown_it import MarkdownIt
+
+    rendered = MarkdownIt().render(views.transcript([("Alice", "one\n\n \ntwo\n"), ("Bob", "three")]))
+    assert rendered.count("<p>") == 2 and "two" in rendered.split("</p>")[0], rendered
 
 
 def test_dataset_stats_become_typed_frames():
