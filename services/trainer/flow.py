@@ -295,9 +295,8 @@ def _train(settings: Settings, store: Store, log: RunLog) -> str:
         found = previews.openings(split.held_out or split.train, recipe.speakers, recipe.sample_prompts)
 
         def sample_at(m: Any, step: int) -> None:
-            texts = previews.generate(m, base.tokenizer, transcript, found, step=step, seed=recipe.seed)
-            loss, _ = finetune.held_out_loss(m, held_out[:EVAL_DURING], pad_id=pad_id)
-            progress.on_samples(step, texts, loss)
+            progress.on_samples(step, *previews.sampling_point(m, base.tokenizer, transcript, found, held_out[:EVAL_DURING],
+                                                               pad_id=pad_id, step=step, seed=recipe.seed))
 
         checkpoint = runs.latest_checkpoint(store, record.id)
         blob = None

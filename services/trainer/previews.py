@@ -20,7 +20,8 @@ import torch
 from doppel.model import SampleText
 from doppel.transcript import Transcript, Turn
 
-from .samples import Session
+from .finetune import held_out_loss
+from .samples import Sample, Session
 
 MAX_CONTEXT_TURNS = 6
 
@@ -78,3 +79,10 @@ def generate(
             shown = "\n".join(f"{t.speaker}: {t.text}" for t in o.turns)
             out.append(SampleText(prompt=shown, text=transcript.one_turn(text, o.participants), step=step, speaker=o.speaker))
     return out
+
+
+def sampling_point(model: Any, tokenizer: Any, transcript: Transcript, found: Sequence[Opening], held_out: Sequence[Sample],
+                   *, pad_id: int, step: int, seed: int) -> tuple[list[SampleText], float]:
+    """What a run shows at a sampling point during training: a sample per opening, and the loss over `held_out`."""
+    texts = generate(model, tokenizer, transcript, found, step=step, seed=seed)
+    return texts, held_out_loss(model, held_out, pad_id=pad_id)[0]

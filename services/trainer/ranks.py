@@ -91,8 +91,7 @@ def train(folder: Path, job: Job, devices: int, callbacks: finetune.Callbacks, o
     them; a rank that fails fails this, with torchrun's reason."""
     torch.save(job, folder / "job.pt")
     if meeting.nodes > 1:  # for `doppel train-node` on the other machines
-        (folder / f"{LAUNCH}.part").write_text(json.dumps(asdict(meeting)))
-        (folder / f"{LAUNCH}.part").rename(folder / LAUNCH)
+        _whole(folder / LAUNCH, lambda path: path.write_text(json.dumps(asdict(meeting))))
     with (folder / LAUNCH_LOG).open("wb") as log:
         proc = subprocess.Popen(command(folder, devices, meeting), env=_env(devices, threads), stdout=log,
                                 stderr=subprocess.STDOUT, preexec_fn=_die_with_parent)
@@ -110,6 +109,13 @@ def train(folder: Path, job: Job, devices: int, callbacks: finetune.Callbacks, o
         raise DoppelError(f"training on {devices * meeting.nodes} devices failed: {_reason(folder / LAUNCH_LOG)}")
     out = torch.load(folder / TRAINED, map_location="cpu", weights_only=False)
     return finetune.Result(step=out["step"], total=out["total"], losses=out["losses"], stopped=out["stopped"]), out["weights"]
+
+
+def _whole(path: Path, write: Callable[[Path], object]) -> None:
+    """`write` a file that its readers (the flow, `doppel train-node`) see whole or not at all."""
+    part = path.with_name(f"{path.name}.part")
+    write(part)
+    part.rename(path)
 
 
 def _env(devices: int, threads: int | None) -> dict[str, str]:
@@ -203,13 +209,12 @@ def _rank_zero_callbacks(folder: Path, job: Job, tokenizer: Any) -> finetune.Cal
 
     def checkpoint(step: int, blob: bytes) -> None:
         name = f"checkpoint-{step}.pt"
-        (folder / f"{name}.part").write_bytes(blob)
-        (folder / f"{name}.part").rename(folder / name)
+        _whole(folder / name, lambda path: path.write_bytes(blob))
         write({"checkpoint": step, "path": name})
 
     def sample(model: Any, step: int) -> None:
-        texts = previews.generate(model, tokenizer, transcript, job.openings, step=step, seed=job.recipe.seed)
-        loss, _ = finetune.held_out_loss(model, job.held_out, pad_id=job.pad_id)
+        texts, loss = previews.sampling_point(model, tokenizer, transcript, job.openings, job.held_out, pad_id=job.pad_id,
+                                              step=step, seed=job.recipe.seed)
         write({"samples": step, "texts": [t.model_dump() for t in texts], "loss": loss})
 
     return finetune.Callbacks(on_step=lambda p: write({"progress": asdict(p)}), on_checkpoint=checkpoint, on_sample=sample)
@@ -219,7 +224,6 @@ def _rank_zero_callbacks(folder: Path, job: Job, tokenizer: Any) -> finetune.Cal
 def main(folder: Path) -> None:
     """One rank (run by torchrun, which sets RANK, LOCAL_RANK and WORLD_SIZE)."""
     from torch import distributed as dist
-
 
     cuda = torch.cuda.is_available()
     device = torch.device("cuda", int(os.environ["LOCAL_RANK"])) if cuda else torch.device("cpu")
@@ -238,8 +242,7 @@ def main(folder: Path) -> None:
         result = finetune.train(model, job.samples, job.recipe, pad_id=job.pad_id, callbacks=callbacks, checkpoint=job.checkpoint)
         weights = parallel.trainable_state(model)  # sharded: gathered from every rank to rank 0
         if first:
-            torch.save({**asdict(result), "weights": weights}, folder / f"{TRAINED}.part")
-            (folder / f"{TRAINED}.part").rename(folder / TRAINED)
+            _whole(folder / TRAINED, lambda path: torch.save({**asdict(result), "weights": weights}, path))
     finally:
         dist.destroy_process_group()
 
