@@ -18,6 +18,13 @@ def die_with_parent() -> None:
         ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
 
+def doppel_process(argv: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
+    """`python -m doppel ARGV` with `env`, its output appended to `log`, dying with pytest."""
+    with log.open("ab") as out:
+        return subprocess.Popen([sys.executable, "-m", "doppel", *argv], env=env, stdout=out, stderr=subprocess.STDOUT,
+                                preexec_fn=die_with_parent)
+
+
 def rank_pid(root: int, rank: int) -> int:
     """The process of training rank `rank` (services.trainer.ranks, started by torchrun, which sets RANK) below `root`."""
     parents: dict[int, int] = {}

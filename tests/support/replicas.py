@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -12,7 +11,7 @@ import grpc
 
 from doppel import balancer
 from doppel.clients import InferenceClient, ServiceClient
-from support.processes import die_with_parent, log_tail, stop
+from support.processes import die_with_parent, doppel_process, log_tail, stop
 
 
 class Replicas:
@@ -33,9 +32,7 @@ class Replicas:
     def _start(self, i: int) -> subprocess.Popen:
         env = {**os.environ, "DOPPEL_STORE_URL": self.store_url, "DOPPEL_HOME": str(self.folder / f"home-{i}"),
                "DOPPEL_INFERENCE_THREADS": "1"}
-        with (self.folder / f"inference-{i}.log").open("ab") as log:
-            return subprocess.Popen([sys.executable, "-m", "doppel", "serve", "inference", "--listen", self.addrs[i]],
-                                    env=env, stdout=log, stderr=subprocess.STDOUT, preexec_fn=die_with_parent)
+        return doppel_process(["serve", "inference", "--listen", self.addrs[i]], env, self.folder / f"inference-{i}.log")
 
     def client(self, i: int | None = None) -> InferenceClient:
         """A client of the balancer, or of replica `i` directly."""

@@ -5,8 +5,6 @@ a network and a shared mount. Each trains with one gloo process; the run takes b
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 import time
 import uuid
 
@@ -14,7 +12,7 @@ from doppel.clients import TrainerClient
 from doppel.store import open_store
 from doppel.v1 import trainer_pb2 as tr
 from support.chats import chat, ingest_chat
-from support.processes import die_with_parent, free_port, log_tail, stop
+from support.processes import doppel_process, free_port, log_tail, stop
 from support.replicas import wait_serving
 
 QUICK = dict(max_steps=40, batch_size=8, block_size=128, learning_rate=1e-2, save_every=20, sample_every=20, seed=2)
@@ -29,12 +27,8 @@ def test_a_run_spans_the_trainer_and_a_train_node(seaweed, prefect_api_url, tmp_
                    "PREFECT_API_URL": prefect_api_url, "DOPPEL_HOME": str(tmp_path / "trainer"), "DOPPEL_PREPARE_BASE": "0",
                    "DOPPEL_TRAIN_NODES": "2", "DOPPEL_TRAIN_RENDEZVOUS": f"127.0.0.1:{free_port()}"}
     node_log, trainer_log = tmp_path / "node.log", tmp_path / "trainer.log"
-    with node_log.open("ab") as out:
-        node = subprocess.Popen([sys.executable, "-m", "doppel", "train-node"], env={**common, "DOPPEL_HOME": str(tmp_path / "node")},
-                                stdout=out, stderr=subprocess.STDOUT, preexec_fn=die_with_parent)
-    with trainer_log.open("ab") as out:
-        trainer = subprocess.Popen([sys.executable, "-m", "doppel", "serve", "trainer", "--listen", addr], env=trainer_env,
-                                   stdout=out, stderr=subprocess.STDOUT, preexec_fn=die_with_parent)
+    node = doppel_process(["train-node"], {**common, "DOPPEL_HOME": str(tmp_path / "node")}, node_log)
+    trainer = doppel_process(["serve", "trainer", "--listen", addr], trainer_env, trainer_log)
     try:
         wait_serving(addr, tmp_path)
         deadline = time.monotonic() + 60

@@ -6,8 +6,6 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
-import subprocess
-import sys
 import uuid
 
 from prefect.client.orchestration import PrefectClient
@@ -16,7 +14,7 @@ from doppel.clients import TrainerClient
 from doppel.store import open_store
 from doppel.v1 import trainer_pb2 as tr
 from support.chats import chat, ingest_chat
-from support.processes import die_with_parent, free_port, log_tail, stop
+from support.processes import doppel_process, free_port, log_tail, stop
 from support.replicas import wait_serving
 
 QUICK = dict(max_steps=20, batch_size=8, block_size=128, learning_rate=1e-2, save_every=10, sample_every=20)
@@ -37,9 +35,7 @@ def test_two_trainers_serve_one_deployment_and_share_three_runs(seaweed, prefect
             env = {**os.environ, "DOPPEL_STORE_URL": store_url, "DOPPEL_PREFECT_API_URL": prefect_api_url,
                    "PREFECT_API_URL": prefect_api_url, "DOPPEL_HOME": str(tmp_path / f"trainer-{i}"),
                    "DOPPEL_TRAIN_THREADS": "1", "DOPPEL_PREPARE_BASE": "0"}
-            with (tmp_path / f"trainer-{i}.log").open("ab") as log:
-                procs.append(subprocess.Popen([sys.executable, "-m", "doppel", "serve", "trainer", "--listen", addr],
-                                              env=env, stdout=log, stderr=subprocess.STDOUT, preexec_fn=die_with_parent))
+            procs.append(doppel_process(["serve", "trainer", "--listen", addr], env, tmp_path / f"trainer-{i}.log"))
         for addr in addrs:
             wait_serving(addr, tmp_path)
         with TrainerClient(addrs[0], timeout=60) as client:
