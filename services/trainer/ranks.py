@@ -156,17 +156,46 @@ def _die_with_parent() -> None:
 
 
 def _reason(log: Path) -> str:
-    """torchrun's account of the first failure: the rank, its exit code or signal, and its error's last line."""
+    """What failed first, from torchrun's report: the rank, its exit code or signal, and its error's last line.
+
+    torchrun's own "root cause" is the earliest failure to the second, so a survivor that lost its peer in the
+    same second may take the place of the rank that died; a rank torchrun stopped (SIGTERM) or one that lost its
+    peer is the root cause only when no other is."""
     text = log.read_text(errors="replace")
     if "Root Cause" not in text:
         lines = [line.strip() for line in text.splitlines() if line.strip()]
         return lines[-1] if lines else "no output"
-    section = text.split("Root Cause", 1)[1].split("\n=====", 1)[0].splitlines()
-    fields = {k.strip(): v.strip() for k, _, v in (line.partition(":") for line in section) if v}
+    others, _, root = text.rsplit("Failures:", 1)[-1].partition("Root Cause (first observed failure):")
+    failures = [_failure(block) for part in (root.split("\n=====")[0], others)
+                for block in _FAILURE.split(part)[1:]]
+    first = next((f for f in failures if not _after_another(f)), failures[0])
+    return f"rank {first.get('rank', '?')} exited with {first.get('exitcode', '?')}: {first.get('error', '')}"
+
+
+_FAILURE = re.compile(r"^\[\d+\]:$", re.M)  # each failure in torchrun's report starts with its index: "[0]:"
+_FIELD = re.compile(r"^  (time|host|rank|exitcode|error_file|traceback)\s*: (.*)$")
+_LOST_PEER = re.compile(r"Connection (reset|closed) by peer|remote process exited|Broken pipe")
+
+
+def _failure(block: str) -> dict[str, str]:
+    """One failure of torchrun's report: its fields, and `error`, the traceback's last line when a rank raised."""
+    fields: dict[str, str] = {}
+    trace: list[str] = []
+    for line in block.strip("\n-").splitlines():
+        field = _FIELD.match(line)
+        if field and field[1] not in fields:
+            fields[field[1]] = " ".join(field[2].split())
+        elif "traceback" in fields:
+            trace.append(line)
     error = fields.get("traceback", "")
     if error.startswith("Traceback"):  # a rank's exception (`record`): its last line says what
-        error = next((line.strip() for line in reversed(section) if re.match(r"\s*[\w.]+(Error|Exception)\b", line)), error)
-    return f"rank {fields.get('rank', '?')} exited with {fields.get('exitcode', '?')}: {error}"
+        error = next((line.strip() for line in reversed(trace) if re.match(r"\s*[\w.]+(Error|Exception)\b", line)), error)
+    return {**fields, "error": error}
+
+
+def _after_another(failure: dict[str, str]) -> bool:
+    """Whether a rank failed because another did: torchrun stopped it, or it lost its peer in a collective."""
+    return failure.get("exitcode", "").startswith("-15 ") or bool(_LOST_PEER.search(failure["error"]))
 
 
 class _Relay:
