@@ -162,12 +162,12 @@ def _reason(log: Path) -> str:
     same second may take the place of the rank that died; a rank torchrun stopped (SIGTERM) or one that lost its
     peer is the root cause only when no other is."""
     text = log.read_text(errors="replace")
-    if "Root Cause" not in text:
-        lines = [line.strip() for line in text.splitlines() if line.strip()]
-        return lines[-1] if lines else "no output"
     others, _, root = text.rsplit("Failures:", 1)[-1].partition("Root Cause (first observed failure):")
     failures = [_failure(block) for part in (root.split("\n=====")[0], others)
-                for block in _FAILURE.split(part)[1:]]
+                for block in _FAILURE.split(part)[1:]] if root else []
+    if not failures:  # no report: torchrun itself failed (its last line says why), or it was killed
+        lines = [line.strip() for line in text.splitlines() if line.strip()]
+        return lines[-1] if lines else "no output"
     first = next((f for f in failures if not _after_another(f)), failures[0])
     return f"rank {first.get('rank', '?')} exited with {first.get('exitcode', '?')}: {first.get('error', '')}"
 

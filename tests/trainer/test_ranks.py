@@ -211,6 +211,9 @@ def test_the_reason_is_the_rank_that_died_not_the_one_that_lost_it(tmp_path: Pat
     # a rank's own exception beats its peer's lost connection, whichever torchrun saw first
     broke = torchrun_report(tmp_path, {0: (1, lost), 1: (1, ValueError("bad batch"))})
     assert ranks._reason(broke) == "rank 1 (local_rank: 1) exited with 1 (pid: 101): ValueError: bad batch"
+    # no report (torchrun itself failed): its last line
+    (bare := tmp_path / "bare.log").write_text("starting\nValueError: unrecognised arguments: --bad\n\n")
+    assert ranks._reason(bare) == "ValueError: unrecognised arguments: --bad"
 
 
 @pytest.mark.gpu
