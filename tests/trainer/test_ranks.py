@@ -175,14 +175,15 @@ def test_an_error_in_a_rank_is_the_reason_the_launch_gives(base: tuple[Path, ran
         launch(base, tmp_path / "fp16", 2, Heard(), recipe=fp16)
 
 
-def torchrun_report(tmp_path: Path, failures: dict[int, tuple[int, Exception | None]]) -> Path:
-    """A log ending as torchrun's does, written by torch's own code: `failures` maps a rank to its exit code
-    and the exception it recorded (`record`), if any."""
+def torchrun_report(folder: Path, failures: dict[int, tuple[int, Exception | None]]) -> Path:
+    """A log ending as torchrun's does, written by torch's own code in a new `folder` (a rank's error file is
+    read by its name): `failures` maps a rank to its exit code and the exception it recorded (`record`), if any."""
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError, ErrorHandler, ProcessFailure
 
+    folder.mkdir()
     found = {}
     for rank, (exitcode, error) in failures.items():
-        file = tmp_path / f"error-{rank}.json"
+        file = folder / f"error-{rank}.json"
         if error is not None:
             os.environ["TORCHELASTIC_ERROR_FILE"] = str(file)
             try:
@@ -192,7 +193,7 @@ def torchrun_report(tmp_path: Path, failures: dict[int, tuple[int, Exception | N
             finally:
                 del os.environ["TORCHELASTIC_ERROR_FILE"]
         found[rank] = ProcessFailure(local_rank=rank, pid=100 + rank, exitcode=exitcode, error_file=str(file))
-    log = tmp_path / "launch.log"
+    log = folder / "launch.log"
     log.write_text(f"torch.distributed.elastic.multiprocessing.errors.ChildFailedError: \n"
                    f"{ChildFailedError('services.trainer.ranks', found).format_msg()}\n")
     return log
@@ -202,14 +203,14 @@ def test_the_reason_is_the_rank_that_died_not_the_one_that_lost_it(tmp_path: Pat
     """torchrun's root cause is the earliest failure to the second: rank 0, which lost its peer in the same
     second as rank 1 was killed, is named first; the reason still names rank 1."""
     lost = RuntimeError("[../gloo/transport/tcp/pair.cc:537] Read error [127.0.0.1]:7320: Connection reset by peer")
-    log = torchrun_report(tmp_path, {0: (-signal.SIGTERM, lost), 1: (-signal.SIGKILL, None)})
+    log = torchrun_report(tmp_path / "killed", {0: (-signal.SIGTERM, lost), 1: (-signal.SIGKILL, None)})
     assert "rank      : 0" in log.read_text().split("Root Cause")[1], "torchrun itself names rank 0 first"
     assert ranks._reason(log) == "rank 1 (local_rank: 1) exited with -9 (pid: 101) (SIGKILL): Signal 9 (SIGKILL) received by PID 101"
     # both stopped by torchrun (a cancelled run): its root cause stands
-    stopped = torchrun_report(tmp_path, {0: (-signal.SIGTERM, None), 1: (-signal.SIGTERM, None)})
+    stopped = torchrun_report(tmp_path / "stopped", {0: (-signal.SIGTERM, None), 1: (-signal.SIGTERM, None)})
     assert ranks._reason(stopped).startswith("rank 0 (local_rank: 0) exited with -15 (pid: 100) (SIGTERM)")
     # a rank's own exception beats its peer's lost connection, whichever torchrun saw first
-    broke = torchrun_report(tmp_path, {0: (1, lost), 1: (1, ValueError("bad batch"))})
+    broke = torchrun_report(tmp_path / "broke", {0: (1, lost), 1: (1, ValueError("bad batch"))})
     assert ranks._reason(broke) == "rank 1 (local_rank: 1) exited with 1 (pid: 101): ValueError: bad batch"
     # no report (torchrun itself failed): its last line
     (bare := tmp_path / "bare.log").write_text("starting\nValueError: unrecognised arguments: --bad\n\n")
