@@ -30,6 +30,9 @@ NGINX := /usr/sbin/nginx
 # The live container test (tests/deploy/test_live_stack.py) starts Debian's dockerd and builds
 # its base image with mmdebstrap; without apt-get it is skipped.
 DOCKERD := /usr/sbin/dockerd
+# The processes that train preload tcmalloc where the system has it (services/trainer/heap.py): half
+# the memory of glibc's malloc on a CPU. Installed where apt-get can without a password prompt.
+TCMALLOC := $(VENV)/.tcmalloc
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 export HF_HUB_OFFLINE := 1
 export HF_HUB_DISABLE_TELEMETRY := 1
@@ -43,10 +46,10 @@ export CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=O
 endif
 
 .PHONY: up test check setup lock release-protos
-up: setup
+up: setup $(TCMALLOC)
 	$(VENV)/bin/doppel up
 
-test: setup $(LLAMA) check $(BROWSER) $(DOCKERD) $(GO) $(NGINX)
+test: setup $(TCMALLOC) $(LLAMA) check $(BROWSER) $(DOCKERD) $(GO) $(NGINX)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 # ruff (lint), mypy (types; settings in pyproject.toml), buf lint and buf breaking against the
@@ -57,6 +60,13 @@ check: setup
 	done; exit $$status
 
 setup: $(INSTALLED) $(STUBS)
+
+$(TCMALLOC): | $(PY)
+	@$(PY) -c "import ctypes.util, sys; sys.exit(not ctypes.util.find_library('tcmalloc_minimal'))" \
+		|| { command -v apt-get >/dev/null && $(SUDO) $(if $(SUDO),-n) apt-get update -qq \
+			&& DEBIAN_FRONTEND=noninteractive $(SUDO) $(if $(SUDO),-n) apt-get install -y -qq libtcmalloc-minimal4; } \
+		|| echo "no tcmalloc (Debian's libtcmalloc-minimal4): training runs on the C library's malloc, about twice the memory on a CPU"
+	touch $@
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)

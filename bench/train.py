@@ -11,14 +11,16 @@ fresh process:
 
 * doppel: `services.trainer.finetune.train` (length-grouped batches, each sample cut after its
   last trained token, packed or padded to the longest, logits only where scored), with the
-  recipe `resolve` gives for the flags;
+  recipe `resolve` gives for the flags, fitted to the device as a run's is (`fitting.fit`: on a
+  CPU, forward passes of at most 1024 tokens; the batch size stays as asked);
 * baseline: a plain `transformers.Trainer` whose collator pads every sample to the block size;
   it replays the very same batches in the same order, so both runs process the same samples
   and the ratio is the ratio of their step times.
 
 Both runs wrap the model the same way (`prepare_model`: LoRA or full), use the same precision
-(fp32 weights, bf16 autocast on a GPU) and run `--warmup` untimed steps, then `--steps` timed
-ones. tokens/s counts real tokens (every non-padding token of a window, context and trained
+(fp32 weights, bf16 autocast on a GPU), run on the malloc a run's processes get (`--malloc`:
+tcmalloc where the system has it, services/trainer/heap.py) and run `--warmup` untimed steps,
+then `--steps` timed ones. tokens/s counts real tokens (every non-padding token of a window, context and trained
 turns alike) per second of the timed steps. Peak memory: `torch.cuda.max_memory_allocated` on
 a GPU, peak RSS of the run's process on CPU (interpreter and libraries included), both read at
 the end of the timed steps. MFU (GPU only) = FLOPs/token x real tokens/s / peak dense bf16
@@ -27,7 +29,7 @@ need no weight gradient), N = the weights a token is multiplied by (embedding lo
 the LM head counted; attention-score FLOPs left out). Padding counts as no useful work.
 
 Targets (issue 18): on a 2-core CPU, `--model smollm2-135m --method lora` at the default preset
->= 2x with a peak under 4 GB (`--pass-tokens 1024`, as a run chooses where memory is short); on
+>= 2x with a peak under 4 GB; on
 an H100, ratio >= 1.5x and MFU >= 40% for a ~0.5B model in bf16 (random weights are fine). The
 last line is one JSON object with every figure; its unprefixed keys are the doppel run,
 `baseline_*` the Trainer's.
@@ -58,6 +60,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.child import in_child
 from bench.synthetic import NAMES, synthetic_chats
+from services.trainer import heap
 
 PERSONA = NAMES[0]  # the speaker trained on; each synthetic chat has them and 1-4 others
 RANDOM_CONFIGS: dict[str, dict[str, Any]] = {
@@ -162,7 +165,7 @@ def _run(which: str, job: dict[str, Any], out: Any) -> None:
     """One timed run in this (fresh) process; puts a dict of figures on `out`."""
     import torch
 
-    from services.trainer import finetune
+    from services.trainer import finetune, fitting, heap
     from services.trainer.recipe import Recipe
 
     _quiet()
@@ -176,6 +179,10 @@ def _run(which: str, job: dict[str, Any], out: Any) -> None:
         torch.cuda.reset_peak_memory_stats(device)
     model = _make_model(job)
     n_matmul = _matmul_params(model)
+    # what a run leaves open, fitted as the run's flow does; the batches stay the ones both runs replay
+    recipe, _ = fitting.fit(model.config.to_dict(), recipe, fitting.device(device), device_type=device.type,
+                            dtype_bytes=4 if finetune.autocast_dtype(recipe.precision, device) is None else 2,
+                            asked={"batch_size", "gradient_accumulation_steps"})
     model.to(device)
     model = finetune.prepare_model(model, recipe)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
@@ -192,6 +199,9 @@ def _run(which: str, job: dict[str, Any], out: Any) -> None:
         "mean_loss": sum(losses) / len(losses) if losses else math.nan,
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "autocast": str(finetune.autocast_dtype(recipe.precision, device) or "none").replace("torch.", ""),
+        "pass_tokens": recipe.max_pass_tokens,
+        "gradient_checkpointing": recipe.gradient_checkpointing,
+        "malloc": heap.allocator(),
     })
 
 
@@ -408,8 +418,10 @@ def main() -> None:
     ap.add_argument("--block-size", type=int, help="most tokens in a sample (default: the recipe's 512)")
     ap.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], help="default: auto (bf16 on a GPU)")
     ap.add_argument("--gradient-checkpointing", action="store_true")
-    ap.add_argument("--pass-tokens", type=int, help="doppel's loop: forward passes of at most this many tokens, as "
-                                                    "a run on a CPU with less free memory chooses (default: a batch at once)")
+    ap.add_argument("--pass-tokens", type=int, help="doppel's loop: forward passes of at most this many tokens "
+                                                    "(default: what a run chooses: 1024 on a CPU, a batch at once on a GPU)")
+    ap.add_argument("--malloc", choices=["auto", "system"], default="auto",
+                    help="the runs' malloc: auto (tcmalloc where the system has it, as a run's processes) or system")
     ap.add_argument("--messages", type=int, default=20_000, help="messages in the synthetic chat (default 20,000)")
     ap.add_argument("--conversations", type=int, default=20, help="chats they are spread over (default 20)")
     ap.add_argument("--seed", type=int, default=0)
@@ -438,10 +450,16 @@ def main() -> None:
         if job["device"] == "cpu" and not args.threads and os.getloadavg()[0] >= 0.5:
             print("note: other processes are busy and torch uses every core: its threads then thrash and the "
                   "timings swing widely; --threads 1 is steadier", flush=True)
-        ours = in_child(_run, ("doppel", job), "the doppel run")
-        print(f"  doppel: {ours['seconds']:.2f} s", flush=True)
-        base = in_child(_run, ("trainer", job), "the trainer run")
-        print(f"  Trainer: {base['seconds']:.2f} s", flush=True)
+        saved = dict(os.environ)
+        os.environ.update(heap.environment(os.environ, args.malloc))  # what the spawned runs start with
+        try:
+            ours = in_child(_run, ("doppel", job), "the doppel run")
+            print(f"  doppel: {ours['seconds']:.2f} s on {ours['malloc']} malloc", flush=True)
+            base = in_child(_run, ("trainer", job), "the trainer run")
+            print(f"  Trainer: {base['seconds']:.2f} s on {base['malloc']} malloc", flush=True)
+        finally:
+            os.environ.clear()
+            os.environ.update(saved)
 
     device = ours["device"]
     n, n_lora = ours["matmul_params"], ours["trainable_params"]
@@ -481,8 +499,9 @@ def main() -> None:
         "warmup": args.warmup,
         "batch_size": recipe.batch_size,
         "block_size": recipe.block_size,
-        "gradient_checkpointing": recipe.gradient_checkpointing,
-        "pass_tokens": recipe.max_pass_tokens,
+        "gradient_checkpointing": ours["gradient_checkpointing"],
+        "pass_tokens": ours["pass_tokens"],
+        "malloc": ours["malloc"],
         "samples": info["samples"],
         "mean_sample_tokens": info["mean_sample_tokens"],
         "messages": args.messages,
@@ -493,7 +512,8 @@ def main() -> None:
     def pct(x: float | None) -> str:
         return "-" if x is None else f"{100 * x:.1f}"
 
-    print(f"\ndevice {device}, autocast {ours['autocast']}; {n / 1e6:.1f} M matmul params, "
+    passes = f"passes of <= {ours['pass_tokens']} tokens" if ours["pass_tokens"] else "a batch a pass"
+    print(f"\ndevice {device}, autocast {ours['autocast']}, {ours['malloc']} malloc, {passes}; {n / 1e6:.1f} M matmul params, "
           f"{n_lora / 1e6:.2f} M trainable; tokens = real (non-padding) tokens")
     print(f"{'':<24}{'doppel':>14}{'Trainer, padded':>18}")
     rows = [

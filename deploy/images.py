@@ -31,8 +31,8 @@ CACHE = Path(os.environ.get("DOPPEL_IMAGE_CACHE", "~/.cache/doppel")).expanduser
 CONTEXT_WHEELS = ROOT / "deploy" / "wheelhouse"  # in the build context; the Dockerfile copies it to /wheels
 SUITE = "bookworm"  # Debian 12: Python 3.11, as the lock was resolved for
 # The base: Python for Doppel and SeaweedFS, useradd for the service user, Postgres for its stand-in,
-# nginx for `doppel balancer`.
-PACKAGES = ("python3", "python3-venv", "ca-certificates", "passwd", "postgresql", "nginx")
+# nginx for `doppel balancer`, tcmalloc for the processes that train.
+PACKAGES = ("python3", "python3-venv", "ca-certificates", "passwd", "postgresql", "nginx", "libtcmalloc-minimal4")
 BASE_REPO = "doppel-local/debian"
 DEFAULT_TAG = "doppel:0.1.0"
 # The stand-ins of deploy/compose.local.yml: their Dockerfiles, and the few files each needs (a

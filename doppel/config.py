@@ -9,6 +9,7 @@ process's `main()` and pass it down.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -71,6 +72,11 @@ class Settings(BaseSettings):
     )
     train_threads: int = Field(
         default=0, ge=0, description="DOPPEL_TRAIN_THREADS: CPU threads a training run uses; 0 lets torch choose."
+    )
+    train_malloc: Literal["auto", "system"] = Field(
+        default="auto", description="DOPPEL_TRAIN_MALLOC: auto: the processes that train run on tcmalloc where the "
+        "system has it (Debian's libtcmalloc-minimal4), half the memory of the C library's malloc on a CPU; system: "
+        "on the C library's.",
     )
     train_nodes: int = Field(
         default=1, ge=1, le=1024, description="DOPPEL_TRAIN_NODES: machines a run on several devices spans: this "

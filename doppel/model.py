@@ -69,7 +69,7 @@ class Recipe(BaseModel):
     sample_every: int = 0
     sample_prompts: list[str] = Field(default_factory=list)
     gradient_checkpointing: bool | None = None  # None: the trainer chooses from the memory estimate (fitting.py)
-    max_pass_tokens: int | None = None  # most tokens in one forward pass (a batch above is split); None: a batch at once
+    max_pass_tokens: int | None = None  # most tokens in a forward pass (a batch above is split); None: a batch at once (fitting.py)
     precision: Precision = "auto"
     session_gap_s: float = 6 * 3600.0
     devices: int = 1  # processes the run trained on, a device each (the trainer sets it)

@@ -27,3 +27,5 @@ def test_train_bench_prints_its_figures(tmp_path: Path) -> None:
     assert figures["steps"] == 2 and figures["block_size"] == 128
     assert figures["baseline_padding_fraction"] > figures["padding_fraction"]
     assert "tokens/s (real)" in done.stdout
+    # fitted and run as a run on this CPU is: passes of 1024 tokens, on tcmalloc (services/trainer/heap.py)
+    assert (figures["pass_tokens"], figures["gradient_checkpointing"], figures["malloc"]) == (1024, False, "tcmalloc")

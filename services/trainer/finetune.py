@@ -19,8 +19,6 @@ rank takes every world-th sample of each micro-batch and the ranks sum their gra
 
 from __future__ import annotations
 
-import ctypes
-import functools
 import io
 import math
 import random
@@ -35,7 +33,7 @@ from transformers import get_scheduler
 
 from doppel.errors import DoppelError
 
-from . import parallel
+from . import fitting, heap, parallel
 from .loss import packable, token_loss
 from .recipe import Recipe
 from .samples import IGNORE, Sample
@@ -261,16 +259,6 @@ def _scored_tokens(sample: Sample) -> int:
     return sample.trained_tokens - int(bool(sample.labels) and sample.labels[0] != IGNORE)
 
 
-def _heap_trimmer() -> Callable[[], object] | None:
-    """glibc's `malloc_trim`, which hands the heap's free pages back to the system (None elsewhere):
-    freed activations otherwise stay in the heap, and a process peaks at ~1.9x what a step needs
-    (8 x 512 of SmolLM2 in passes of 1024 tokens: 4.8 GB without, 3.7 GB with, at the same speed)."""
-    try:
-        return functools.partial(ctypes.CDLL("libc.so.6").malloc_trim, 0)
-    except (OSError, AttributeError):
-        return None
-
-
 def _oom(e: BaseException) -> OutOfMemory:
     return OutOfMemory(
         f"training ran out of memory ({str(e).splitlines()[0][:200]}): use LoRA instead of full "
@@ -356,9 +344,10 @@ def _train(model: Any, samples: Sequence[Sample], recipe: Recipe, pad_id: int, c
 
     lengths = needed_lengths(samples)
     pack = packable(model)
-    # where memory is short (passes), freed activations go back to the system after each pass; with
-    # a batch at once that costs a sixth of the speed (every step faults its memory in again)
-    release = _heap_trimmer() if device.type == "cpu" and recipe.max_pass_tokens else None
+    # where memory is short (passes below the default), glibc's free pages go back to the system after
+    # each pass, at a sixth of the speed (heap.trimmer); tcmalloc needs no such help
+    short = device.type == "cpu" and (recipe.max_pass_tokens or fitting.CPU_PASSES[0]) < fitting.CPU_PASSES[0]
+    release = heap.trimmer() if short else None
     per_epoch = math.ceil(len(samples) / recipe.batch_size)
     accum = recipe.gradient_accumulation_steps
     micro = result.step * accum  # micro-batches done so far, across epochs

@@ -1,7 +1,8 @@
 """Whether a run fits its device: what a request left open is chosen from the memory estimate.
 
 The registry's estimate of a training step (registry.training_memory) against the memory the
-device has free: gradient checkpointing when the run does not say (a third slower, but it runs
+device has free: on a CPU, a batch in forward passes of at most 1024 tokens (smaller where memory
+is short); gradient checkpointing when the run does not say (a third slower, but it runs
 instead of running out of memory), then a smaller batch with more accumulation when the preset's
 batch is what does not fit. A base whose architecture the estimate does not know is left as asked.
 """
@@ -17,15 +18,16 @@ import torch
 from doppel.errors import InvalidArgument
 from doppel.model import Recipe
 
+from . import heap
 from .loss import CHUNK
 from .registry import Shape, keeps_attention_scores, training_memory
 
 HEADROOM = 0.9  # the share of free memory a run may plan to use
 FITTED = ("gradient_checkpointing", "batch_size", "gradient_accumulation_steps", "max_pass_tokens")  # what `fit` may choose
-# On a CPU a batch can go in several forward passes (finetune.passes) at no cost to what is learnt
-# and ~20% of the speed: the whole batch when it fits, else the largest of these that does.
-CPU_PASSES = (4096, 2048, 1024)
-CPU_HEAP = 1.5  # peak RSS / estimate on a CPU: glibc's heap holds freed activations (bench/RESULTS.md)
+# On a CPU a batch goes in forward passes of at most CPU_PASSES[0] tokens (finetune.passes): the
+# same loss and gradients, within a few % of a batch at once (matrices of ~1000 rows keep a CPU's cores
+# busy) and under half its memory; in smaller ones (down to a sample each) where memory is short.
+CPU_PASSES = (1024, 512)
 
 
 @dataclass(frozen=True)
@@ -60,7 +62,9 @@ def fit(config: dict[str, Any], recipe: Recipe, found: Device, *, dtype_bytes: i
     try:
         shape = Shape.of(config)
     except (InvalidArgument, KeyError, ValueError):
-        return recipe.model_copy(update={"gradient_checkpointing": bool(recipe.gradient_checkpointing)}), []
+        cpu_passes = recipe.max_pass_tokens or (CPU_PASSES[0] if device_type == "cpu" else None)
+        return recipe.model_copy(update={"gradient_checkpointing": bool(recipe.gradient_checkpointing),
+                                         "max_pass_tokens": cpu_passes}), []
     scores = keeps_attention_scores(config, device_type)
 
     passes = recipe.max_pass_tokens
@@ -70,15 +74,16 @@ def fit(config: dict[str, Any], recipe: Recipe, found: Device, *, dtype_bytes: i
                                    dtype_bytes=dtype_bytes, checkpointing=checkpoint, attention_scores=scores,
                                    adapter_dropout=recipe.lora_dropout > 0, loss_chunk=CHUNK,
                                    pass_tokens=pass_tokens or passes, shards=ranks if recipe.method == "full" else 1)
-                   * (CPU_HEAP if device_type == "cpu" else 1))
+                   * (heap.overhead() if device_type == "cpu" else 1))
 
     room, gib, said = int(found.free_bytes * HEADROOM) // (ranks if device_type == "cpu" else 1), 2**30, []
     where = f"{found.name} has {found.free_bytes / gib:.1f} GiB free"
     checkpoint, batch, accum = recipe.gradient_checkpointing, recipe.batch_size, recipe.gradient_accumulation_steps
-    if device_type == "cpu" and passes is None and need(batch, bool(checkpoint)) > room:
+    if device_type == "cpu" and passes is None:
         passes = next((n for n in CPU_PASSES if need(batch, bool(checkpoint), n) <= room), CPU_PASSES[-1])
-        said.append(f"a batch at once needs about {need(batch, bool(checkpoint), batch * recipe.block_size) / gib:.1f} "
-                    f"GiB and {where}: forward passes of at most {passes} tokens (about {need(batch, bool(checkpoint)) / gib:.1f} GiB)")
+        if passes != CPU_PASSES[0]:
+            said.append(f"forward passes of {CPU_PASSES[0]} tokens need about {need(batch, bool(checkpoint), CPU_PASSES[0]) / gib:.1f} "
+                        f"GiB and {where}: passes of at most {passes} tokens (about {need(batch, bool(checkpoint)) / gib:.1f} GiB)")
     if checkpoint is None:
         checkpoint = need(batch, False) > room
         if checkpoint:

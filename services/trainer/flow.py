@@ -41,7 +41,7 @@ from doppel.store import open_store
 from doppel.store.base import Store
 from doppel.transcript import Transcript
 
-from . import basemodels, fidelity, finetune, fitting, models, previews, quantization, ranks, runs
+from . import basemodels, fidelity, finetune, fitting, heap, models, previews, quantization, ranks, runs
 from .checks import check_request
 from .hub import PullProgress
 from .recipe import Recipe, TrainRequest
@@ -307,6 +307,8 @@ def _train(settings: Settings, store: Store, log: RunLog) -> str:
         machines = f" ({meeting.nodes} machines)" if meeting.nodes > 1 else ""
         log.say(f"training: {len(train)} samples, {record.total} steps" + (f" on {devices} devices{machines}" if devices > 1 else "")
                 + (f", resuming at step {record.resumed_from}" if blob else ""))
+        if device.type == "cpu" and recipe.max_pass_tokens:
+            log.say(f"on the CPU: forward passes of at most {recipe.max_pass_tokens} tokens, {heap.allocator()} malloc")
         if devices > 1 and recipe.method == "full" and recipe.sample_every:
             log.say("the model is shared out over the devices (FSDP): it is sampled at the end, not during training")
         artifact = create_progress_artifact(progress=0.0, description=f"training {recipe.model_name}")

@@ -32,11 +32,12 @@ from typing import Any
 import torch
 from torch.distributed.elastic.multiprocessing.errors import record
 
+from doppel.config import Settings
 from doppel.errors import DoppelError
 from doppel.model import SampleText
 from doppel.transcript import Transcript
 
-from . import finetune, parallel, previews
+from . import finetune, heap, parallel, previews
 from .basemodels import from_folder
 from .recipe import Recipe
 from .samples import Sample
@@ -119,7 +120,8 @@ def _whole(path: Path, write: Callable[[Path], object]) -> None:
 
 
 def _env(devices: int, threads: int | None) -> dict[str, str]:
-    return {**os.environ, "OMP_NUM_THREADS": str(threads or max(1, (os.cpu_count() or 1) // devices))}
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads or max(1, (os.cpu_count() or 1) // devices))}
+    return heap.environment(env, Settings().train_malloc)
 
 
 def join(jobs: Path, devices: int, logs: Path, *, threads: int | None = None,

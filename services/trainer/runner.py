@@ -4,7 +4,7 @@ The runner registers the deployment (so the dashboard shows its parameter form),
 Prefect API for scheduled runs of it, whoever created them, and runs each in a child process;
 it kills that process when the run is cancelled and marks the run crashed when it dies. The
 child reads its settings from `DOPPEL_*` variables, so `start` exports this process's
-settings to the environment it inherits.
+settings to the environment it inherits, with tcmalloc preloaded where the system has it (heap.py).
 """
 
 from __future__ import annotations
@@ -18,6 +18,8 @@ from typing import TYPE_CHECKING
 
 from doppel.config import Settings
 from doppel.errors import FailedPrecondition
+
+from . import heap
 
 if TYPE_CHECKING:
     from prefect.runner import Runner
@@ -49,7 +51,7 @@ class DeploymentRunner:
 
     def start(self, timeout: float = 60.0) -> None:
         """Register the deployment and start polling; raises if the Prefect API cannot be reached."""
-        os.environ.update(self.settings.environment())
+        os.environ.update(heap.environment({**os.environ, **self.settings.environment()}, self.settings.train_malloc))
         logging.getLogger("prefect.runner").addFilter(_QUIET)
         self._thread = threading.Thread(target=self._main, name="prefect-runner", daemon=True)
         self._thread.start()

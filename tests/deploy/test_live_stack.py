@@ -203,6 +203,10 @@ def test_every_service_is_healthy_runs_unprivileged_and_publishes_on_loopback_on
         assert info["Config"]["User"] == "10001:10001", info["Config"]["User"]
         uid = stack.compose("exec", "-T", service, "id", "-u").stdout.strip()
         assert uid == "10001", f"{service} runs as uid {uid}"
+    # the image has tcmalloc, which the trainer preloads in the processes that train (services/trainer/heap.py)
+    found = stack.compose("exec", "-T", "trainer", "python", "-c",
+                          "from services.trainer import heap; print(heap.library())").stdout.strip()
+    assert found.startswith("libtcmalloc_minimal.so"), found
     for service in ("ingest", "trainer", "inference"):
         done = stack.client([sys.executable, "-m", "doppel", "healthcheck", f"{HOST}:{PORTS[service]}"])
         assert done.returncode == 0, f"{service}: {done.stdout}{done.stderr}"

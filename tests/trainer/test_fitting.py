@@ -95,22 +95,27 @@ def test_the_cpu_reports_its_available_memory():
     assert found.name == "CPU" and 0 < found.free_bytes <= found.total_bytes
 
 
-def test_on_a_cpu_a_batch_that_does_not_fit_goes_in_passes_before_checkpointing():
-    """On a CPU the loop can split a batch into forward passes (finetune.passes): what a step holds
-    at once is one pass, so 8 x 512 of SmolLM2 fits a laptop without checkpointing."""
+def test_on_a_cpu_a_batch_goes_in_passes_and_in_smaller_ones_before_checkpointing():
+    """On a CPU the loop splits a batch into forward passes (finetune.passes): of 1024 tokens when
+    memory is ample (about as fast as a batch at once, under half its memory), of one 512-token sample
+    each where it is short, so 8 x 512 of SmolLM2 fits a small laptop without checkpointing."""
     shape = BY_NAME["smollm2-135m-instruct"].shape
     recipe = _recipe(batch_size=8, block_size=512).model_copy(update={"method": "lora"})
-    whole, one_pass = (training_memory(shape, "lora", batch_size=8, block_size=512, dtype_bytes=4, loss_chunk=CHUNK,
-                                       pass_tokens=n) for n in (None, 1024))
-    assert one_pass < whole / 2
+    whole, one_pass, one_sample = (training_memory(shape, "lora", batch_size=8, block_size=512, dtype_bytes=4,
+                                                   loss_chunk=CHUNK, pass_tokens=n) for n in (None, 1024, 512))
+    assert one_sample < one_pass < whole / 2
+    heap = fitting.heap.overhead()
 
-    roomy = fitting.Device("CPU", free_bytes=int(2 * whole * fitting.CPU_HEAP), total_bytes=64 * GIB)
+    roomy = fitting.Device("CPU", free_bytes=int(2 * whole * heap), total_bytes=64 * GIB)
     fitted, said = fitting.fit(SMOLLM2, recipe, roomy, dtype_bytes=4, device_type="cpu")
-    assert (fitted.max_pass_tokens, fitted.gradient_checkpointing, said) == (None, False, [])
-    laptop = fitting.Device("CPU", free_bytes=int(1.2 * one_pass * fitting.CPU_HEAP / fitting.HEADROOM), total_bytes=8 * GIB)
+    assert (fitted.max_pass_tokens, fitted.gradient_checkpointing, said) == (1024, False, [])
+    laptop = fitting.Device("CPU", free_bytes=int(1.1 * one_sample * heap / fitting.HEADROOM), total_bytes=8 * GIB)
     fitted, (why,) = fitting.fit(SMOLLM2, recipe, laptop, dtype_bytes=4, device_type="cpu")
-    assert (fitted.max_pass_tokens, fitted.gradient_checkpointing, fitted.batch_size) == (1024, False, 8)
-    assert "forward passes of at most 1024 tokens" in why
+    assert (fitted.max_pass_tokens, fitted.gradient_checkpointing, fitted.batch_size) == (512, False, 8)
+    assert f"forward passes of 1024 tokens need about {one_pass * heap / GIB:.1f} GiB" in why
+    assert "passes of at most 512 tokens" in why
+    asked = recipe.model_copy(update={"max_pass_tokens": 2048})  # set already (a bench, a resumed run): kept
+    assert fitting.fit(SMOLLM2, asked, roomy, dtype_bytes=4, device_type="cpu")[0].max_pass_tokens == 2048
     gpu = fitting.Device("GPU", free_bytes=laptop.free_bytes, total_bytes=8 * GIB)  # on a GPU a batch is one pass
     fitted, _ = fitting.fit(SMOLLM2, recipe, gpu, dtype_bytes=4)
     assert fitted.max_pass_tokens is None and fitted.gradient_checkpointing
