@@ -20,8 +20,8 @@ fresh process:
 Both runs wrap the model the same way (`prepare_model`: LoRA or full), use the same precision
 (fp32 weights, bf16 autocast on a GPU), run on the malloc a run's processes get (`--malloc`:
 tcmalloc where the system has it, services/trainer/heap.py) and run `--warmup` untimed steps,
-then `--steps` timed ones. tokens/s counts real tokens (every non-padding token of a window, context and trained
-turns alike) per second of the timed steps. Peak memory: `torch.cuda.max_memory_allocated` on
+then `--steps` timed ones. tokens/s counts real tokens (every non-padding token of a window,
+context and trained turns alike) per second of the timed steps. Peak memory: `torch.cuda.max_memory_allocated` on
 a GPU, peak RSS of the run's process on CPU (interpreter and libraries included), both read at
 the end of the timed steps. MFU (GPU only) = FLOPs/token x real tokens/s / peak dense bf16
 FLOP/s, with FLOPs/token = 6N for full fine-tuning and 4N + 6N_lora for LoRA (frozen weights
@@ -29,10 +29,9 @@ need no weight gradient), N = the weights a token is multiplied by (embedding lo
 the LM head counted; attention-score FLOPs left out). Padding counts as no useful work.
 
 Targets (issue 18): on a 2-core CPU, `--model smollm2-135m --method lora` at the default preset
->= 2x with a peak under 4 GB; on
-an H100, ratio >= 1.5x and MFU >= 40% for a ~0.5B model in bf16 (random weights are fine). The
-last line is one JSON object with every figure; its unprefixed keys are the doppel run,
-`baseline_*` the Trainer's.
+>= 2x with a peak under 4 GB; on an H100, ratio >= 1.5x and MFU >= 40% for a ~0.5B model in bf16
+(random weights are fine). The last line is one JSON object with every figure; its unprefixed
+keys are the doppel run, `baseline_*` the Trainer's.
 """
 
 from __future__ import annotations
@@ -165,7 +164,7 @@ def _run(which: str, job: dict[str, Any], out: Any) -> None:
     """One timed run in this (fresh) process; puts a dict of figures on `out`."""
     import torch
 
-    from services.trainer import finetune, fitting, heap
+    from services.trainer import finetune, fitting
     from services.trainer.recipe import Recipe
 
     _quiet()
