@@ -305,10 +305,10 @@ def _train(settings: Settings, store: Store, log: RunLog) -> str:
             logger.info("resuming from the checkpoint at step %d", checkpoint[0])
         record.total = finetune.total_steps(len(train), recipe)
         machines = f" ({meeting.nodes} machines)" if meeting.nodes > 1 else ""
+        on_cpu = f"; on the CPU: forward passes of at most {recipe.max_pass_tokens} tokens, {heap.allocator()} malloc"
         log.say(f"training: {len(train)} samples, {record.total} steps" + (f" on {devices} devices{machines}" if devices > 1 else "")
-                + (f", resuming at step {record.resumed_from}" if blob else ""))
-        if device.type == "cpu" and recipe.max_pass_tokens:
-            log.say(f"on the CPU: forward passes of at most {recipe.max_pass_tokens} tokens, {heap.allocator()} malloc")
+                + (f", resuming at step {record.resumed_from}" if blob else "")
+                + (on_cpu if device.type == "cpu" and recipe.max_pass_tokens else ""))
         if devices > 1 and recipe.method == "full" and recipe.sample_every:
             log.say("the model is shared out over the devices (FSDP): it is sampled at the end, not during training")
         artifact = create_progress_artifact(progress=0.0, description=f"training {recipe.model_name}")

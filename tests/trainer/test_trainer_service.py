@@ -112,7 +112,8 @@ def test_tiny_run_trains_publishes_and_is_watched(trainer, tmp_path):
     assert any(e.samples for e in events if e.step == 15), "samples at sample_every"
     assert any(e.HasField("held_out_loss") for e in events)
     # the flow-run process the runner started trains on tcmalloc (services/trainer/heap.py), in passes
-    assert "on the CPU: forward passes of at most 1024 tokens, tcmalloc malloc" in [e.message for e in events]
+    assert any(e.message.startswith("training:") and e.message.endswith(
+        "; on the CPU: forward passes of at most 1024 tokens, tcmalloc malloc") for e in events), [e.message for e in events]
 
     done = client.get_run(tr.GetRunRequest(run_id=run.run_id)).run
     assert done.state == tr.RUN_STATE_COMPLETED and done.step == 30 and done.model_id
