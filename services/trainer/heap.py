@@ -19,8 +19,9 @@ from typing import Literal
 
 Malloc = Literal["auto", "system"]
 LIBRARY = "tcmalloc_minimal"
-# peak RSS / the registry's estimate of a training step on a CPU, by the allocator the process runs
-# on (measured with bench/train.py: 2.26 GiB for a 2.22 GiB estimate; glibc 4.5 and 10.8 GiB for 2.22 and 6.05)
+# peak RSS / the registry's estimate of a training step on a CPU, by the allocator the process runs on
+# (one 8 x 510 batch of SmolLM2 LoRA: tcmalloc 2.26 GiB for an estimate of 2.22 in passes of 1024
+# tokens; glibc 4.5 and 10.8 GiB for 2.22 and 6.05, in passes of 1024 and a batch at once)
 OVERHEAD = {"tcmalloc": 1.1, "glibc": 2.0}
 
 
