@@ -10,7 +10,9 @@ reachable, carry the clone over, and build there with the CUDA base already load
 (`docker load`). `local` is what the live test (tests/deploy/test_live_stack.py) runs on a
 machine that can pull no image at all. Everything slow is cached under ~/.cache/doppel/ by
 content: the wheelhouse by the lock and pyproject.toml, the base by its package list, so a rerun
-only rebuilds what changed. Only the standard library here: it runs before any venv exists.
+only rebuilds what changed. What a rebuild replaces goes (the image a tag named before, an older
+base, an older wheelhouse or tarball), so repeated builds do not fill the disk. Only the standard
+library here: it runs before any venv exists.
 """
 
 from __future__ import annotations
@@ -67,6 +69,15 @@ def _digest(*parts: bytes) -> str:
     return h.hexdigest()[:16]
 
 
+def _keep_only(current: Path) -> None:
+    """Remove the older siblings of a freshly made cache entry (same name up to its key)."""
+    prefix = current.name.rsplit("-", 1)[0] + "-"
+    for old in current.parent.glob(prefix + "*"):
+        if old != current:
+            log(f"removing the older {old.name} from {old.parent}")
+            shutil.rmtree(old) if old.is_dir() else old.unlink()
+
+
 def wheelhouse() -> Path:
     """The wheels every image installs, at the lock's versions, in deploy/wheelhouse/ (cached)."""
     lock = ROOT / "constraints.txt"
@@ -87,6 +98,7 @@ def wheelhouse() -> Path:
         run(*pip, "--no-deps", "-c", str(lock), *NO_DEPS, cwd=ROOT)
         (tmp / ".complete").write_text("\n".join(sorted(p.name for p in tmp.glob("*.whl"))))
         tmp.rename(cached)
+        _keep_only(cached)
     shutil.rmtree(CONTEXT_WHEELS, ignore_errors=True)
     CONTEXT_WHEELS.mkdir(parents=True)
     for wheel in cached.glob("*.whl"):
@@ -98,15 +110,26 @@ def wheelhouse() -> Path:
     return CONTEXT_WHEELS
 
 
-def _has_image(tag: str) -> bool:
-    return subprocess.run(["docker", "image", "inspect", tag], capture_output=True).returncode == 0
+def image_id(tag: str) -> str | None:
+    """The id of the image `tag` names, None when there is none."""
+    done = subprocess.run(["docker", "image", "inspect", "--format", "{{.Id}}", tag], capture_output=True, text=True)
+    return done.stdout.strip() if done.returncode == 0 else None
+
+
+def _drop(old: str | None, tag: str) -> None:
+    """Remove the image `tag` named before a rebuild, unless it still does or a container uses it."""
+    if old is None or old == image_id(tag):
+        return
+    done = subprocess.run(["docker", "image", "rm", old], capture_output=True, text=True)
+    log(f"removed the previous {tag} ({old})" if done.returncode == 0
+        else f"kept the previous {tag} ({old}): {done.stderr.strip()}")
 
 
 def local_base() -> str:
     """A Debian base image made with mmdebstrap and `docker import`, tagged by its package list (cached)."""
     key = _digest(SUITE.encode(), " ".join(PACKAGES).encode())
     tag = f"{BASE_REPO}:{SUITE}-{key}"
-    if _has_image(tag):
+    if image_id(tag) is not None:
         return tag
     tarball = CACHE / f"debian-{SUITE}-{key}.tar"
     if not tarball.exists():
@@ -116,16 +139,32 @@ def local_base() -> str:
         partial = tarball.with_suffix(".tar.tmp")
         run("mmdebstrap", "--quiet", "--variant=minbase", "--format=tar", f"--include={','.join(PACKAGES)}", SUITE, str(partial))
         partial.rename(tarball)
+        _keep_only(tarball)
     run("docker", "import", "--change", "ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
         "--change", "CMD [\"/bin/bash\"]", str(tarball), tag)
+    listed = subprocess.run(["docker", "image", "ls", "--format", "{{.Repository}}:{{.Tag}}", BASE_REPO],
+                            capture_output=True, text=True, check=True).stdout.split()
+    for older in listed:  # untagged: an older base still under images built on it goes with the last of them
+        if older != tag:
+            log(f"untagging the older base {older}")
+            subprocess.run(["docker", "image", "rm", older], capture_output=True)
     return tag
 
 
 def _build(dockerfile: str, tag: str, context: str, **build_args: str) -> None:
-    """`docker build` with the legacy builder (no buildx here; BuildKit would pull a frontend)."""
+    """`docker build` with the legacy builder (no buildx here; BuildKit would pull a frontend).
+
+    A multi-stage Dockerfile's `builder` stage is built and tagged `<tag>-builder` first (the full
+    build then takes it from the cache): untagged, each rebuild's stage would stay behind unseen.
+    The images the tags named before are removed once the new ones stand.
+    """
     args = [a for k, v in build_args.items() for a in ("--build-arg", f"{k}={v}")]
-    run("docker", "build", "--force-rm", "-f", str(ROOT / dockerfile), "-t", tag, *args, context,
-        env={**os.environ, "DOCKER_BUILDKIT": "0"})
+    stages = [(f"{tag}-builder", ["--target", "builder"])] if " AS builder" in (ROOT / dockerfile).read_text() else []
+    for name, target in [*stages, (tag, [])]:
+        before = image_id(name)
+        run("docker", "build", "--force-rm", "-f", str(ROOT / dockerfile), "-t", name, *target, *args, context,
+            env={**os.environ, "DOCKER_BUILDKIT": "0"})
+        _drop(before, name)
 
 
 def build_standin(tag: str, dockerfile: str, files: tuple[str, ...], base: str) -> None:

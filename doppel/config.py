@@ -14,6 +14,9 @@ from typing import Literal
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+# The allocator of the processes that train (services/trainer/heap.py)
+Malloc = Literal["auto", "system"]
+
 
 class Settings(BaseSettings):
     """Resolved configuration; each field documents its environment variable."""
@@ -73,7 +76,7 @@ class Settings(BaseSettings):
     train_threads: int = Field(
         default=0, ge=0, description="DOPPEL_TRAIN_THREADS: CPU threads a training run uses; 0 lets torch choose."
     )
-    train_malloc: Literal["auto", "system"] = Field(
+    train_malloc: Malloc = Field(
         default="auto", description="DOPPEL_TRAIN_MALLOC: auto: the processes that train run on tcmalloc where the "
         "system has it (Debian's libtcmalloc-minimal4), half the memory of the C library's malloc on a CPU; system: "
         "on the C library's.",

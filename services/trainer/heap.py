@@ -15,9 +15,9 @@ import ctypes
 import ctypes.util
 import functools
 from collections.abc import Callable, Mapping
-from typing import Literal
 
-Malloc = Literal["auto", "system"]
+from doppel.config import Malloc
+
 LIBRARY = "tcmalloc_minimal"
 # peak RSS / the registry's estimate of a training step on a CPU, by the allocator the process runs on
 # (one 8 x 510 batch of SmolLM2 LoRA: tcmalloc 2.26 GiB for an estimate of 2.22 in passes of 1024
