@@ -150,8 +150,17 @@ def _port_free(port: int) -> bool:
         return s.connect_ex((HOST, port)) != 0
 
 
+# what building the images may take on the engine's disk before a rebuild drops what it replaced
+IMAGES_NEED_GIB = 8
+
+
 @pytest.fixture(scope="module")
 def images(docker_engine: None) -> dict[str, str]:
+    root = _docker("info", "--format", "{{.DockerRootDir}}").stdout.strip()
+    free = shutil.disk_usage(root).free / 2**30
+    if free < IMAGES_NEED_GIB:  # a full disk fails every later test that writes, each less clearly
+        pytest.fail(f"the images need up to {IMAGES_NEED_GIB} GiB on {root} and {free:.1f} GiB is free: "
+                    "see `docker system df`; `docker image prune -f` removes images no tag names")
     t0 = time.monotonic()
     done = subprocess.run([sys.executable, str(ROOT / "deploy" / "images.py"), "local"],
                           capture_output=True, text=True, timeout=1500)
