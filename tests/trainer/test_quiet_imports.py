@@ -5,8 +5,9 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from pathlib import Path
 
-from support.compose import ROOT
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_the_training_modules_import_in_silence_offline():
