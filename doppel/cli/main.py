@@ -131,6 +131,7 @@ def train_node(
     typer.echo(f"waiting for runs in {settings.train_jobs}, to train with {here} process{'es' * (here != 1)} here")
     try:
         ranks.join(settings.train_jobs, here, settings.home / "train-node", threads=settings.train_threads or None,
+                   malloc=settings.train_malloc,
                    say=lambda line: typer.echo(line))
     except KeyboardInterrupt:
         pass

@@ -32,7 +32,7 @@ from prefect.runtime import flow_run
 
 from doppel import dataset
 from doppel import fidelity as shown
-from doppel.config import Settings
+from doppel.config import Malloc, Settings
 from doppel.conversation import Conversation
 from doppel.errors import FailedPrecondition, InvalidArgument
 from doppel.layout import new_id
@@ -108,13 +108,15 @@ def train_model(model: Any, train: list[Sample], recipe: Recipe, pad_id: int, ca
 
 @task(cache_policy=NO_CACHE)
 def train_on_devices(model: Any, folder: Path, job: ranks.Job, devices: int, meeting: ranks.Meeting,
-                     callbacks: finetune.Callbacks, on_samples: ranks.OnSamples, threads: int | None) -> finetune.Result:
+                     callbacks: finetune.Callbacks, on_samples: ranks.OnSamples, threads: int | None,
+                     malloc: Malloc) -> finetune.Result:
     """Train on `devices` processes here and as many on each other machine of `meeting` (ranks.py), then
     load what they trained into `model`; the job folder goes when they are done."""
     where = next(model.parameters()).device
     model.to("cpu")  # the ranks need the device's memory
     try:
-        result, weights = ranks.train(folder, job, devices, callbacks, on_samples, threads=threads, meeting=meeting)
+        result, weights = ranks.train(folder, job, devices, callbacks, on_samples, threads=threads, malloc=malloc,
+                                      meeting=meeting)
     finally:
         shutil.rmtree(folder, ignore_errors=True)
     model.load_state_dict(weights, strict=False)
@@ -316,7 +318,8 @@ def _train(settings: Settings, store: Store, log: RunLog) -> str:
         if devices > 1:
             job = ranks.Job(samples=train, held_out=held_out[:EVAL_DURING], openings=found, recipe=recipe, pad_id=pad_id, checkpoint=blob)
             threads = max(1, settings.train_threads // here) if settings.train_threads else None
-            result = train_on_devices(model, job_folder, job, here, meeting, progress.callbacks(), progress.on_samples, threads)
+            result = train_on_devices(model, job_folder, job, here, meeting, progress.callbacks(), progress.on_samples, threads,
+                                      settings.train_malloc)
         else:
             result = train_model(model, train, recipe, pad_id, progress.callbacks(), blob)
         log.say("evaluating")

@@ -32,7 +32,7 @@ from typing import Any
 import torch
 from torch.distributed.elastic.multiprocessing.errors import record
 
-from doppel.config import Settings
+from doppel.config import Malloc
 from doppel.errors import DoppelError
 from doppel.model import SampleText
 from doppel.transcript import Transcript
@@ -86,7 +86,8 @@ OnSamples = Callable[[int, list[SampleText], float], None]  # (step, texts, held
 
 
 def train(folder: Path, job: Job, devices: int, callbacks: finetune.Callbacks, on_samples: OnSamples, *,
-          threads: int | None = None, meeting: Meeting = Meeting()) -> tuple[finetune.Result, dict[str, torch.Tensor]]:
+          threads: int | None = None, malloc: Malloc = "auto", meeting: Meeting = Meeting()
+          ) -> tuple[finetune.Result, dict[str, torch.Tensor]]:
     """Train on `devices` processes here (and as many on each other machine of `meeting`); (the result, the
     trained weights). Progress, checkpoints and samples reach `callbacks` and `on_samples` as rank 0 makes
     them; a rank that fails fails this, with torchrun's reason."""
@@ -94,7 +95,7 @@ def train(folder: Path, job: Job, devices: int, callbacks: finetune.Callbacks, o
     if meeting.nodes > 1:  # for `doppel train-node` on the other machines
         _whole(folder / LAUNCH, lambda path: path.write_text(json.dumps(asdict(meeting))))
     with (folder / LAUNCH_LOG).open("wb") as log:
-        proc = subprocess.Popen(command(folder, devices, meeting), env=_env(devices, threads), stdout=log,
+        proc = subprocess.Popen(command(folder, devices, meeting), env=_env(devices, threads, malloc), stdout=log,
                                 stderr=subprocess.STDOUT, preexec_fn=_die_with_parent)
     relay = _Relay(folder, callbacks, on_samples)
     try:
@@ -119,12 +120,12 @@ def _whole(path: Path, write: Callable[[Path], object]) -> None:
     part.rename(path)
 
 
-def _env(devices: int, threads: int | None) -> dict[str, str]:
+def _env(devices: int, threads: int | None, malloc: Malloc) -> dict[str, str]:
     env = {**os.environ, "OMP_NUM_THREADS": str(threads or max(1, (os.cpu_count() or 1) // devices))}
-    return heap.environment(env, Settings().train_malloc)
+    return heap.environment(env, malloc)
 
 
-def join(jobs: Path, devices: int, logs: Path, *, threads: int | None = None,
+def join(jobs: Path, devices: int, logs: Path, *, threads: int | None = None, malloc: Malloc = "auto",
          say: Callable[[str], object] = print) -> None:
     """Join, with `devices` processes here, every run another machine's trainer launches in `jobs` from now
     on, one after the other, for ever (`doppel train-node`); torchrun's output goes to `logs`. A run that
@@ -143,7 +144,7 @@ def join(jobs: Path, devices: int, logs: Path, *, threads: int | None = None,
             say(f"joining run {meeting.id} ({meeting.nodes} machines, at {meeting.rendezvous})")
             log = logs / f"{meeting.id}.log"
             with log.open("wb") as out:
-                done = subprocess.run(command(path.parent, devices, meeting), env=_env(devices, threads), stdout=out,
+                done = subprocess.run(command(path.parent, devices, meeting), env=_env(devices, threads, malloc), stdout=out,
                                       stderr=subprocess.STDOUT, preexec_fn=_die_with_parent, check=False)
             say(f"run {meeting.id}: " + ("done" if done.returncode == 0 else f"failed: {_reason(log)} (all of it: {log})"))
         time.sleep(1)
