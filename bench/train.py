@@ -46,7 +46,7 @@ import tempfile
 import time
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
@@ -59,6 +59,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.child import in_child
 from bench.synthetic import NAMES, synthetic_chats
+from doppel.config import Malloc
 from services.trainer import heap
 
 PERSONA = NAMES[0]  # the speaker trained on; each synthetic chat has them and 1-4 others
@@ -419,7 +420,7 @@ def main() -> None:
     ap.add_argument("--gradient-checkpointing", action="store_true")
     ap.add_argument("--pass-tokens", type=int, help="doppel's loop: forward passes of at most this many tokens "
                                                     "(default: what a run chooses: 1024 on a CPU, a batch at once on a GPU)")
-    ap.add_argument("--malloc", choices=["auto", "system"], default="auto",
+    ap.add_argument("--malloc", choices=get_args(Malloc), default="auto",
                     help="the runs' malloc: auto (tcmalloc where the system has it, as a run's processes) or system")
     ap.add_argument("--messages", type=int, default=20_000, help="messages in the synthetic chat (default 20,000)")
     ap.add_argument("--conversations", type=int, default=20, help="chats they are spread over (default 20)")
