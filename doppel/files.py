@@ -22,6 +22,9 @@ def sha256_of(path: str | os.PathLike[str]) -> str:
     return digest.hexdigest()
 
 
+NAME_MAX = 255  # bytes in one file or folder name on Linux's file systems
+
+
 class Received:
     """The files of an upload (or a download) as they arrive: a header first (where there is one), then
     each file's path, size and sha256 followed by its bytes. Checks every file whole before the next
@@ -49,6 +52,8 @@ class Received:
         parts = path.split("/")
         if not path or path.startswith("/") or "\\" in path or any(p in ("", ".", "..") for p in parts):
             raise InvalidArgument(f"upload: {path!r} is not a relative path inside the uploaded folder")
+        if any(len(p.encode()) > NAME_MAX for p in parts):  # the file system would refuse it (ENAMETOOLONG)
+            raise InvalidArgument(f"upload: {path[:80]!r}... has a name longer than {NAME_MAX} bytes")
         target = self.files.joinpath(*parts)
         if target.exists():
             raise InvalidArgument(f"upload: {path} was sent twice")

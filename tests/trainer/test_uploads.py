@@ -98,6 +98,7 @@ def test_received_files_are_checked_as_they_arrive(tmp_path):
         ((("header", "b", ""), ("write", b"x")), "bytes came before the file"),
         ((("header", "b", ""), ("start", "../up", 1, "")), "not a relative path"),
         ((("header", "b", ""), ("start", "/abs", 1, "")), "not a relative path"),
+        ((("header", "b", ""), ("start", "d/" + "x" * 256, 1, "")), "name longer than 255 bytes"),
         ((("header", "b", ""), ("start", "a", 3, ""), ("write", b"xy")), "has 2 bytes, not the 3 announced"),
         ((("header", "b", ""), ("start", "a", 2, sha), ("write", b"xy")), "damaged in transit"),
         ((("header", "b", ""), ("start", "a", 0, ""), ("start", "a", 0, "")), "sent twice"),
